@@ -1,0 +1,43 @@
+"""Shared fixtures: every generator is seeded before each test; the ``gpu`` marker skips without CUDA."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Seed Python's, NumPy's legacy and (when imported) torch's generators before each test."""
+    random.seed(0)
+    np.random.seed(0)
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if any(item.get_closest_marker("gpu") for item in items):
+        try:
+            import torch
+
+            has_cuda = torch.cuda.is_available()
+        except ImportError:
+            has_cuda = False
+        if not has_cuda:
+            skip = pytest.mark.skip(reason="needs a CUDA device")
+            for item in items:
+                if item.get_closest_marker("gpu"):
+                    item.add_marker(skip)

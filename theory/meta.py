@@ -1,0 +1,110 @@
+"""Meta-LoRA with symmetric adapters: ``L(A, U) = sum_t ||A + U_t U_t^T - W_t||_F^2`` (DESIGN.md section 1).
+
+Residual ``R_t = A + U_t U_t^T - W_t``; gradient ``dL/dA = 2 sum_t R_t``, ``dL/dU_t = 2 (R_t + R_t^T) U_t``; second
+derivative along ``v = (dA, dU)``:
+``v^T H v = 2 sum_t ||dA + dU_t U_t^T + U_t dU_t^T||_F^2 + 4 sum_t <R_t, dU_t dU_t^T>``.
+Flat vectors are ``x = [vec(A); vec(U_1); ...; vec(U_T)]`` in row-major order, ``n = d^2 + T d k``.
+
+>>> from theory.problem import Problem
+>>> p = Problem.random(d=3, k=1, T=3, seed=0)
+>>> meta_loss(p.A_star, p.U_star, p)
+0.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._shapes import as_A, as_U, d_outer, outer, sym
+from .problem import MetaPoint, Problem
+
+__all__ = [
+    "meta_residuals", "meta_loss", "meta_grad", "meta_grad_flat", "meta_hvp", "meta_hess",
+    "outer_jacobian_blocks", "gram_blocks", "curvature_blocks",
+]
+
+
+def meta_residuals(A, U, problem: Problem) -> np.ndarray:
+    """``R_t = A + U_t U_t^T - W_t``, shape ``(T, d, d)``."""
+    return as_A(A, problem)[None] + outer(as_U(U, problem)) - problem.W
+
+
+def meta_loss(A, U, problem: Problem) -> float:
+    """``L(A, U) = sum_t ||R_t||_F^2``."""
+    return float(np.sum(meta_residuals(A, U, problem) ** 2))
+
+
+def meta_grad(A, U, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """``(dL/dA, dL/dU)`` with shapes ``(d, d)`` and ``(T, d, k)``."""
+    U = as_U(U, problem)
+    R = meta_residuals(A, U, problem)
+    return 2.0 * R.sum(axis=0), 2.0 * sym(R) @ U
+
+
+def meta_grad_flat(x, problem: Problem) -> np.ndarray:
+    """Gradient at the flat point ``x`` of length ``d^2 + T d k``, same order."""
+    pt = MetaPoint.unflatten(x, problem.d, problem.k, problem.T)
+    return MetaPoint(*meta_grad(pt.A, pt.U, problem)).flatten()
+
+
+def meta_hvp(A, U, dA, dU, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Hessian-vector product ``H (dA, dU)``: ``(2 sum_t S_t, 2 (S_t + S_t^T) U_t + 2 (R_t + R_t^T) dU_t)`` with
+    ``S_t = dA + dU_t U_t^T + U_t dU_t^T``; shapes ``(d, d)`` and ``(T, d, k)``."""
+    U, dU = as_U(U, problem), as_U(dU, problem)
+    dA = as_A(dA, problem)
+    R = meta_residuals(A, U, problem)
+    S = dA[None] + d_outer(U, dU)
+    return 2.0 * S.sum(axis=0), 2.0 * sym(S) @ U + 2.0 * sym(R) @ dU
+
+
+def outer_jacobian_blocks(U: np.ndarray) -> np.ndarray:
+    """Jacobians ``J_t`` of ``U_t -> U_t U_t^T`` in row-major order, shape ``(T, d^2, d k)``.
+
+    ``J_t[(i, j), (p, a)] = delta_ip U_t[j, a] + U_t[i, a] delta_jp``.
+    """
+    T, d, k = U.shape
+    eye = np.eye(d)
+    J = np.einsum("ip,tja->tijpa", eye, U) + np.einsum("tia,jp->tijpa", U, eye)
+    return J.reshape(T, d * d, d * k)
+
+
+def gram_blocks(U: np.ndarray) -> np.ndarray:
+    """All products ``J_s^T J_t`` in closed form, shape ``(T, T, d k, d k)`` (row-major ``(i, a), (j, b)``).
+
+    ``J_s^T J_t = 2 I_d kron (U_s^T U_t) + 2 N_st`` with ``N_st[(i, a), (j, b)] = U_t[i, b] U_s[j, a]``; cost
+    ``O(T^2 d^2 k^2)``, no ``d^2``-sized intermediate.
+    """
+    T, d, k = U.shape
+    G = np.einsum("sia,tib->stab", U, U)  # U_s^T U_t
+    blocks = 2.0 * np.einsum("ij,stab->stiajb", np.eye(d), G)
+    blocks += 2.0 * np.einsum("tib,sja->stiajb", U, U)
+    return blocks.reshape(T, T, d * k, d * k)
+
+
+def curvature_blocks(R: np.ndarray, k: int) -> np.ndarray:
+    """Blocks ``2 (R_t + R_t^T) kron I_k`` of the term ``4 sum_t <R_t, dU_t dU_t^T>``, shape ``(T, d k, d k)``."""
+    T, d, _ = R.shape
+    return 2.0 * np.einsum("tij,ab->tiajb", sym(R), np.eye(k)).reshape(T, d * k, d * k)
+
+
+def meta_hess(A, U, problem: Problem) -> np.ndarray:
+    """Dense Hessian of L at ``(A, U)``, shape ``(n, n)`` with ``n = d^2 + T d k``.
+
+    Blocks: ``H_AA = 2 T I``, ``H_{A U_t} = 2 J_t``, ``H_{U_t U_t} = 2 J_t^T J_t + 2 (R_t + R_t^T) kron I_k``,
+    ``H_{U_s U_t} = 0`` for ``s != t``.
+    """
+    U = as_U(U, problem)
+    d, k, T = problem.d, problem.k, problem.T
+    dd, dk = d * d, d * k
+    R = meta_residuals(A, U, problem)
+    H = np.zeros((problem.n_full, problem.n_full))
+    H[:dd, :dd] = 2.0 * T * np.eye(dd)
+    J = outer_jacobian_blocks(U)
+    gram = gram_blocks(U)
+    curv = curvature_blocks(R, k)
+    for t in range(T):
+        sl = slice(dd + t * dk, dd + (t + 1) * dk)
+        H[:dd, sl] = 2.0 * J[t]
+        H[sl, :dd] = 2.0 * J[t].T
+        H[sl, sl] = 2.0 * gram[t, t] + curv[t]
+    return H
