@@ -485,18 +485,21 @@ def run_setting(s: Settings, *, implementation: str = "batched", instance: Insta
         A_meta=A_m, A_sr=A_s, seconds=time.perf_counter() - t0)
 
 
-def panel_settings(panel: str, base: Settings | None = None, *, user_set: frozenset = frozenset()) -> list[Settings]:
-    """The three settings of a panel: ``base`` with the panel's parameter set to each of its values, and the
-    panel's fixed settings (``PANEL_FIXED``) unless the user set that field (names in ``user_set``). Raises
-    :class:`ProblemError` for an unknown panel or sizes that break Remark 3.1."""
+def panel_settings(panel: str, overrides: dict | None = None) -> list[Settings]:
+    """The three settings of a panel: the defaults, then the panel's fixed settings (``PANEL_FIXED``), then
+    ``overrides`` (any :class:`Settings` fields the user set), then the panel's parameter at each of its values.
+    Raises :class:`ProblemError` naming the panel and value for an unknown panel or a bad setting (non-positive
+    count, ``(T+1) k > d``)."""
     if panel not in PANELS:
         raise ProblemError(f"unknown panel {panel!r}; the panels are {', '.join(PANELS)}")
-    base = Settings() if base is None else base
-    fixed = {k: v for k, v in PANEL_FIXED.get(panel, {}).items() if k not in user_set}
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {f.name for f in fields(Settings)}
+    if unknown:
+        raise ProblemError(f"unknown settings {sorted(unknown)}; the settings are {[f.name for f in fields(Settings)]}")
     out = []
     for v in PANELS[panel]:
         try:
-            out.append(replace(base, **fixed, **{panel: v}))
+            out.append(Settings(**{**PANEL_FIXED.get(panel, {}), **overrides, panel: v}))
         except ProblemError as exc:
             raise ProblemError(f"panel {panel}, {panel} = {v}: {exc}") from None
     return out
@@ -509,11 +512,12 @@ def settings_dict(s: Settings) -> dict:
     return out
 
 
-def run_panels(panels, base: Settings | None = None, *, user_set: frozenset = frozenset(), progress=None):
-    """Run every setting of the named panels. All settings are built (and validated) before any work starts.
+def run_panels(panels, overrides: dict | None = None, *, progress=None):
+    """Run every setting of the named panels (see :func:`panel_settings` for ``overrides``). All settings are built
+    (and validated) before any work starts.
     ``progress``: an object with ``update(1)`` (a tqdm bar), called after each setting. Returns
     ``{panel: [SettingResult, ...]}`` in the order of ``PANELS[panel]``."""
-    plan = {p: panel_settings(p, base, user_set=user_set) for p in panels}
+    plan = {p: panel_settings(p, overrides) for p in panels}
     out = {}
     for p, settings in plan.items():
         out[p] = []
