@@ -1,0 +1,108 @@
+"""Summaries of a results file: counts per class, the smallest G among spurious minima, where gradient descent
+ended, and a PNG of the loss values and Hessian spectra at the critical points.
+
+``counts`` are distinct critical orbits (merged up to O(k)^T, :mod:`landscape.classify`) summed over instances;
+``instances_with`` counts instances having at least one of each class. Where the critical set is not isolated (the
+T = 2 family of global minima of Appendix D.1, degenerate saddles) every distinct orbit found counts once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .result import CLASSES
+
+__all__ = ["summarize", "plot"]
+
+
+def summarize(records: list[dict]) -> dict:
+    """JSON-ready summary of records (:func:`landscape.store.load`)."""
+    counts = {c: 0 for c in CLASSES}
+    with_class = {c: 0 for c in CLASSES}
+    solves: dict[str, int] = {}
+    gd_end = {c: 0 for c in (*CLASSES, "unconverged")}
+    smallest = None
+    settings = set()
+    for rec in records:
+        cfg = rec["config"]
+        settings.add((cfg.get("d"), cfg.get("k"), cfg.get("T")))
+        seen = set()
+        for i, c in enumerate(rec["critical_points"]):
+            counts[c["class"]] += 1
+            seen.add(c["class"])
+            if c["class"] == "spurious_min" and (smallest is None or c["loss"] < smallest["loss"]):
+                smallest = {"loss": c["loss"], "index": rec["index"], "point_index": i,
+                            "min_eigenvalue": c["min_eigenvalue"]}
+        for c in seen:
+            with_class[c] += 1
+        for status, n in rec.get("solves", {}).items():
+            solves[status] = solves.get(status, 0) + n
+        for g in rec.get("gd", []):
+            gd_end[g["class"]] = gd_end.get(g["class"], 0) + 1
+    gd_runs = sum(gd_end.values())
+    out = {
+        "instances": len(records),
+        "settings": [{"d": d, "k": k, "T": T} for d, k, T in sorted(settings, key=str)],
+        "counts": counts,
+        "instances_with": with_class,
+        "smallest_spurious_loss": smallest,
+        "solves": solves,
+        "gd": {"runs": gd_runs, "ended_in": gd_end,
+               "fraction_spurious": (gd_end["spurious_min"] / gd_runs) if gd_runs else None},
+    }
+    adv = [rec["adversarial"] for rec in records if "adversarial" in rec]
+    if adv:
+        found = sum(1 for a in adv if a["score"] == "inf")
+        finite = [a["score"] for a in adv if a["score"] != "inf"]
+        out["adversarial"] = {"chains": len(adv), "found_spurious": found,
+                              "rounds_run": sum(len(a["history"]) for a in adv),
+                              "best_finite_score": max(finite) if finite else None}
+    return out
+
+
+def plot(records: list[dict], path: str) -> None:
+    """Write a PNG: left, ``log10 G`` at every distinct critical point by class; right, the Hessian eigenvalues on
+    the quotient at each critical point (symlog scale), one column per point, sorted by G."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"global_min": "tab:green", "spurious_min": "tab:red", "saddle": "tab:blue", "degenerate": "tab:gray"}
+    pts = [c for rec in records for c in rec["critical_points"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    floor = 1e-32
+    for cls in CLASSES:
+        vals = [math.log10(max(c["loss"], floor)) for c in pts if c["class"] == cls]
+        if vals:
+            ax1.hist(vals, bins=40, alpha=0.6, color=colours[cls], label=f"{cls} ({len(vals)})")
+    ax1.set_xlabel("log10 G at the critical point (floored at 1e-32)")
+    ax1.set_ylabel("distinct critical points")
+    ax1.legend()
+    order = sorted(range(len(pts)), key=lambda i: pts[i]["loss"])
+    for x, i in enumerate(order):
+        c = pts[i]
+        lam = np.asarray(c["eigenvalues"], dtype=float)
+        ax2.scatter(np.full(lam.size, x), lam, s=3, color=colours[c["class"]])
+    ax2.set_yscale("symlog", linthresh=1e-3)
+    ax2.axhline(0.0, color="black", lw=0.5)
+    ax2.set_xlabel("critical point (sorted by G)")
+    ax2.set_ylabel("Hessian eigenvalues on the quotient")
+    fig.suptitle(f"{len(records)} instances, {len(pts)} distinct critical points")
+    fig.tight_layout()
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".summary-", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
