@@ -6,7 +6,8 @@ writes into ``--out``:
 * ``figure1_<panel>.png``: population test loss ``||A + B C^T - W_{T+1}||_F^2`` against the fine-tuning iteration,
   one subplot per value, mean over runs with a min-max band for each method, the Corollary 1 floor (mean over runs)
   and zero; y on a symmetric-log scale (logarithmic above a small threshold, linear below it so zero can be drawn);
-* ``figure1_<panel>_test.csv``: every test-loss curve (value, method, run) at about 150 log-spaced iterations;
+* ``figure1_<panel>_test.csv``: every test-loss curve (value, method, run) at about 100 log-spaced iterations
+  (always the first and the last), 10 significant digits;
 * ``figure1_<panel>_retrain.csv``: every empirical retraining-loss curve, same layout;
 * ``summary.json``: the settings, per panel and value the final test losses (median, min, max over runs), the floors,
   step sizes, iterations and final gradient norms, and the wall time.
@@ -93,7 +94,7 @@ def _atomic_write(path: str, data: bytes) -> None:
         raise
 
 
-def _log_grid(length: int, points: int = 150) -> np.ndarray:
+def _log_grid(length: int, points: int = 100) -> np.ndarray:
     """About ``points`` log-spaced indices in ``[0, length)``, always with the first and the last."""
     idx = np.unique(np.round(np.geomspace(1, length, points)).astype(int) - 1)
     return np.unique(np.concatenate([[0], idx, [length - 1]]))
@@ -111,7 +112,7 @@ def _curves_csv(panel: str, results, kind: str) -> bytes:
             grid = _log_grid(arr.shape[1])
             for j in range(arr.shape[0]):
                 for i in grid:
-                    w.writerow([panel, value, method, j, int(i), repr(float(arr[j, i]))])
+                    w.writerow([panel, value, method, j, int(i), f"{float(arr[j, i]):.10g}"])
     return buf.getvalue().encode()
 
 
@@ -142,7 +143,8 @@ def _plot_panel(panel: str, results) -> bytes:
                      fontsize=8)
         ax.set_xlabel("fine-tuning iteration")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel(f"test loss ||A + BC^T - W_T+1||_F^2\n(symlog, linear below {linthresh:.0e})", fontsize=8)
+    axes[0].set_ylabel(r"test loss $\|A + BC^\top - W_{T+1}\|_F^2$" + f"\n(symlog, linear below {linthresh:.0e})",
+                       fontsize=8)
     axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"Figure 1, panel {panel}: mean over {results[0].settings.runs} runs, band = min-max, "
                  f"sigma = {results[0].settings.sigma}", fontsize=9)
