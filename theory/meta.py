@@ -20,7 +20,7 @@ from .problem import MetaPoint, Problem
 
 __all__ = [
     "meta_residuals", "meta_loss", "meta_grad", "meta_grad_flat", "meta_hvp", "meta_hess",
-    "outer_jacobian_blocks", "gram_blocks", "curvature_blocks",
+    "outer_jacobian_blocks", "gram_matrix", "add_curvature",
 ]
 
 
@@ -68,23 +68,33 @@ def outer_jacobian_blocks(U: np.ndarray) -> np.ndarray:
     return J.reshape(T, d * d, d * k)
 
 
-def gram_blocks(U: np.ndarray) -> np.ndarray:
-    """All products ``J_s^T J_t`` in closed form, shape ``(T, T, d k, d k)`` (row-major ``(i, a), (j, b)``).
+def gram_matrix(U: np.ndarray) -> np.ndarray:
+    """All products ``J_s^T J_t`` in closed form, as one ``(T d k, T d k)`` matrix (row-major ``(t, i, a)``).
 
     ``J_s^T J_t = 2 I_d kron (U_s^T U_t) + 2 N_st`` with ``N_st[(i, a), (j, b)] = U_t[i, b] U_s[j, a]``; cost
-    ``O(T^2 d^2 k^2)``, no ``d^2``-sized intermediate.
+    ``O(T^2 d^2 k^2)``: one outer product, one transposed copy and ``d`` block-diagonal updates, no ``d^2 x dk``
+    Jacobian formed.
     """
     T, d, k = U.shape
-    G = np.einsum("sia,tib->stab", U, U)  # U_s^T U_t
-    blocks = 2.0 * np.einsum("ij,stab->stiajb", np.eye(d), G)
-    blocks += 2.0 * np.einsum("tib,sja->stiajb", U, U)
-    return blocks.reshape(T, T, d * k, d * k)
+    n = T * d * k
+    flat = U.ravel()
+    # N part: outer[(s, j, a), (t, i, b)] = U[s, j, a] U[t, i, b], reordered to [(s, i, a), (t, j, b)]
+    out = (2.0 * np.multiply.outer(flat, flat)).reshape(T, d, k, T, d, k).transpose(0, 4, 2, 3, 1, 5).copy()
+    G = 2.0 * np.einsum("sia,tib->satb", U, U)  # 2 U_s^T U_t, as [s, a, t, b]
+    for i in range(d):
+        out[:, i, :, :, i, :] += G
+    return out.reshape(n, n)
 
 
-def curvature_blocks(R: np.ndarray, k: int) -> np.ndarray:
-    """Blocks ``2 (R_t + R_t^T) kron I_k`` of the term ``4 sum_t <R_t, dU_t dU_t^T>``, shape ``(T, d k, d k)``."""
+def add_curvature(H: np.ndarray, R: np.ndarray, k: int, offset: int = 0) -> None:
+    """Add, in place, the blocks ``2 (R_t + R_t^T) kron I_k`` of the term ``4 sum_t <R_t, dU_t dU_t^T>`` to the
+    ``U`` part of ``H`` (which starts at row/column ``offset``)."""
     T, d, _ = R.shape
-    return 2.0 * np.einsum("tij,ab->tiajb", sym(R), np.eye(k)).reshape(T, d * k, d * k)
+    S = 2.0 * sym(R)
+    view = H[offset:, offset:].reshape(T, d, k, T, d, k)
+    for t in range(T):
+        for a in range(k):
+            view[t, :, a, t, :, a] += S[t]
 
 
 def meta_hess(A, U, problem: Problem) -> np.ndarray:
@@ -100,11 +110,11 @@ def meta_hess(A, U, problem: Problem) -> np.ndarray:
     H = np.zeros((problem.n_full, problem.n_full))
     H[:dd, :dd] = 2.0 * T * np.eye(dd)
     J = outer_jacobian_blocks(U)
-    gram = gram_blocks(U)
-    curv = curvature_blocks(R, k)
+    gram = gram_matrix(U)
     for t in range(T):
         sl = slice(dd + t * dk, dd + (t + 1) * dk)
         H[:dd, sl] = 2.0 * J[t]
         H[sl, :dd] = 2.0 * J[t].T
-        H[sl, sl] = 2.0 * gram[t, t] + curv[t]
+        H[sl, sl] = 2.0 * gram[sl.start - dd: sl.stop - dd, sl.start - dd: sl.stop - dd]
+    add_curvature(H, R, k, offset=dd)
     return H
