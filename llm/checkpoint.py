@@ -1,0 +1,124 @@
+"""Checkpoints of retraining / fine-tuning runs, written atomically.
+
+Layout of a run folder ``RUN``::
+
+    RUN/LATEST                     name of the last finished epoch's folder (replaced with os.replace)
+    RUN/epoch-003/
+        model.safetensors          the encoder's weights under plain HF names (no LoRA): with config.json and the
+        config.json, tokenizer*    tokenizer files this folder is itself a model folder that ``--model`` can load
+        heads.safetensors          the task heads (``heads.{t}.*``)
+        adapters/task{t}/          each task's LoRA adapter in peft's format (Meta-LoRA runs)
+        train_state.safetensors    everything needed to resume bit-for-bit: every parameter (LoRA included)
+        optimizer.pt               AdamW + scheduler state and the torch RNG state (read with weights_only=True)
+        state.json                 epoch, losses and accuracies so far, configuration
+
+An epoch folder is written under a temporary name and renamed when complete; ``LATEST`` is then replaced
+atomically and older epoch folders are removed, so a kill at any moment leaves the last good epoch readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from .config import LLMError
+
+__all__ = ["atomic_write_text", "latest_checkpoint", "save_checkpoint", "load_train_state", "read_state",
+           "resolve_encoder"]
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """Folder of the last finished epoch of ``run_dir``, or ``None``."""
+    p = os.path.join(run_dir, "LATEST")
+    if not os.path.isfile(p):
+        return None
+    with open(p, encoding="utf-8") as fh:
+        name = fh.read().strip()
+    path = os.path.join(run_dir, name)
+    return path if os.path.isdir(path) else None
+
+
+def _contig(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, scheduler, state: dict) -> str:
+    """Write epoch ``epoch`` of ``model`` (a :class:`llm.models.CrossEncoder`) atomically; return its folder."""
+    from safetensors.torch import save_file
+
+    os.makedirs(run_dir, exist_ok=True)
+    name = f"epoch-{epoch:03d}"
+    tmp = tempfile.mkdtemp(dir=run_dir, prefix=f".tmp-{name}-")
+    try:
+        save_file(_contig(model.encoder_state()), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        model.hf.config.to_json_file(os.path.join(tmp, "config.json"))
+        tokenizer.save_pretrained(tmp)
+        save_file(_contig(model.heads.heads.state_dict()), os.path.join(tmp, "heads.safetensors"))
+        if model.adapters is not None:
+            model.adapters.export(os.path.join(tmp, "adapters"))
+        save_file(_contig(model.state_dict()), os.path.join(tmp, "train_state.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, os.path.join(tmp, "optimizer.pt"))
+        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as fh:
+            json.dump(state, fh, indent=1)
+        final = os.path.join(run_dir, name)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(os.path.join(run_dir, "LATEST"), name + "\n")
+    for other in os.listdir(run_dir):
+        if other.startswith("epoch-") and other != name:
+            shutil.rmtree(os.path.join(run_dir, other), ignore_errors=True)
+    return final
+
+
+def read_state(ckpt: str) -> dict:
+    with open(os.path.join(ckpt, "state.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
+    """Restore parameters, optimizer, scheduler and the torch RNG from ``ckpt``; return its ``state.json``."""
+    from safetensors.torch import load_file
+
+    params = load_file(os.path.join(ckpt, "train_state.safetensors"))
+    missing, unexpected = model.load_state_dict(params, strict=False)
+    if missing or unexpected:
+        raise LLMError(f"checkpoint {ckpt} does not match the model: missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]} (was it made with other options?)")
+    extra = torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng"])
+    return read_state(ckpt)
+
+
+def resolve_encoder(path: str) -> str:
+    """A retraining run folder -> its last finished epoch; a model folder or name -> itself."""
+    if os.path.isfile(os.path.join(path, "LATEST")):
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise LLMError(f"run folder {path} names a checkpoint in LATEST that does not exist")
+        return ckpt
+    return path
