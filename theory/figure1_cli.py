@@ -57,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed of ground truth, data and starts (default 0)")
     p.add_argument("--json", action="store_true", help="print the summary rows as one JSON object")
     for name in _SIZE_FIELDS:
-        p.add_argument(f"--{name}", type=int, default=None,
+        p.add_argument(f"--{name}", type=int, default=None, metavar=name,
                        help=f"fixed value of {name} in the panels that do not vary it (default {DEFAULTS[name]})")
     p.add_argument("--sigma", type=float, default=None, help=f"noise standard deviation (default {DEFAULTS['sigma']})")
     p.add_argument("--retrain-iters", type=int, default=None,
