@@ -44,18 +44,19 @@ def _init_worker():
     threadpool_limits(limits=1)
 
 
-def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler: str | None = None) -> Iterator[dict]:
+def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None,
+            connect_timeout: float = 10.0) -> Iterator[dict]:
     """Yield the record of every spec as it finishes (completion order, not spec order).
 
     ``scheduler``: address of a Dask scheduler (``tcp://host:port``) or a ``dask.distributed.Client`` /
     ``LocalCluster`` object; ``workers``: local processes (``None``: ``os.cpu_count()``; ``0`` or ``1``: in this
-    process, serially).
+    process, serially); ``connect_timeout``: seconds to wait for a scheduler given by address.
     """
     specs = list(specs)
     if not specs:
         return
     if scheduler is not None:
-        yield from _run_dask(specs, scheduler)
+        yield from _run_dask(specs, scheduler, connect_timeout)
         return
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ProblemError(f"workers must be an integer >= 0, got {workers!r}")
@@ -74,13 +75,13 @@ def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler: str
                 fut.cancel()
 
 
-def _run_dask(specs: list[dict], scheduler) -> Iterator[dict]:
+def _run_dask(specs: list[dict], scheduler, connect_timeout: float) -> Iterator[dict]:
     from dask.distributed import Client, as_completed
 
     own = False
     if isinstance(scheduler, str):
         try:
-            client = Client(scheduler, timeout="10s")
+            client = Client(scheduler, timeout=f"{connect_timeout}s")
         except (OSError, TimeoutError, ValueError) as exc:
             raise ProblemError(f"cannot connect to the Dask scheduler at {scheduler!r}: {exc}") from exc
         own = True

@@ -1,0 +1,198 @@
+"""Search, classification and deduplication of critical points of G (landscape.search / classify / _batched)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from threadpoolctl import threadpool_limits
+
+from landscape import _batched
+from landscape.classify import classify_point, dedup, orbit_invariants, same_orbit
+from landscape.result import STATUS_MESSAGES, SearchResult
+from landscape.search import (SolverOptions, gradient_descent, search_instance, search_record, solve_batch,
+                              solve_critical, start_seed)
+from theory.problem import Problem, ProblemError
+from theory.reduced import reduced_grad, reduced_hess, reduced_loss
+
+from strategies import problems, seeds
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with threadpool_limits(limits=1):
+        yield
+
+
+def _random_orthogonal(rng, k):
+    q, r = np.linalg.qr(rng.standard_normal((k, k)))
+    return q * np.sign(np.diag(r))
+
+
+@settings(max_examples=25, deadline=None)
+@given(problems(max_d=5, max_k=3, max_T=4), seeds, st.integers(1, 4))
+def test_batched_kernel_equals_theory(p, seed, B):
+    """Each slice of the batched G, gradient and Hessian equals theory.reduced's value at that point."""
+    U = np.random.default_rng(seed).standard_normal((B, p.T, p.d, p.k))
+    f, g = _batched.loss_grad(U, p)
+    H = _batched.hess(U, p)
+    for b in range(B):
+        f_ref = reduced_loss(U[b], p)
+        assert f[b] == pytest.approx(f_ref, rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(g[b], reduced_grad(U[b], p), rtol=1e-12, atol=1e-11)
+        H_ref = reduced_hess(U[b], p)
+        np.testing.assert_allclose(H[b], H_ref, rtol=1e-12, atol=1e-11 * max(1.0, np.abs(H_ref).max()))
+
+
+@pytest.mark.parametrize("d,k,T,seed", [(4, 1, 3, 0), (5, 1, 4, 1), (6, 2, 3, 2), (4, 1, 2, 3), (6, 2, 2, 4)])
+def test_search_finds_the_planted_global_minimum(d, k, T, seed):
+    """From random starts the minimising solver reaches G = 0; for T >= 3 (Theorem 3.3) the minimiser has
+    U_t U_t^T = U*_t U*_t^T, i.e. it is the planted ground truth up to the symmetry."""
+    p = Problem.random(d, k, T, seed=seed)
+    solves, _ = search_instance(p, starts=16, seed=seed, gd_runs=0)
+    points, _ = dedup(p, solves)
+    glob = [c for c in points if c.classification.label == "global_min"]
+    assert glob, [c.classification.label for c in points]
+    g0 = reduced_loss(np.zeros_like(p.U_star), p)
+    for c in glob:
+        assert c.classification.loss < 1e-15 * g0  # far below the classifier's own threshold (1e-12 G(0))
+        if T >= 3:
+            np.testing.assert_allclose(orbit_invariants(c.point), orbit_invariants(p.U_star), atol=1e-8)
+
+
+def test_constructed_points_are_classified():
+    """U* (and U*_t Q_t) is a global minimum; U = 0 is a critical point and, for generic W, a saddle (the Hessian
+    there is 2 (E_t + E_t^T) kron I with E_t = -(P*_t - mean P*), whose traces sum to zero)."""
+    rng = np.random.default_rng(5)
+    p = Problem.random(5, 2, 3, seed=11)
+    c = classify_point(p, p.U_star)
+    assert c.label == "global_min" and c.loss < 1e-25 and c.inertia[0] == 0
+    Q = np.stack([_random_orthogonal(rng, 2) for _ in range(3)])
+    assert classify_point(p, p.U_star @ Q).label == "global_min"
+    zero = np.zeros((3, 5, 2))
+    assert np.linalg.norm(reduced_grad(zero, p)) == 0.0
+    c0 = classify_point(p, zero)
+    assert c0.label == "saddle" and c0.inertia[0] > 0 and c0.min_eigenvalue < 0
+    assert c0.loss == pytest.approx(reduced_loss(zero, p))
+
+
+def test_saddle_found_by_newton_and_escaped_by_min():
+    """Started next to the saddle U = 0, the root solver converges to that saddle and the minimising solver
+    does not stop at a saddle."""
+    p = Problem.random(4, 1, 3, seed=3)
+    x0 = 1e-6 * np.random.default_rng(0).standard_normal(p.n_reduced)
+    r = solve_critical(p, x0, method="newton")
+    assert r.status == "converged" and r.grad_norm < 1e-9
+    assert classify_point(p, r.point).label == "saddle"
+    m = solve_critical(p, x0, method="min")
+    assert m.status == "converged"
+    assert classify_point(p, m.point).label in ("global_min", "spurious_min")
+
+
+def test_gradient_descent_at_T2_ends_in_a_global_minimum():
+    """Theorem 3.4 in practice: plain gradient descent from a small start at T = 2 ends at G ~ 0."""
+    p = Problem.random(4, 1, 2, seed=0)
+    x0 = 1e-3 * np.random.default_rng(1).standard_normal(p.n_reduced)
+    r = gradient_descent(p, x0, options=SolverOptions(gd_steps=20000))
+    assert r.method == "gd" and r.status == "converged"
+    assert r.extra["gd_iterations"] < 20000 and r.extra["moved"] < 1e-4
+    assert classify_point(p, r.point).label == "global_min"
+
+
+def test_dedup_merges_a_rotated_point_and_separates_others():
+    """A found critical point rotated by random Q_t in O(k) merges with it; a different critical point does not."""
+    rng = np.random.default_rng(2)
+    p = Problem.random(5, 2, 3, seed=7)
+    solves, _ = search_instance(p, starts=16, seed=1, gd_runs=0)
+    points, _ = dedup(p, solves)
+    assert len(points) >= 2
+    a, b = points[0], points[1]
+    Q = np.stack([_random_orthogonal(rng, 2) for _ in range(3)])
+    rot = a.point @ Q
+    assert np.abs(rot - a.point).max() > 1e-3  # the rotation really moved the point
+    assert same_orbit(a.point, rot) and not same_orbit(a.point, b.point)
+    fake = [SearchResult(point=x, loss=reduced_loss(x, p), grad_norm=float(np.linalg.norm(reduced_grad(x, p))),
+                         inertia=None, min_eigenvalue=float("nan"), iterations=1, seed=i, seconds=0.0,
+                         status="converged", method="newton", scale=1.0)
+            for i, x in enumerate([a.point, rot, b.point])]
+    merged, which = dedup(p, fake)
+    assert which == [0, 0, 1] and len(merged) == 2
+    assert merged[0].hits == {"newton": 2}
+
+
+def test_k1_sign_flips_merge():
+    p = Problem.random(4, 1, 3, seed=1)
+    flipped = p.U_star * np.array([1.0, -1.0, -1.0])[:, None, None]
+    assert same_orbit(p.U_star, flipped)
+    assert not same_orbit(p.U_star, 1.01 * p.U_star)
+
+
+def test_solves_are_reproducible_from_their_seed():
+    p = Problem.random(3, 1, 3, seed=0)
+    s1, g1 = search_instance(p, starts=8, seed=4, instance=2, gd_runs=1)
+    s2, g2 = search_instance(p, starts=8, seed=4, instance=2, gd_runs=1)
+    for a, b in zip(s1 + g1, s2 + g2):
+        assert a.seed == b.seed and np.array_equal(a.point, b.point)
+    assert len({r.seed for r in s1}) == 8
+    assert start_seed(4, 2, 0) != start_seed(4, 3, 0) != start_seed(5, 2, 0)
+
+
+def test_batch_equals_one_at_a_time():
+    """Lock-step batching changes nothing: every start's result equals its own single solve."""
+    p = Problem.random(3, 1, 3, seed=5)
+    X0 = np.random.default_rng(0).standard_normal((6, p.n_reduced))
+    for method in ("newton", "min"):
+        batch = solve_batch(p, X0, method=method)
+        for x0, rb in zip(X0, batch):
+            r1 = solve_critical(p, x0, method=method)
+            assert r1.status == rb.status and r1.iterations == rb.iterations
+            np.testing.assert_allclose(r1.point, rb.point, rtol=0, atol=1e-12)
+
+
+def test_status_table_and_result_validation():
+    p = Problem.random(3, 1, 3, seed=0)
+    r = solve_critical(p, np.ones(p.n_reduced), method="newton", options=SolverOptions(max_iter=1))
+    assert r.status == "max_iter" and r.message == STATUS_MESSAGES["max_iter"]
+    text = json.dumps(r.to_dict())  # NaN fields: compare the text, NaN != NaN as numbers
+    assert json.dumps(SearchResult.from_dict(json.loads(text)).to_dict()) == text
+    with pytest.raises(ValueError, match="status must be one of"):
+        SearchResult(point=np.zeros((1, 1, 1)), loss=0, grad_norm=0, inertia=None, min_eigenvalue=0, iterations=0,
+                     seed=0, seconds=0, status="ok", method="newton", scale=1)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"max_iter": 0}, "max_iter must be a positive integer"),
+    ({"gtol": -1.0}, "gtol must be a finite number > 0"),
+    ({"polish": -1}, "polish must be an integer >= 0"),
+    ({"gd_lr": float("nan")}, "gd_lr must be a finite number > 0"),
+])
+def test_solver_options_refused(kwargs, match):
+    with pytest.raises(ProblemError, match=match):
+        SolverOptions(**kwargs)
+
+
+def test_bad_inputs_refused():
+    p = Problem.random(3, 1, 3, seed=0)
+    with pytest.raises(ProblemError, match="method must be one of"):
+        solve_critical(p, np.zeros(9), method="bfgs")
+    with pytest.raises(ProblemError, match="T\\*d\\*k = 9"):
+        solve_critical(p, np.zeros(8))
+    with pytest.raises(ProblemError, match="scales must be"):
+        search_instance(p, starts=2, seed=0, scales=(0.1, -1.0))
+    with pytest.raises(ProblemError, match="eig_rtol"):
+        classify_point(p, p.U_star, eig_rtol=0.0)
+
+
+def test_search_record_is_json_and_restores_the_problem():
+    p = Problem.random(3, 1, 3, seed=2)
+    rec = search_record(p, starts=8, seed=0, instance=0, gd_runs=1)
+    back = json.loads(json.dumps(rec))
+    q = Problem.from_dict(back["problem"])
+    assert np.array_equal(q.U_star, p.U_star) and np.array_equal(q.A_star, p.A_star)
+    for c in back["critical_points"]:
+        assert reduced_loss(np.asarray(c["point"]), q) == pytest.approx(c["loss"], rel=1e-9, abs=1e-25)
+    assert sum(back["solves"].values()) == 8 and len(back["gd"]) == 1
