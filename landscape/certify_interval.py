@@ -1,0 +1,312 @@
+"""Interval-arithmetic certificate of a critical point of the reduced loss G (issue 4, certificate 2).
+
+Everything below is evaluated in python-flint ball arithmetic (``arb``, outward rounding) from the stored instance
+(``A*``, ``U*`` as exact float64 numbers; DESIGN.md section 1); the caller's numbers are never trusted, only its point
+``x0 = vec(U0)`` (shape ``(T d k,)``, read as exact float64 numbers) is used as the centre.
+
+**Gauge.** For k = 1 the O(1)^T orbit is finite (sign flips), critical points are generically isolated and the
+variable is ``x`` itself (``Q = I``, ``m = n = T d k``). For k >= 2 every critical point lies on an orbit of dimension
+``p = T k (k-1)/2``, so the gradient has no isolated zero. We restrict G to the affine slice ``x = x0 + Q z``, with
+``Q`` (n, m = n - p) the float64 matrix :func:`theory.symmetry.quotient_basis` at U0 (taken as exact numbers: the
+slice is whatever these numbers span), and work with ``f(z) = Q^T grad G(x0 + Q z)`` and ``J(z) = Q^T H(x0 + Q z) Q``.
+The slice is transversal to the orbit at every point of the box (proven by showing the n x n interval matrix
+``[Q, Z(X)]`` nonsingular, ``Z(X)`` the orbit tangent directions ``U_t Omega_t`` over the box), so by the slice
+theorem every point near x* is ``g . s`` with ``s`` on the slice: a strict local minimum of G on the slice is a local
+minimum of G, strict modulo the orbit, and a zero of f is a zero of grad G (grad G is orthogonal to the orbit
+tangent, and ``[Q, Z]`` is onto). A point where some ``U_t`` is rank-deficient (orbit of smaller dimension) is
+refused as inconclusive.
+
+**Tests on the box** ``Z = [-r, r]^m`` (``X = x0 + Q Z``, enclosed in arb), with ``C`` the float inverse of
+``J(0)`` (any matrix works; a good one makes the test pass):
+
+1. Krawczyk: ``K(Z) = -C f(0) + (I - C J(Z)) Z``; ``K(Z)`` strictly inside ``Z`` proves that f has exactly one zero
+   ``z*`` in Z (Krawczyk 1969; Moore's and Rump's form). The radius r is tried from a few multiples of the Newton
+   step ``|C f(0)|_inf`` upwards (factor ``growth``) up to ``max_radius``: a point that is not critical within
+   ``max_radius`` gives "inconclusive".
+2. Hessian on the box: with ``J_mid = V diag(lam) V^T`` (float), ``B = V^T J(Z) V`` is congruent to J(Z) (Sylvester's
+   law of inertia for the nonsingular V), so Gershgorin on B, ``min_i B_ii - sum_{j != i} |B_ij| > 0`` (all in
+   arb), proves every symmetric matrix in J(Z) positive definite, and ``lambda_min(J) >= that / ||V^T V||_inf``
+   (Ostrowski). Then z* is a strict local minimum on the slice: ``certified-minimum``. Otherwise, if the eigenvector
+   v of ``lam_min < 0`` has ``v^T J(Z) v < 0`` (upper bound), the critical point fails the second-order necessary
+   condition: ``certified-not-minimum`` (a saddle or maximum).
+3. Loss on the box: ``G(X)`` in arb. Lower bound > 0: the minimum is ``"spurious"``. For k = 1, if ``U*`` up to the
+   signs of its columns lies in X it is the unique critical point there, so ``G(x*) = 0``: ``"global"`` (proven).
+   Otherwise, if the enclosure contains 0 and its upper end is at round-off level (``<= 1e-12 (1 + G(0))``), the
+   minimum is marked ``"global"`` in the sense ``0 <= G(x*) <= upper`` (stated in the reason); else ``"unknown"``.
+
+NaN anywhere, a radius that never passes, or a bound that straddles zero gives ``"inconclusive"``.
+
+>>> from theory.problem import Problem
+>>> p = Problem.random(d=4, k=1, T=3, seed=0)
+>>> c = certify_interval(p, p.U_star)
+>>> c.verdict, c.minimum_kind
+('certified-minimum', 'global')
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from flint import arb, arb_mat
+
+from theory.problem import Problem
+from theory.reduced import reduced_hess
+from theory.symmetry import orbit_tangent, quotient_basis
+
+from . import _arb_reduced as ar
+from .certificate import Certificate, CertificateError
+
+__all__ = ["certify_interval"]
+
+_GLOBAL_RTOL = 1e-12
+
+
+def _validate_point(problem, U0) -> np.ndarray:
+    if not isinstance(problem, Problem):
+        raise CertificateError(f"problem must be a theory.problem.Problem, got {type(problem).__name__}")
+    x0 = np.array(U0, dtype=np.float64, copy=True)
+    shape = (problem.T, problem.d, problem.k)
+    if x0.shape not in (shape, (problem.n_reduced,)):
+        raise CertificateError(f"U0 must have shape (T, d, k) = {shape} or ({problem.n_reduced},), got {x0.shape}")
+    if not np.all(np.isfinite(x0)):
+        raise CertificateError(f"U0 must have finite entries, found {int(np.count_nonzero(~np.isfinite(x0)))} "
+                               "non-finite (NaN or inf)")
+    return x0.ravel()
+
+
+def _positive(name, value, *, allow_none=True):
+    if value is None and allow_none:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise CertificateError(f"{name} must be a positive finite number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise CertificateError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def _col(values) -> arb_mat:
+    return arb_mat(len(values), 1, list(values))
+
+
+def _gauge(U0: np.ndarray):
+    """``(Q, p, text)``: the slice basis (None for k = 1), the orbit dimension, and a description."""
+    T, d, k = U0.shape
+    if k == 1:
+        return None, 0, "none (k = 1: the O(1)^T orbit is finite)"
+    p = T * k * (k - 1) // 2
+    Z = orbit_tangent(U0)
+    sv = np.linalg.svd(Z, compute_uv=False)
+    if sv.size < p or not sv[-1] > 1e-8 * max(1.0, sv[0]):
+        return None, -1, f"orbit tangent rank-deficient (smallest singular value {sv[-1]:.3g}): some U_t has rank < k"
+    Q = quotient_basis(U0)
+    return Q, p, (f"slice x = x0 + Q z, Q = theory.symmetry.quotient_basis(U0) ({Q.shape[0]} x {Q.shape[1]}), "
+                  f"orthogonal complement of the {p}-dimensional orbit tangent")
+
+
+def _tangent_arb(Us: list, k: int) -> list:
+    """Orbit tangent directions ``U_t (e_a e_b^T - e_b e_a^T)`` over the box, as columns (lists of balls)."""
+    T = len(Us)
+    d = Us[0].nrows()
+    n = T * d * k
+    cols = []
+    for t in range(T):
+        for a in range(k):
+            for b in range(a + 1, k):
+                col = [arb(0)] * n
+                base = t * d * k
+                for i in range(d):
+                    col[base + i * k + b] = Us[t][i, a]
+                    col[base + i * k + a] = -Us[t][i, b]
+                cols.append(col)
+    return cols
+
+
+def _inconclusive(method_args, reason, **extra):
+    return Certificate(verdict="inconclusive", reason=reason, **method_args, **extra)
+
+
+def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_radius: float | None = None,
+                     growth: float = 30.0, max_tries: int = 8, prec: int = 128) -> Certificate:
+    """Certify the critical point of G near ``U0`` (shape ``(T, d, k)`` or ``(T d k,)``) by interval arithmetic.
+
+    Parameters
+    ----------
+    problem : the instance; G is recomputed from its stored ``A*`` and ``U*``
+    U0 : the centre of the box (float64, finite)
+    radius : the box half-width r (infinity norm, in the slice coordinates z; ``|x - x0|_2 <= sqrt(m) r`` since Q
+        has orthonormal columns up to rounding); None: tried automatically from ``4 |C f(0)|_inf`` upwards
+    max_radius : largest r tried automatically (default ``1e-3 (1 + |x0|_inf)``); a point whose Newton step is
+        larger is not treated as critical
+    growth, max_tries : the automatic radius grows by ``growth`` at most ``max_tries`` times
+    prec : arb working precision in bits (>= 53)
+
+    Returns
+    -------
+    Certificate with method ``"krawczyk"`` (see the module docstring for what each verdict proves).
+    """
+    t_start = time.perf_counter()
+    x0 = _validate_point(problem, U0)
+    radius = _positive("radius", radius)
+    max_radius = _positive("max_radius", max_radius)
+    growth = _positive("growth", growth, allow_none=False)
+    if growth <= 1:
+        raise CertificateError(f"growth must be > 1, got {growth}")
+    if isinstance(max_tries, bool) or not isinstance(max_tries, (int, np.integer)) or max_tries < 1:
+        raise CertificateError(f"max_tries must be a positive integer, got {max_tries!r}")
+    if isinstance(prec, bool) or not isinstance(prec, (int, np.integer)) or prec < 53:
+        raise CertificateError(f"prec must be an integer number of bits >= 53, got {prec!r}")
+    T, d, k = problem.T, problem.d, problem.k
+    n = problem.n_reduced
+    if max_radius is None:
+        max_radius = 1e-3 * (1.0 + float(np.max(np.abs(x0))))
+    U0a = x0.reshape(T, d, k)
+    Q, p, gauge = _gauge(U0a)
+    margins: dict = {}
+    common = dict(method="krawczyk", gauge=gauge, n=n, margins=margins)
+
+    def done(verdict, reason, **kw):
+        return Certificate(verdict=verdict, reason=reason, seconds=time.perf_counter() - t_start, **common, **kw)
+
+    with ar.working_precision(prec):
+        Ws = ar.task_matrices(problem)
+        E0 = ar.residuals(ar.U_blocks(ar.balls(x0), T, d, k), Ws)
+        G0 = ar.loss(E0)
+        loss = (ar.lower(G0), ar.upper(G0))
+        if p < 0:
+            return done("inconclusive", f"cannot fix the gauge: {gauge}", loss=loss, radius=radius)
+        g0 = ar.grad(ar.U_blocks(ar.balls(x0), T, d, k), E0)
+        Qa = None if Q is None else arb_mat(Q.tolist())
+        f0 = _col(g0) if Qa is None else Qa.transpose() * _col(g0)
+        m = f0.nrows()
+        # float preconditioner C ~ J(0)^{-1}
+        Hf = reduced_hess(x0, problem)
+        Jf = Hf if Q is None else Q.T @ Hf @ Q
+        try:
+            Cf = np.linalg.inv(Jf)
+        except np.linalg.LinAlgError:
+            Cf = None
+        if Cf is None or not np.all(np.isfinite(Cf)):
+            return done("inconclusive", "the float Hessian at x0 (on the slice) is singular: no Newton "
+                        "preconditioner, the Krawczyk test cannot pass", loss=loss, radius=radius)
+        f0_mid = np.array([ar.mid(f0[i, 0]) for i in range(m)])
+        step = float(np.max(np.abs(Cf @ f0_mid))) if m else 0.0
+        margins["newton_step"] = step
+        if not math.isfinite(step):
+            return done("inconclusive", "NaN in the gradient at x0", loss=loss, radius=radius)
+        if radius is not None:
+            radii = [radius]
+        else:
+            r = max(4.0 * step, 1e-15 * (1.0 + float(np.max(np.abs(x0)))))
+            radii = []
+            while r <= max_radius and len(radii) < max_tries:
+                radii.append(r)
+                r *= growth
+            if not radii:
+                return done("inconclusive", f"x0 is not a critical point: the Newton step |C f(0)|_inf = {step:.3g} "
+                            f"exceeds max_radius = {max_radius:.3g}", loss=loss, radius=None)
+        C = arb_mat(Cf.tolist())
+        Cf0 = C * f0
+        I_m = arb_mat(np.eye(m).tolist())
+        passed = None
+        ratios = []
+        for r in radii:
+            Zbox = _col([arb(0, r)] * m)
+            Xb = [arb(float(x0[i])) for i in range(n)]
+            if Qa is None:
+                Xb = [xi + z for xi, z in zip(Xb, Zbox.entries())]
+            else:
+                QZ = (Qa * Zbox).entries()
+                Xb = [xi + z for xi, z in zip(Xb, QZ)]
+            Us = ar.U_blocks(Xb, T, d, k)
+            E = ar.residuals(Us, Ws)
+            H = ar.hess(Us, E)
+            J = H if Qa is None else Qa.transpose() * H * Qa
+            K = (I_m - C * J) * Zbox - Cf0
+            inside = all(K[i, 0].abs_upper() < arb(r) for i in range(m))
+            worst = max((ar.upper(K[i, 0].abs_upper()) for i in range(m)), default=0.0)
+            ratios.append(worst / r if math.isfinite(worst) else float("nan"))
+            if inside:
+                passed = (r, Us, E, J)
+                break
+        margins["krawczyk_ratio"] = ratios[-1]
+        margins["radii_tried"] = radii[:len(ratios)]
+        if passed is None:
+            return done("inconclusive", f"Krawczyk test failed: K(X) not strictly inside X at every radius tried "
+                        f"({len(ratios)} radii from {radii[0]:.3g} to {radii[len(ratios) - 1]:.3g}, last ratio "
+                        f"{ratios[-1]:.3g}); x0 may not be a critical point or its Hessian may be (nearly) singular",
+                        loss=loss, radius=radii[len(ratios) - 1])
+        r, Us, E, J = passed
+        if Qa is not None:  # transversality of the slice over the whole box
+            M = arb_mat(n, n)
+            cols = [[Qa[i, j] for i in range(n)] for j in range(m)] + _tangent_arb(Us, k)
+            for j, col in enumerate(cols):
+                for i in range(n):
+                    M[i, j] = col[i]
+            try:
+                M.solve(arb_mat(n, 1, [1] * n))
+                margins["transversal"] = True
+            except ZeroDivisionError:
+                margins["transversal"] = False
+                return done("inconclusive", "could not prove the slice transversal to the orbit over the box "
+                            "([Q, Z(X)] not proven nonsingular)", loss=loss, radius=r)
+        where = f"the unique critical point x* of G {'on the slice ' if Qa is not None else ''}in the box " \
+                f"|z|_inf <= r = {r:.3g} around x0"
+        # Hessian on the box, by congruence with the float eigenvectors of its midpoint (ar.lambda_min_lower)
+        GX = ar.loss(E)
+        gX_lo, gX_hi = ar.lower(GX), ar.upper(GX)
+        margins["loss_lower_on_box"] = gX_lo
+        margins["loss_upper_on_box"] = gX_hi
+        lam_lo, lam, V = ar.lambda_min_lower(J)
+        margins["hessian_min_eig_mid"] = float(lam[0])
+        if V is None:
+            return done("inconclusive", "NaN in the interval Hessian", loss=loss, radius=r)
+        if lam_lo > 0:
+            margins["hessian_min_eig_lower"] = lam_lo
+            kind, why = _minimum_kind(problem, x0, r, Qa, k, gX_lo, gX_hi, Ws, prec)
+            return done("certified-minimum",
+                        f"{where} is a strict local minimum{' modulo the orbit' if Qa is not None else ''}: "
+                        f"Krawczyk ratio {ratios[-1]:.3g} < 1, Hessian on the box >= {lam_lo:.3g} > 0; {why}",
+                        loss=loss, radius=r, minimum_kind=kind)
+        margins["hessian_min_eig_lower"] = None
+        if lam[0] > 0:
+            return done("inconclusive", f"{where} exists, but its interval Hessian is not proven positive definite "
+                        f"(midpoint lambda_min {lam[0]:.3g})", loss=loss, radius=r)
+        Va = arb_mat(V.tolist())
+        v = _col([Va[i, 0] for i in range(m)])  # float eigenvector of the smallest midpoint eigenvalue, exact
+        q_hi = ar.upper((v.transpose() * J * v)[0, 0])
+        margins["negative_curvature_upper"] = q_hi
+        if q_hi < 0:
+            return done("certified-not-minimum",
+                        f"{where} is not a local minimum: Krawczyk ratio {ratios[-1]:.3g} < 1 and a direction v "
+                        f"with v^T H(X) v <= {q_hi:.3g} < 0 over the whole box (midpoint lambda_min {lam[0]:.3g})",
+                        loss=loss, radius=r)
+        return done("inconclusive", f"{where} exists, but its Hessian is neither proven positive definite nor "
+                    f"proven to have a negative direction (midpoint lambda_min {lam[0]:.3g}, v^T H v <= {q_hi:.3g})",
+                    loss=loss, radius=r)
+
+
+def _minimum_kind(problem, x0, r, Qa, k, lo, hi, Ws, prec):
+    """``(kind, text)`` for a certified minimum: spurious / global / unknown (module docstring, item 3)."""
+    if lo > 0:
+        return "spurious", f"G > {lo:.6g} > 0 on the box, so the minimum is spurious (not global)"
+    if Qa is None and k == 1:
+        Ustar = problem.U_star.reshape(problem.T, -1)
+        U0 = x0.reshape(problem.T, -1)
+        signs = np.where(np.sum(Ustar * U0, axis=1) >= 0, 1.0, -1.0)
+        cand = (signs[:, None] * Ustar).ravel()  # exact: a sign flip
+        if np.all(np.abs(cand - x0) < r):  # float subtraction: check it rigorously below
+            inside = all((arb(float(c)) - arb(float(x))).abs_upper() < arb(r) for c, x in zip(cand, x0))
+            if inside:
+                return "global", ("U* (column signs flipped to match x0) lies in the box, is a critical point with "
+                                  "G = 0, so x* = U* and the minimum is global (proven)")
+    with ar.working_precision(prec):
+        G_zero = ar.loss(ar.residuals(ar.U_blocks(ar.balls(np.zeros_like(x0)), problem.T, problem.d, problem.k), Ws))
+    scale = 1.0 + ar.upper(G_zero)
+    if lo <= 0 <= hi and hi <= _GLOBAL_RTOL * scale:
+        return "global", (f"0 <= G(x*) <= {hi:.3g} (round-off level, <= {_GLOBAL_RTOL:g} (1 + G(0))): a global "
+                          "minimum up to that bound; interval arithmetic cannot prove G(x*) = 0 exactly here")
+    return "unknown", f"G on the box lies in [{lo:.3g}, {hi:.3g}], which neither excludes 0 nor is at round-off level"
