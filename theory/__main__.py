@@ -51,12 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m theory", description="Closed-form maths of the linear Meta-LoRA model.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_verify(sub)
-    try:
-        from . import figure1_cli
-    except ImportError:  # the figure1 command is optional until its module exists
-        figure1_cli = None
-    if figure1_cli is not None:
-        figure1_cli.add_parser(sub)
+    from . import figure1_cli
+
+    figure1_cli.add_parser(sub)
     return parser
 
 
