@@ -8,7 +8,7 @@ Layout of a run folder ``RUN``::
         config.json, tokenizer*    tokenizer files this folder is itself a model folder that ``--model`` can load
         heads.safetensors          the task heads (``heads.{t}.*``)
         adapters/task{t}/          each task's LoRA adapter in peft's format (Meta-LoRA runs)
-        train_state.safetensors    everything needed to resume bit-for-bit: every parameter (LoRA included)
+        train_state.safetensors    LoRA and head tensors under the module's names (with model.safetensors: resume)
         optimizer.pt               AdamW + scheduler state and the torch RNG state (read with weights_only=True)
         state.json                 epoch, losses and accuracies so far, configuration
 
@@ -74,7 +74,8 @@ def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, sc
         save_file(_contig(model.heads.heads.state_dict()), os.path.join(tmp, "heads.safetensors"))
         if model.adapters is not None:
             model.adapters.export(os.path.join(tmp, "adapters"))
-        save_file(_contig(model.state_dict()), os.path.join(tmp, "train_state.safetensors"))
+        rest = {k: v for k, v in model.state_dict().items() if not k.startswith("hf.") or "lora_" in k}
+        save_file(_contig(rest), os.path.join(tmp, "train_state.safetensors"))  # LoRA + heads; encoder above
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state()}, os.path.join(tmp, "optimizer.pt"))
         with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as fh:
@@ -103,6 +104,12 @@ def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
     from safetensors.torch import load_file
 
     params = load_file(os.path.join(ckpt, "train_state.safetensors"))
+    plain = load_file(os.path.join(ckpt, "model.safetensors"))
+    for k in model.state_dict():  # encoder tensors under the module's own names (peft's base_layer included)
+        if k.startswith("hf.") and "lora_" not in k:
+            name = k[3:].replace(".base_layer.", ".")
+            if name in plain:
+                params[k] = plain[name]
     missing, unexpected = model.load_state_dict(params, strict=False)
     if missing or unexpected:
         raise LLMError(f"checkpoint {ckpt} does not match the model: missing {missing[:3]}, "

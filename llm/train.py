@@ -37,7 +37,8 @@ from .data import Task, TaskSet, TokenisedSplit, tokenise
 from .models import BatchedAdapters, CrossEncoder, PeftAdapters, load_hf_model, load_tokenizer
 
 __all__ = ["METHODS", "SCHEDULES", "default_schedule", "RetrainResult", "FinetuneResult", "retrain", "finetune",
-           "evaluate", "pair_loss", "make_accelerator", "build_retrain_model"]
+           "evaluate", "pair_loss", "make_accelerator", "build_retrain_model",
+           "build_finetune_model", "forward_batch"]
 
 METHODS = ("sr", "meta-lora")
 SCHEDULES = ("sequential", "batched")
@@ -248,7 +249,7 @@ def _train_epoch(model, raw, split, loader, batches, *, accelerator, optimizer, 
             logits = forward_batch(model, b, single_task=single_task, raw=raw)
         loss = pair_loss(logits, b["pair_labels"])
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{what}: non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}; "
+            raise NonFiniteLossError(f"{what}: non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; "
                                      "stopped, the last finished epoch's checkpoint is kept (try a smaller lr)")
         accelerator.backward(loss)
         optimizer.step()
@@ -316,17 +317,10 @@ def retrain(cfg: Config, tasks: TaskSet, *, method: str, rank: int | None, seed:
     return RetrainResult(out_dir, last or "", method, rank, schedule, seed, tuple(losses), time.perf_counter() - t0)
 
 
-def finetune(cfg: Config, encoder: str, task: Task, *, rank: int, seed: int, device: str | None = None,
-             cache_dir: str | None = None, progress: bool = True) -> FinetuneResult:
-    """Fine-tune ``task`` on a frozen encoder (a model folder / name, or a retraining run folder).
-
-    A fresh peft LoRA of rank ``rank`` (alpha and dropout of ``cfg``) and a fresh head are trained for
-    ``cfg.finetune_epochs`` epochs on ``task.train``; the held-out accuracy is measured after every epoch.
-    """
+def build_finetune_model(cfg: Config, encoder: str, *, rank: int, seed: int) -> tuple[CrossEncoder, object]:
+    """(model, tokenizer): the encoder at ``encoder`` frozen, a fresh rank-``rank`` peft LoRA and a fresh head."""
     from .models import lora_config
 
-    t0 = time.perf_counter()
-    _set_threads(cfg)
     lora_config(rank, cfg.lora_alpha, cfg.lora_dropout)  # validates the rank before loading anything
     path = ckpt_mod.resolve_encoder(encoder)
     torch.manual_seed(seed)
@@ -337,7 +331,21 @@ def finetune(cfg: Config, encoder: str, task: Task, *, rank: int, seed: int, dev
         p.requires_grad_(False)
     for p in list(model.lora_parameters()) + list(model.heads.parameters()):
         p.requires_grad_(True)
-    tokenizer = load_tokenizer(path)
+    return model, load_tokenizer(path)
+
+
+def finetune(cfg: Config, encoder: str, task: Task, *, rank: int, seed: int, device: str | None = None,
+             cache_dir: str | None = None, progress: bool = True, model=None, tokenizer=None) -> FinetuneResult:
+    """Fine-tune ``task`` on a frozen encoder (a model folder / name, or a retraining run folder).
+
+    A fresh peft LoRA of rank ``rank`` (alpha and dropout of ``cfg``) and a fresh head are trained for
+    ``cfg.finetune_epochs`` epochs on ``task.train``; the held-out accuracy is measured after every epoch.
+    ``model``/``tokenizer``: a model from :func:`build_finetune_model` to train instead of building one.
+    """
+    t0 = time.perf_counter()
+    _set_threads(cfg)
+    if model is None:
+        model, tokenizer = build_finetune_model(cfg, encoder, rank=rank, seed=seed)
     train = tokenise([task], tokenizer, cfg.max_length, split="train", cache_dir=cache_dir)
     held = tokenise([task], tokenizer, cfg.max_length, split="heldout", cache_dir=cache_dir)
     accelerator = make_accelerator(device)

@@ -1,0 +1,236 @@
+"""Readers, task builder, tokenisation and collation of ``llm.data``."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llm.config import CandidateError, DataError, LLMError, preset
+from llm.data import build_tasks, read_chitchat, read_convai2, tokenise
+from test_llm_support import write_chitchat, write_convai2
+
+SHARED_FILE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data",
+                           "convai2_valid_self_original_head.txt")
+
+CFG = preset("smoke").replace(n_retrain_tasks=3, n_test_tasks=2, retrain_samples=6, test_train_samples=3,
+                              heldout_samples=3, per_conversation=2)
+
+
+# ------------------------------------------------------------------------------------------------------ ConvAI2
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_FILE), reason="../shared/data/convai2_valid_self_original_head.txt "
+                                                             "is absent (the real ConvAI2 slice)")
+def test_convai2_reader_on_the_real_slice():
+    eps = read_convai2(SHARED_FILE)
+    assert len(eps) == 2
+    first = eps[0]
+    # persona: the sorted tuple of the four persona lines, joined
+    assert first.turns[1].speaker == " | ".join(sorted([
+        "i read twenty books a year.", "i am a stunt double as my second job.", "i only eat kosher.",
+        "i was raised in a single parent household."]))
+    assert first.turns[0].speaker is None and first.turns[0].text == "hello what are doing today ?"
+    reply = first.turns[1]
+    assert reply.text == "i am good , i just got off work and tired , i have two jobs ."
+    assert len(reply.candidates) == 20 and reply.candidates[-1] == reply.text
+    labelled = sum(1 for e in eps for t in e.turns if t.candidates is not None)
+    assert labelled == 3
+
+
+@pytest.mark.parametrize("content, line, what", [
+    ("1 your persona: a.\nx hello\treply\t\ta|reply\n", 2, "turn number"),
+    ("1 your persona: a.\n3 hello\treply\t\ta|reply\n", 2, "expected"),
+    ("1 your persona: a.\n2 hello only one field\n", 2, "partner<TAB>reply"),
+    ("1 your persona: a.\n2 hello\treply\t\ta|b|c\n", 2, "not among"),
+    ("1 hi\tthere\t\tx|there\n2 your persona: late.\n", 2, "persona line after"),
+])
+def test_convai2_malformed_lines_name_file_and_line(tmp_path, content, line, what):
+    p = tmp_path / "bad.txt"
+    p.write_text(content)
+    with pytest.raises(DataError) as err:
+        read_convai2(str(p))
+    assert f"{p}:{line}:" in str(err.value) and what in str(err.value)
+
+
+def test_convai2_unreadable_file(tmp_path):
+    with pytest.raises(DataError, match="cannot read ConvAI2 file"):
+        read_convai2(str(tmp_path / "missing.txt"))
+
+
+def test_convai2_tasks_keep_the_files_candidates_and_group_by_persona(tmp_path):
+    path = write_convai2(str(tmp_path / "v.txt"), n_personas=3, episodes_per=3, turns=3)
+    eps = read_convai2(path)
+    cfg = CFG.replace(n_retrain_tasks=2, n_test_tasks=1, retrain_samples=6, test_train_samples=3, heldout_samples=3,
+                      per_conversation=3)
+    ts = build_tasks(eps, cfg, path)
+    assert len({t.name for t in ts.retrain + ts.test}) == 3
+    positions = Counter()
+    for task in ts.retrain + ts.test:
+        persona_id = task.name.split(" likes")[0].split()[-1]
+        for s in task.train + task.heldout:
+            true = s.candidates[s.label]
+            assert true.startswith("reply ")
+            e = int(true.split()[1].split("-")[0])
+            assert e % 3 == int(persona_id)  # the reply belongs to an episode of this persona
+            assert sorted(s.candidates) == sorted([true] + [c for c in s.candidates if c.startswith("cand ")])
+            assert len(set(s.candidates)) == 20
+            positions[s.label] += 1
+    assert len(positions) > 3  # the file's "true reply last" order is shuffled away
+
+
+# ------------------------------------------------------------------------------------------------------- chitchat
+
+def test_chitchat_reader_merges_messages_and_reports_bad_json(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text('{"a": {"messages": [[{"text": "hi", "sender": "x"}, {"text": "there", "sender": "x"}],'
+                 '[{"text": "yo", "sender": "y"}], [{"text": "again", "sender": "y"}]]}}')
+    (conv,) = read_chitchat(str(p))
+    assert [(t.speaker, t.text) for t in conv.turns] == [("x", "hi there"), ("y", "yo again")]
+    p.write_text('{"a": {"messages": [\n[{"text": "hi"\n')
+    with pytest.raises(DataError, match=rf"{p}:\d+: not valid chitchat JSON"):
+        read_chitchat(str(p))
+    p.write_text('{"a": {"messages": [[{"txt": "hi", "sender": "x"}]]}}')
+    with pytest.raises(DataError, match="conversation 'a' is malformed"):
+        read_chitchat(str(p))
+
+
+@pytest.fixture(scope="module")
+def chitchat(tmp_path_factory):
+    path = write_chitchat(str(tmp_path_factory.mktemp("cc") / "c.json"), n_speakers=8, n_convs=80)
+    return read_chitchat(path)
+
+
+def _replies(convs):
+    """Independent count: for each speaker, its turns that follow another speaker's turn."""
+    count = Counter()
+    for c in convs:
+        for a, b in zip(c.turns, c.turns[1:]):
+            if a.speaker != b.speaker:
+                count[b.speaker] += 1
+    return count
+
+
+def test_chitchat_tasks_by_size_disjoint_and_capped(chitchat):
+    ts = build_tasks(chitchat, CFG)
+    count = _replies(chitchat)
+    ranked = sorted(count, key=lambda s: (-count[s], s))
+    assert [t.name for t in ts.retrain] == ranked[:3]
+    assert [t.name for t in ts.test] == ranked[3:5]
+    assert not {t.name for t in ts.retrain} & {t.name for t in ts.test}
+    for t in ts.retrain:
+        assert len(t.train) == CFG.retrain_samples and len(t.heldout) == CFG.heldout_samples
+    for t in ts.test:
+        assert 1 <= len(t.train) <= CFG.test_train_samples and len(t.heldout) == CFG.heldout_samples
+    for t in ts.retrain + ts.test:
+        train_convs = {s.conversation for s in t.train}
+        held_convs = {s.conversation for s in t.heldout}
+        assert not train_convs & held_convs
+        per_conv = Counter(s.conversation for s in t.train + t.heldout)
+        assert max(per_conv.values()) <= CFG.per_conversation
+
+
+def test_chitchat_samples_are_true_continuations_with_foreign_negatives(chitchat):
+    ts = build_tasks(chitchat, CFG)
+    by_id = {c.id: c for c in chitchat}
+    for task in ts.retrain + ts.test:
+        for s in task.train + task.heldout:
+            assert len(s.candidates) == 20 and len(set(s.candidates)) == 20
+            assert 0 <= s.label < 20
+            conv = by_id[s.conversation]
+            texts = [t.text for t in conv.turns]
+            i = texts.index(s.candidates[s.label])
+            assert conv.turns[i].speaker == task.name and conv.turns[i - 1].speaker != task.name
+            assert s.context.endswith(texts[i - 1])
+            for j, c in enumerate(s.candidates):
+                if j != s.label:
+                    assert c not in texts  # negatives come from other conversations
+
+
+def test_chitchat_builder_is_deterministic_and_seeded(chitchat):
+    a, b = build_tasks(chitchat, CFG), build_tasks(chitchat, CFG)
+    assert a == b
+    c = build_tasks(chitchat, CFG.replace(data_seed=1))
+    assert [t.name for t in c.retrain] == [t.name for t in a.retrain]  # the choice of tasks is by size only
+    assert [s.candidates for s in c.retrain[0].train] != [s.candidates for s in a.retrain[0].train]
+
+
+def test_too_few_candidates_and_too_few_speakers_are_refused(tmp_path):
+    few = read_chitchat(write_chitchat(str(tmp_path / "few.json"), n_speakers=3, n_convs=3))
+    with pytest.raises(CandidateError, match="20 are needed"):
+        build_tasks(few, CFG.replace(n_retrain_tasks=1, n_test_tasks=1, heldout_samples=1))
+    with pytest.raises(LLMError, match="speakers with replies"):
+        build_tasks(few, CFG.replace(n_retrain_tasks=3, n_test_tasks=2))
+
+
+def test_real_chitchat_mini_sizes():
+    cfg = preset("mini")
+    from llm.data import load_tasks
+
+    ts = load_tasks(cfg)
+    assert len(ts.retrain) == cfg.n_retrain_tasks and len(ts.test) == cfg.n_test_tasks
+    assert all(len(t.train) == cfg.retrain_samples for t in ts.retrain)
+    assert all(len(t.heldout) == cfg.heldout_samples for t in ts.test)
+
+
+# ------------------------------------------------------------------------------------------ tokenisation, collation
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from llm.models import load_tokenizer
+
+    return load_tokenizer("minilm")
+
+
+@pytest.fixture(scope="module")
+def tokenised(chitchat, tokenizer, tmp_path_factory):
+    ts = build_tasks(chitchat, CFG)
+    cache = str(tmp_path_factory.mktemp("tok"))
+    return ts, tokenise(ts.retrain, tokenizer, 24, cache_dir=cache), cache
+
+
+def test_tokenise_is_cached_and_matches_the_tokenizer(tokenised, tokenizer):
+    ts, split, cache = tokenised
+    assert len(split) == sum(len(t.train) for t in ts.retrain)
+    files = [f for f in os.listdir(cache) if f.endswith(".arrow")]
+    assert len(files) == 1
+    again = tokenise(ts.retrain, tokenizer, 24, cache_dir=cache)
+    assert [f for f in os.listdir(cache) if f.endswith(".arrow")] == files
+    assert again.ids.equal(split.ids) and again.offsets.equal(split.offsets)
+    s = ts.retrain[1].train[2]
+    i = len(ts.retrain[0].train) + 2
+    tokenizer.truncation_side = "left"
+    try:
+        ref = tokenizer(s.context, s.candidates[5], truncation="longest_first", max_length=24)["input_ids"]
+    finally:
+        tokenizer.truncation_side = "right"
+    p = i * 20 + 5
+    assert split.ids[split.offsets[p]:split.offsets[p + 1]].tolist() == ref
+    assert int(split.tasks[i]) == 1 and int(split.labels[i]) == s.label
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_collate_pads_each_pair_exactly(tokenised, data):
+    import torch
+
+    _, split, _ = tokenised
+    idx = data.draw(st.lists(st.integers(0, len(split) - 1), min_size=1, max_size=5))
+    neg = data.draw(st.one_of(st.none(), st.integers(1, 19)))
+    b = split.collate(idx, negatives=neg, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
+    k = 20 if neg is None else neg + 1
+    assert b["input_ids"].shape[0] == len(idx) * k and b["pair_labels"].sum() == len(idx)
+    for r in range(len(idx) * k):
+        n = int(b["attention_mask"][r].sum())
+        row = b["input_ids"][r, :n].tolist()
+        i = idx[r // k]
+        pairs = [split.ids[split.offsets[p]:split.offsets[p + 1]].tolist() for p in range(i * 20, i * 20 + 20)]
+        assert row in pairs
+        assert b["input_ids"][r, n:].eq(split.pad_id).all()
+        if b["pair_labels"][r] == 1:
+            assert row == pairs[int(split.labels[i])]
+            assert r % k == int(b["labels"][r // k])
+    if neg is None:
+        assert b["labels"].tolist() == [int(split.labels[i]) for i in idx]
