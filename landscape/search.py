@@ -58,7 +58,7 @@ class SolverOptions:
     gd_lr : float > 0, gradient-descent step ``eta = gd_lr / max(1, r^2)``
     """
 
-    max_iter: int = 200
+    max_iter: int = 100
     gtol: float = 1e-10
     polish: int = 2
     diverge: float = 1e3
@@ -117,20 +117,26 @@ def solve_critical(problem: Problem, U0, *, method: str = "newton", options: Sol
     return solve_batch(problem, x.reshape(1, -1), method=method, options=options, seeds=[seed], scales=[scale])[0]
 
 
-def solve_batch(problem: Problem, X0, *, method: str = "newton", options: SolverOptions | None = None,
+def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions | None = None,
                 seeds=None, scales=None) -> list[SearchResult]:
     """Solve from every row of ``X0`` (shape ``(B, T d k)`` or ``(B, T, d, k)``) in lock-step, one batched dense
     Hessian and one stacked ``numpy.linalg.eigh`` per iteration (:mod:`landscape._batched`).
 
     Each start keeps its own damping ``mu``: divided by 5 after an accepted step, multiplied by 4 and retried on the
-    same eigen-decomposition after a rejected one. ``seconds`` of each result is the batch's wall time over ``B``.
+    same eigen-decomposition after a rejected one. ``method`` is one name for all rows or one per row. ``seconds``
+    of each result is the batch's wall time over ``B``.
     """
-    if method not in _METHODS:
-        raise ProblemError(f"method must be one of {_METHODS}, got {method!r}")
     opts = options or SolverOptions()
     X = np.array(X0, dtype=np.float64, copy=True)
     B = X.shape[0] if X.ndim >= 1 else 0
     X = X.reshape(B, -1)
+    methods = [method] * B if isinstance(method, str) else list(method)
+    if len(methods) != B:
+        raise ProblemError(f"method must be one name or one per start ({B}), got {len(methods)} names")
+    for m in set(methods):
+        if m not in _METHODS:
+            raise ProblemError(f"method must be one of {_METHODS}, got {m!r}")
+    is_newton = np.array([m == "newton" for m in methods], dtype=bool)
     if X.shape[1] != problem.n_reduced:
         raise ProblemError(f"each start must have T*d*k = {problem.n_reduced} entries, got {X.shape[1]}")
     seeds = [-1] * B if seeds is None else [int(s) for s in seeds]
@@ -138,7 +144,6 @@ def solve_batch(problem: Problem, X0, *, method: str = "newton", options: Solver
     shape = (problem.T, problem.d, problem.k)
     gtol, bound = _tolerance(problem, opts)
     t0 = time.perf_counter()
-    newton = method == "newton"
     f, g = _batched.loss_grad(X.reshape(B, *shape), problem)
     mu = np.full(B, np.nan)
     polish = np.full(B, opts.polish)
@@ -173,22 +178,25 @@ def solve_batch(problem: Problem, X0, *, method: str = "newton", options: Solver
         s_idx, lam, V, c, lmax = idx[st], lam[st], V[st], c[st], lmax[st]
         if s_idx.size == 0:
             continue
+        nw = is_newton[s_idx]
         fresh = np.isnan(mu[s_idx])
-        mu[s_idx[fresh]] = 1e-3 * (lmax[fresh] ** 2 if newton else lmax[fresh])
-        merit = np.einsum("bi,bi->b", g[s_idx], g[s_idx]) if newton else f[s_idx].copy()
+        mu[s_idx[fresh]] = 1e-3 * np.where(nw, lmax * lmax, lmax)[fresh]
+        merit = np.where(nw, np.einsum("bi,bi->b", g[s_idx], g[s_idx]), f[s_idx])
         pending = np.arange(s_idx.size)
         for _trial in range(60):
             rows = s_idx[pending]
             m = mu[rows][:, None]
             lp = lam[pending]
-            coef = c[pending] * (lp / (lp * lp + m) if newton else 1.0 / (np.abs(lp) + m))
+            nwp = nw[pending][:, None]
+            coef = c[pending] * np.where(nwp, lp / (lp * lp + m), 1.0 / (np.abs(lp) + m))
             Xn = X[rows] - np.einsum("bij,bj->bi", V[pending], coef)
             fn, gnew = _batched.loss_grad(Xn.reshape(-1, *shape), problem)
-            new_merit = np.einsum("bi,bi->b", gnew, gnew) if newton else fn
+            new_merit = np.where(nwp[:, 0], np.einsum("bi,bi->b", gnew, gnew), fn)
             ok = np.isfinite(new_merit) & (new_merit < merit[pending])
             acc = rows[ok]
             X[acc], f[acc], g[acc] = Xn[ok], fn[ok], gnew[ok]
-            floor = (1e-14 * lmax[pending[ok]]) ** (2 if newton else 1)
+            lm_ok = 1e-14 * lmax[pending[ok]]
+            floor = np.where(nw[pending[ok]], lm_ok * lm_ok, lm_ok)
             mu[acc] = np.maximum(mu[acc] / 5.0, floor)
             mu[rows[~ok]] *= 4.0
             pending = pending[~ok]
@@ -209,7 +217,7 @@ def solve_batch(problem: Problem, X0, *, method: str = "newton", options: Solver
     seconds = (time.perf_counter() - t0) / max(B, 1)
     return [SearchResult(point=X[b].reshape(shape), loss=float(f[b]), grad_norm=float(np.linalg.norm(g[b])),
                          inertia=None, min_eigenvalue=float("nan"), iterations=int(iters[b]), seed=seeds[b],
-                         seconds=seconds, status=str(status[b]), method=method, scale=scales[b])
+                         seconds=seconds, status=str(status[b]), method=methods[b], scale=scales[b])
             for b in range(B)]
 
 
@@ -281,18 +289,13 @@ def search_instance(problem: Problem, *, starts: int, seed: int, instance: int =
         raise ProblemError(f"scales must be a non-empty list of finite numbers > 0, got {list(scales)}")
     opts = options or SolverOptions()
     r = problem_scale(problem)
-    plan = {m: [] for m in _METHODS}
-    for j in range(starts):
-        plan[_METHODS[(j // len(scales)) % 2]].append(j)
-    solves: list[SearchResult | None] = [None] * starts
-    for method, js in plan.items():
-        if not js:
-            continue
-        sds = [start_seed(seed, instance, j) for j in js]
-        scs = [scales[j % len(scales)] * r for j in js]
+    solves: list[SearchResult] = []
+    if starts:
+        sds = [start_seed(seed, instance, j) for j in range(starts)]
+        scs = [scales[j % len(scales)] * r for j in range(starts)]
+        methods = [_METHODS[(j // len(scales)) % 2] for j in range(starts)]
         X0 = np.stack([random_start(problem, sd, sc).ravel() for sd, sc in zip(sds, scs)])
-        for j, res in zip(js, solve_batch(problem, X0, method=method, options=opts, seeds=sds, scales=scs)):
-            solves[j] = res
+        solves = solve_batch(problem, X0, method=methods, options=opts, seeds=sds, scales=scs)
     gd = []
     if gd_runs:
         sds = [start_seed(seed, instance, starts + m) for m in range(gd_runs)]
