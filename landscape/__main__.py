@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start scales, relative to sqrt(max_t ||W_t - mean W||_2) (default 0.1,0.5,1,2)")
 
     c = sub.add_parser("certify", help="certify the spurious-minimum candidates (and a sample of other points)")
-    c.add_argument("results", help="results file of `search`")
+    c.add_argument("results", help="results file of `search`, or an instance file (landscape/instances/*.json)")
     c.add_argument("--method", choices=("krawczyk", "epsnet"), default="krawczyk")
     c.add_argument("--sample", type=_nonneg_int, default=3,
                    help="saddles and global minima certified per class, drawn at random (default 3)")
@@ -165,7 +165,7 @@ def _cmd_certify(args) -> int:
     except ImportError as exc:  # the certificates are a separate part of the package
         print(f"error: the {args.method} certificate is not available: {exc}", file=sys.stderr)
         return 1
-    records = store.load(args.results)
+    records = _records_or_instance(args.results)
     rows = []
     for rec, i in tqdm(_candidates(records, args.sample, args.seed, args.max_candidates), desc="certify",
                        disable=None):
@@ -191,6 +191,27 @@ def _cmd_certify(args) -> int:
     return 0
 
 
+def _records_or_instance(path: str) -> list[dict]:
+    """Records of a results file, or one pseudo-record holding the point of an instance file (a JSON object with
+    ``problem`` and ``point``, such as those in landscape/instances/)."""
+    from . import store
+
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError:  # JSON lines (more than one object) or malformed: a results file
+                data = None
+        if isinstance(data, dict) and "point" in data and "problem" in data:
+            from .classify import classify_point
+
+            problem, U, data = store.load_instance(path)
+            c = classify_point(problem, U)
+            return [{"index": 0, "config": {}, "problem": data["problem"],
+                     "critical_points": [{"class": c.label, "loss": c.loss, "point": U.tolist()}]}]
+    return store.load(path)
+
+
 def _cmd_summary(args) -> int:
     from . import store, summary
 
@@ -203,9 +224,9 @@ def _cmd_summary(args) -> int:
         print(json.dumps(out))
     else:
         print(f"{out['instances']} instances, settings {out['settings']}")
-        print(f"{'class':>13} {'critical points':>16} {'instances with':>15}")
+        print(f"{'class':>13} {'critical points':>16} {'distinct G values':>18} {'instances with':>15}")
         for cls, n in out["counts"].items():
-            print(f"{cls:>13} {n:>16} {out['instances_with'][cls]:>15}")
+            print(f"{cls:>13} {n:>16} {out['critical_values'][cls]:>18} {out['instances_with'][cls]:>15}")
         s = out["smallest_spurious_loss"]
         print("smallest G among spurious minima:", "none" if s is None else f"{s['loss']:.6g} (instance {s['index']})")
         gd = out["gd"]

@@ -205,7 +205,7 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
         if pending.size:
             # no damping decreases the merit: at round-off level that is convergence, otherwise the solve stalled
             rows = s_idx[pending]
-            near = np.linalg.norm(g[rows], axis=1) <= 1e3 * gtol
+            near = np.linalg.norm(g[rows], axis=1) <= 10.0 * gtol
             status[rows] = np.where(near, "converged", "stalled")
             active[rows] = False
         far = active & (np.linalg.norm(X, axis=1) > bound)

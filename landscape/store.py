@@ -16,7 +16,7 @@ import tempfile
 
 from theory.problem import ProblemError
 
-__all__ = ["load", "open_run", "append", "canonical"]
+__all__ = ["load", "open_run", "append", "canonical", "save_instance", "load_instance"]
 
 _REQUIRED = ("index", "config", "problem", "critical_points")
 
@@ -107,3 +107,51 @@ def canonical(records: list[dict]) -> list[dict]:
         return obj
 
     return [strip(r) for r in sorted(records, key=lambda r: r["index"])]
+
+
+def save_instance(path: str, problem, point, **meta) -> None:
+    """Write an instance file: ``{"problem": Problem.to_dict(), "point": U (T, d, k) as lists, **meta}`` (JSON,
+    written to a temporary file and renamed)."""
+    import numpy as np
+
+    U = np.asarray(point, dtype=np.float64).reshape(problem.T, problem.d, problem.k)
+    data = {**meta, "problem": problem.to_dict(), "point": U.tolist()}
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".instance-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def load_instance(name_or_path: str):
+    """Read an instance file by path, or by name from the package's ``landscape/instances/`` folder; returns
+    ``(problem, U, data)`` with ``U`` of shape ``(T, d, k)`` and ``data`` the whole JSON object."""
+    from importlib import resources
+
+    import numpy as np
+
+    from theory.problem import Problem
+
+    path = name_or_path
+    if not os.path.isfile(path):
+        packaged = resources.files("landscape") / "instances" / (name_or_path if name_or_path.endswith(".json")
+                                                                  else name_or_path + ".json")
+        if not packaged.is_file():
+            raise ProblemError(f"instance {name_or_path!r} is neither a file nor a stored instance of "
+                               f"landscape/instances/")
+        path = str(packaged)
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ProblemError(f"{path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or "problem" not in data or "point" not in data:
+        raise ProblemError(f"{path}: an instance file is a JSON object with the keys 'problem' and 'point'")
+    problem = Problem.from_dict(data["problem"])
+    U = np.asarray(data["point"], dtype=np.float64)
+    if U.shape != (problem.T, problem.d, problem.k):
+        raise ProblemError(f"{path}: point must have shape (T, d, k) = {(problem.T, problem.d, problem.k)}, "
+                           f"got {U.shape}")
+    return problem, U, data

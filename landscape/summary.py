@@ -3,7 +3,9 @@ ended, and a PNG of the loss values and Hessian spectra at the critical points.
 
 ``counts`` are distinct critical orbits (merged up to O(k)^T, :mod:`landscape.classify`) summed over instances;
 ``instances_with`` counts instances having at least one of each class. Where the critical set is not isolated (the
-T = 2 family of global minima of Appendix D.1, degenerate saddles) every distinct orbit found counts once.
+T = 2 family of global minima of Appendix D.1, saddles with zero eigenvalues beyond the orbit's) every distinct orbit
+found counts once, so ``counts`` grows with the number of starts there; ``critical_values`` counts instead the
+distinct values of G per class and instance (relative tolerance 1e-8), which a continuum of critical points shares.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ __all__ = ["summarize", "plot"]
 def summarize(records: list[dict]) -> dict:
     """JSON-ready summary of records (:func:`landscape.store.load`)."""
     counts = {c: 0 for c in CLASSES}
+    values = {c: 0 for c in CLASSES}
     with_class = {c: 0 for c in CLASSES}
     solves: dict[str, int] = {}
     gd_end = {c: 0 for c in (*CLASSES, "unconverged")}
@@ -37,6 +40,16 @@ def summarize(records: list[dict]) -> dict:
                             "min_eigenvalue": c["min_eigenvalue"]}
         for c in seen:
             with_class[c] += 1
+        for cls in CLASSES:
+            levels = sorted(c["loss"] for c in rec["critical_points"] if c["class"] == cls)
+            if cls == "global_min":  # all at G ~ 0: one value
+                values[cls] += 1 if levels else 0
+                continue
+            last = None
+            for v in levels:
+                if last is None or v - last > 1e-8 * max(1.0, abs(last)):
+                    values[cls] += 1
+                    last = v
         for status, n in rec.get("solves", {}).items():
             solves[status] = solves.get(status, 0) + n
         for g in rec.get("gd", []):
@@ -47,6 +60,7 @@ def summarize(records: list[dict]) -> dict:
         "settings": [{"d": d, "k": k, "T": T} for d, k, T in sorted(settings, key=str)],
         "counts": counts,
         "instances_with": with_class,
+        "critical_values": values,
         "smallest_spurious_loss": smallest,
         "solves": solves,
         "gd": {"runs": gd_runs, "ended_in": gd_end,

@@ -15,7 +15,7 @@ from landscape import _batched
 from landscape.classify import classify_point, dedup, orbit_invariants, same_orbit
 from landscape.result import STATUS_MESSAGES, SearchResult
 from landscape.search import (SolverOptions, gradient_descent, search_instance, search_record, solve_batch,
-                              solve_critical, start_seed)
+                              solve_critical, instance_seed, start_seed)
 from theory.problem import Problem, ProblemError
 from theory.reduced import reduced_grad, reduced_hess, reduced_loss
 
@@ -196,3 +196,41 @@ def test_search_record_is_json_and_restores_the_problem():
     for c in back["critical_points"]:
         assert reduced_loss(np.asarray(c["point"]), q) == pytest.approx(c["loss"], rel=1e-9, abs=1e-25)
     assert sum(back["solves"].values()) == 8 and len(back["gd"]) == 1
+
+
+def _cp(cls, loss, eigs):
+    eigs = sorted(eigs)
+    return {"class": cls, "loss": loss, "eigenvalues": eigs, "min_eigenvalue": eigs[0],
+            "inertia": [sum(e < 0 for e in eigs), 0, sum(e > 0 for e in eigs)]}
+
+
+def test_spuriousness_score():
+    from landscape.adversarial import spuriousness
+
+    assert spuriousness({"critical_points": [_cp("global_min", 0.0, [1, 2])]}) == 0.0
+    near = {"critical_points": [_cp("saddle", 1.0, [-1e-3, 1.0, 10.0]), _cp("saddle", 2.0, [-5.0, -1.0, 10.0])]}
+    assert spuriousness(near) == pytest.approx(4.0)  # -log10(1e-3 / 10); the index-2 saddle does not count
+    far = {"critical_points": [_cp("saddle", 1.0, [-1.0, 1.0, 10.0])]}
+    assert spuriousness(far) == pytest.approx(1.0)
+    assert spuriousness(far) < spuriousness(near)
+    assert spuriousness({"critical_points": [_cp("spurious_min", 0.1, [1, 2])]}) == float("inf")
+
+
+def test_hill_climb_is_reproducible_and_keeps_the_best():
+    from landscape.adversarial import hill_climb_record
+    from landscape.store import canonical
+
+    spec = {"index": 1, "d": 4, "k": 1, "T": 3, "seed": 3, "starts": 8, "scales": [0.5, 1.0], "gd_runs": 0,
+            "adversarial": {"rounds": 3, "sigma": 0.5}}
+    a, b = hill_climb_record(spec), hill_climb_record(spec)
+    assert canonical([a]) == canonical([b])
+    hist = a["adversarial"]["history"]
+    assert hist[0]["round"] == 0 and len(hist) <= 4
+    accepted = [h for h in hist if h["accepted"]]
+    best = accepted[-1]
+    assert a["adversarial"]["round"] == best["round"] and a["adversarial"]["score"] == best["score"]
+    scores = [h["score"] for h in accepted]
+    assert all(float(x) < float(y) for x, y in zip(scores, scores[1:]))  # strictly improving chain
+    start = Problem.random(4, 1, 3, seed=instance_seed(3, 1))
+    moved = not np.array_equal(np.asarray(a["problem"]["U_star"]), start.U_star)
+    assert moved == (best["round"] > 0)
