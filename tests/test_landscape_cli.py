@@ -66,6 +66,17 @@ def test_certify_json_rows(results, capsys):
             assert r["agrees"] is True
 
 
+def test_certify_a_stored_instance_file(capsys):
+    from importlib import resources
+
+    path = resources.files("landscape") / "instances" / "search_d3_k1_T3_seed0_i139.json"
+    assert main(["certify", str(path), "--method", "krawczyk", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert row["search_class"] == "spurious_min"
+    assert row["verdict"] == "certified-minimum" and row["minimum_kind"] == "spurious" and row["agrees"] is True
+    assert row["loss"][0] > 0
+
+
 def test_module_entry_point_runs(results):
     proc = subprocess.run([sys.executable, "-m", "landscape", "summary", str(results), "--json"],
                           capture_output=True, text=True, timeout=120)

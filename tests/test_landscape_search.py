@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -234,3 +233,60 @@ def test_hill_climb_is_reproducible_and_keeps_the_best():
     start = Problem.random(4, 1, 3, seed=instance_seed(3, 1))
     moved = not np.array_equal(np.asarray(a["problem"]["U_star"]), start.U_star)
     assert moved == (best["round"] > 0)
+
+
+STORED = "search_d3_k1_T3_seed0_i139"
+
+
+def test_stored_spurious_minimum_is_recertified_by_interval_arithmetic():
+    """Appendix D.2: the stored (3, 1, 3) point is a strict local minimum with G > 0, proven by the interval
+    certificate from the stored instance (it recomputes G itself)."""
+    from landscape.certify_interval import certify_interval
+    from landscape.store import load_instance
+
+    problem, U, data = load_instance(STORED)
+    assert (problem.d, problem.k, problem.T) == (3, 1, 3)
+    cert = certify_interval(problem, U)
+    assert cert.verdict == "certified-minimum" and cert.minimum_kind == "spurious", cert.reason
+    assert cert.loss[0] > 0.0
+    lower = cert.margins.get("loss_lower_on_box")
+    assert lower is not None and lower > 0.0
+    # and the search's own classification of the point agrees
+    c = classify_point(problem, U)
+    assert c.label == "spurious_min" and c.inertia == (0, 0, 9)
+
+
+@pytest.mark.slow
+def test_stored_spurious_minimum_is_recertified_by_the_eps_net():
+    from landscape.certify_epsnet import certify_epsnet
+    from landscape.store import load_instance
+
+    problem, U, _ = load_instance(STORED)
+    cert = certify_epsnet(problem, U)
+    assert cert.verdict == "certified-minimum" and cert.minimum_kind == "spurious", cert.reason
+
+
+def test_search_rediscovers_the_stored_spurious_minimum():
+    """Random starts on the stored instance reach a spurious minimum on the orbit of the stored point."""
+    from landscape.store import load_instance
+
+    problem, U, data = load_instance(STORED)
+    solves, _ = search_instance(problem, starts=64, seed=0, instance=data["found_by"]["instance"], gd_runs=0)
+    points, _ = dedup(problem, solves)
+    spurious = [c for c in points if c.classification.label == "spurious_min"]
+    assert any(same_orbit(c.point, U) for c in spurious)
+
+
+def test_load_instance_refuses_bad_files(tmp_path):
+    from landscape.store import load_instance
+
+    with pytest.raises(ProblemError, match="neither a file nor a stored instance"):
+        load_instance("no_such_instance")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"point": [[[1.0]]]}))
+    with pytest.raises(ProblemError, match="keys 'problem' and 'point'"):
+        load_instance(str(bad))
+    p = Problem.random(3, 1, 3, seed=0)
+    bad.write_text(json.dumps({"problem": p.to_dict(), "point": [[1.0, 2.0]]}))
+    with pytest.raises(ProblemError, match="point must have shape"):
+        load_instance(str(bad))
