@@ -230,7 +230,8 @@ def _cmd_summary(args) -> int:
         s = out["smallest_spurious_loss"]
         print("smallest G among spurious minima:", "none" if s is None else f"{s['loss']:.6g} (instance {s['index']})")
         gd = out["gd"]
-        print(f"gradient descent: {gd['runs']} runs, ended in {gd['ended_in']}")
+        print(f"gradient descent: {gd['runs']} runs, ended in {gd['ended_in']}; the unconverged ones were heading to "
+              f"{gd['unconverged_heading_to']} (the critical point their end point polishes to)")
         if "adversarial" in out:
             print("adversarial:", out["adversarial"])
     return 0

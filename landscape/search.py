@@ -62,8 +62,8 @@ class SolverOptions:
     gtol: float = 1e-10
     polish: int = 2
     diverge: float = 1e3
-    gd_steps: int = 5000
-    gd_lr: float = 0.02
+    gd_steps: int = 20000
+    gd_lr: float = 0.05
 
     def __post_init__(self):
         for name in ("max_iter", "gd_steps"):

@@ -26,6 +26,7 @@ def summarize(records: list[dict]) -> dict:
     with_class = {c: 0 for c in CLASSES}
     solves: dict[str, int] = {}
     gd_end = {c: 0 for c in (*CLASSES, "unconverged")}
+    gd_near = {c: 0 for c in CLASSES}
     smallest = None
     settings = set()
     for rec in records:
@@ -54,6 +55,8 @@ def summarize(records: list[dict]) -> dict:
             solves[status] = solves.get(status, 0) + n
         for g in rec.get("gd", []):
             gd_end[g["class"]] = gd_end.get(g["class"], 0) + 1
+            if g["class"] == "unconverged" and g.get("near"):
+                gd_near[g["near"]] += 1
     gd_runs = sum(gd_end.values())
     out = {
         "instances": len(records),
@@ -63,7 +66,7 @@ def summarize(records: list[dict]) -> dict:
         "critical_values": values,
         "smallest_spurious_loss": smallest,
         "solves": solves,
-        "gd": {"runs": gd_runs, "ended_in": gd_end,
+        "gd": {"runs": gd_runs, "ended_in": gd_end, "unconverged_heading_to": gd_near,
                "fraction_spurious": (gd_end["spurious_min"] / gd_runs) if gd_runs else None},
     }
     adv = [rec["adversarial"] for rec in records if "adversarial" in rec]
