@@ -88,3 +88,16 @@ def test_store_refuses_a_corrupt_middle_line(tmp_path):
     p.write_text(json.dumps({"index": 0, "config": {}, "problem": {}, "critical_points": []}) + "\nnot json\n")
     with pytest.raises(ProblemError, match="line 2 is not valid JSON"):
         store.load(str(p))
+
+
+def test_cli_scheduler_address_equals_serial(tmp_path):
+    """`search --scheduler ADDRESS` (a local Dask cluster's address) writes the same records as a serial run."""
+    from dask.distributed import LocalCluster
+
+    serial_out, dask_out = tmp_path / "serial.jsonl", tmp_path / "dask.jsonl"
+    assert _search(serial_out) == 0
+    argv = ["search", "--d", "3", "--k", "1", "--T", "3", "--instances", "4", "--starts", "8", "--seed", "1",
+            "--gd-runs", "1", "--scales", "0.1,1", "--out", str(dask_out)]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        assert main([*argv, "--scheduler", cluster.scheduler_address]) == 0
+    assert store.canonical(store.load(str(dask_out))) == store.canonical(store.load(str(serial_out)))
