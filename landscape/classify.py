@@ -31,7 +31,7 @@ from theory.symmetry import restricted_inertia
 
 from .result import CLASSES, SearchResult
 
-__all__ = ["Classification", "classify_point", "orbit_invariants", "same_orbit", "dedup", "CriticalPoint"]
+__all__ = ["Classification", "classify_point", "annotate", "orbit_invariants", "same_orbit", "dedup", "CriticalPoint"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,16 @@ def classify_point(problem: Problem, U, *, loss_rtol: float = 1e-12, eig_rtol: f
     return Classification(label=label, loss=loss, grad_norm=grad_norm,
                           inertia=(iner.negative, iner.zero, iner.positive), eigenvalues=iner.eigenvalues,
                           loss_threshold=threshold, eig_tol=iner.tol)
+
+
+def annotate(problem: Problem, result: SearchResult, **kwargs) -> SearchResult:
+    """A copy of ``result`` with ``inertia`` and ``min_eigenvalue`` on the quotient filled in and the class in
+    ``extra["class"]`` (:func:`classify_point`; only meaningful for a converged result)."""
+    import dataclasses
+
+    c = classify_point(problem, result.point, **kwargs)
+    return dataclasses.replace(result, inertia=c.inertia, min_eigenvalue=c.min_eigenvalue,
+                               extra={**result.extra, "class": c.label})
 
 
 def orbit_invariants(U) -> np.ndarray:

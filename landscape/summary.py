@@ -97,9 +97,10 @@ def plot(records: list[dict], path: str) -> None:
     for cls in CLASSES:
         vals = [math.log10(max(c["loss"], floor)) for c in pts if c["class"] == cls]
         if vals:
-            ax1.hist(vals, bins=40, alpha=0.6, color=colours[cls], label=f"{cls} ({len(vals)})")
+            ax1.hist(vals, bins=np.linspace(-32, 4, 73), alpha=0.6, color=colours[cls], label=f"{cls} ({len(vals)})",
+                     log=True)
     ax1.set_xlabel("log10 G at the critical point (floored at 1e-32)")
-    ax1.set_ylabel("distinct critical points")
+    ax1.set_ylabel("distinct critical points (log scale)")
     ax1.legend()
     order = sorted(range(len(pts)), key=lambda i: pts[i]["loss"])
     for x, i in enumerate(order):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
 from landscape import _batched
-from landscape.classify import classify_point, dedup, orbit_invariants, same_orbit
+from landscape.classify import annotate, classify_point, dedup, orbit_invariants, same_orbit
 from landscape.result import STATUS_MESSAGES, SearchResult
 from landscape.search import (SolverOptions, gradient_descent, search_instance, search_record, solve_batch,
                               solve_critical, instance_seed, start_seed)
@@ -87,6 +87,8 @@ def test_saddle_found_by_newton_and_escaped_by_min():
     r = solve_critical(p, x0, method="newton")
     assert r.status == "converged" and r.grad_norm < 1e-9
     assert classify_point(p, r.point).label == "saddle"
+    a = annotate(p, r)
+    assert a.inertia[0] > 0 and a.min_eigenvalue < 0 and a.extra["class"] == "saddle" and r.inertia is None
     m = solve_critical(p, x0, method="min")
     assert m.status == "converged"
     assert classify_point(p, m.point).label in ("global_min", "spurious_min")
