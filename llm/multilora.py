@@ -193,9 +193,13 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
             a = self.lora_A.index_select(0, ids)  # (B, r, d_in)
             b = self.lora_B.index_select(0, ids)  # (B, d_out, r)
             h = torch.bmm(x3, a.transpose(1, 2)) * self.scaling  # (B, N, r)
-            delta = torch.bmm(h, b.transpose(1, 2))  # (B, N, d_out)
-        else:
-            delta = _grouped_delta(x3, ids, self.lora_A, self.lora_B, self.scaling)
+            res3 = result.reshape(lead[0], -1, self.out_features)
+            if torch.is_autocast_enabled():
+                out = torch.baddbmm(res3, h, b.transpose(1, 2))
+            else:  # as peft: the LoRA branch in the adapters' dtype, the sum in the base's
+                out = torch.baddbmm(res3, h.to(res3.dtype), b.transpose(1, 2).to(res3.dtype))
+            return out.reshape(*lead[:-1], self.out_features)
+        delta = _grouped_delta(x3, ids, self.lora_A, self.lora_B, self.scaling)
         return result + delta.reshape(*lead[:-1], self.out_features).to(result.dtype)
 
     def extra_repr(self) -> str:

@@ -422,3 +422,24 @@ def test_bad_input_is_refused_with_clear_errors():
         export_task_adapter(model, 2, "/nonexistent/never")
     with pytest.raises(ValueError, match="already holds"):
         inject_multitask_lora(model, n_tasks=2, r=2, alpha=8, dropout=0.0, target_modules=["key"])
+
+
+@pytest.mark.parametrize("mode", ["gather", "grouped"])
+def test_bf16_autocast_runs_and_stays_close(mode):
+    """The GPU path (bf16 autocast) tried on the CPU: same dtype flow, outputs within bf16 rounding."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 24)
+    layer = MultiTaskLoraLinear(lin, n_tasks=3, r=4, alpha=8, mode=mode)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(5, 7, 32)
+    ids = torch.tensor([2, 0, 1, 1, 0])
+    with task_ids(layer, ids):
+        ref = layer(x)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            y = layer(x)
+            y.float().sum().backward()
+    assert y.dtype == torch.bfloat16
+    scale = float(ref.abs().max())  # bf16 keeps 8 bits: errors are relative to the largest output
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=1e-2 * scale)
+    assert layer.lora_A.grad.dtype == torch.float32 and torch.isfinite(layer.lora_A.grad).all()
