@@ -9,7 +9,8 @@ nonsingular M is valid).
 **Claim.** If ``F(z) > F(0)`` for every z on the sphere ``|z| = delta``, the minimum of F over the closed ball is
 attained inside, so G has a local minimum x* in the open region ``x0 + M B(0, delta)`` (inside the ball
 ``B(x0, |M| delta)``) with ``G(x*) <= G(x0)``. It is *spurious* if moreover ``G > 0`` on that ball, and *global* if
-the region contains U* (up to the signs of its columns), since then ``G(x*) <= G(U*) = 0``.
+the region contains U* (up to the signs of its columns), since then ``G(x*) <= G(U*) = 0``, or, as in the interval
+certificate, "global" up to round-off when ``G(x*) <= G(x0) <= 1e-12 (1 + G(0))`` (said so in the reason).
 
 **Only k = 1.** For k >= 2 the orbit ``U_t -> U_t Q_t`` through x0 (dimension ``T k (k-1)/2``, on which G is constant)
 leaves every small neighbourhood, so it meets the sphere where ``G = G(x0)``: the test can never pass on the full
@@ -22,8 +23,9 @@ Each face ``{y_i = +-1}`` is cut into cubes (cells) of half-width ``w = 2^-level
 coordinates; a point of a cell is within ``w sqrt(n-1)`` (2-norm) of the cell centre c. ``y -> y / |y|_2`` is the
 metric projection onto the unit ball on ``{|y|_2 >= 1}`` (where the cube surface lies), hence 1-Lipschitz, so every
 sphere point of the cell's image lies within ``eps = delta w sqrt(n - 1)`` of ``s(c)``. Centres are dyadic, hence
-exact in float64; the float point ``x_f`` where G is evaluated differs from ``x0 + M s(c)`` by at most ``tau``
-(a stated bound on the rounding of the norm, division, product with M and addition).
+exact in float64; G is evaluated at the exact real point ``x_f = x0 + h_f``, ``h_f`` the float64 value of
+``M s(c)``, which differs from it by at most ``tau = 2.02 (gamma_n |M|_F + (n + 4) u |M|) delta`` (rounding of the
+norm, division, scaling and the product with M).
 
 **Bounds** (G is a quartic polynomial). Exact Taylor expansion at ``x_f``, ``h`` a displacement:
 ``G(x_f + h) = G + g.h + h^T H h / 2 + 2 <L(h), Q(h)> + |Q(h)|^2`` with ``L(h) = centred(h_t U_t^T + U_t h_t^T)``,
@@ -38,13 +40,15 @@ form, ``r = |x_f - x0|``, ``a0 = max_t |U0_t|_F`` (the same norms of the third a
 ``|grad G| <= Lip = |grad G(x0)| + R Hb``, so ``|G(y) - G(s)| <= Lip |y - s|``. A cell passes when
 ``G_lo(x_f) - G_hi(x0) - min(local drop, Lip (|M| eps + tau)) > 0``.
 
-**Rigour.** ``G(x0)``, ``|grad G(x0)|``, ``a0``, ``Hb``, ``Lip``, ``|M|``, ``mu`` are computed in arb (outward
-rounding) from the stored instance. ``G`` and ``grad G`` at the (many) net points are computed in float64,
-vectorised, with the a-priori rounding bound ``|fl(f) - f| <= gamma_K f_abs`` (Higham, *Accuracy and Stability of
-Numerical Algorithms*, 2nd ed., ch. 3: each monomial of the computed expression carries at most K factors
-``(1 + delta_i)``, ``gamma_K = K u / (1 - K u)``, ``u = 2^-53``, ``f_abs`` the same expression on absolute values):
-``K = 2 (k + T + 3) + T d^2`` for G and ``K = k + T + d + 4`` for each gradient entry, doubled to absorb the rounding
-of the bound itself; the remaining few float operations per cell carry a relative ``8 u`` allowance.
+**Rigour.** ``G(x0)``, ``E(x0)``, ``|grad G(x0)|``, ``a0``, ``Hb``, ``Lip``, ``|M|``, ``mu`` are computed in arb
+(outward rounding) from the stored instance. At the (many) net points the difference ``G(x0 + h) - G(x0) =
+sum (2 E0 + Delta) * Delta`` (``Delta = E(x0 + h) - E0``, exact since E is quadratic) and ``grad G(x0 + h)`` are
+computed in float64, vectorised, with the a-priori rounding bound ``|fl(f) - f| <= gamma_K f_abs`` (Higham,
+*Accuracy and Stability of Numerical Algorithms*, 2nd ed., ch. 3: each monomial of the computed expression carries
+at most K factors ``(1 + delta_i)``, ``gamma_K = K u / (1 - K u)``, ``u = 2^-53``, ``f_abs`` the same expression on
+absolute values), plus the propagated error of the float ``E0``; the constants are in :func:`_float_dG_grad`.
+Evaluating the difference keeps the error proportional to |h| rather than to G. Each bound is doubled to absorb its
+own rounding; the few remaining float operations per cell carry a relative ``8 u`` allowance.
 
 **The net is adaptive** (default, ``eps=None``): a failing cell is split into its ``2^(n-1)`` halves, level by level.
 ``eps`` given: the paper's uniform net of covering radius ``<= eps`` with the global Lipschitz bound only, on the
@@ -71,12 +75,16 @@ from theory.reduced import reduced_hess
 
 from . import _arb_reduced as ar
 from .certificate import Certificate, CertificateError
-from .certify_interval import _positive, _validate_point
+from .certify_interval import _GLOBAL_RTOL, _positive, _validate_point
 
 __all__ = ["certify_epsnet", "net_covering_radius", "METRICS"]
 
 METRICS = ("hessian", "euclidean")
 _U = 2.0 ** -53
+# default delta = mu / (_DELTA_DIVISOR a0 |M|^3): the cubic term 4 a0 |M|^3 delta^3 and the Hessian variation
+# 24 a0 |M|^3 delta stay ~1/40 of the quadratic margin, so the curvature of the sphere cancels the first-order
+# term and coarse nets pass; much smaller delta would let rounding (proportional to |h|) catch up with delta^2.
+_DELTA_DIVISOR = 1024.0
 
 
 def _gamma(K: int) -> float:
@@ -89,28 +97,44 @@ def net_covering_radius(delta: float, n: int, level: int) -> float:
     return delta * 2.0 ** (-level) * math.sqrt(max(n - 1, 0))
 
 
-def _float_G_grad(X: np.ndarray, problem: Problem, Wf: np.ndarray, Wabs: np.ndarray):
-    """G and grad G at the float points X (B, T, d, k), with rigorous bounds of their rounding errors.
+def _float_dG_grad(h: np.ndarray, U0: np.ndarray, E0f: np.ndarray, e0: np.ndarray):
+    """``G(x0 + h) - G(x0)`` and ``grad G(x0 + h)`` at the float displacements h (B, T, d, k), with rigorous bounds
+    of their rounding errors; ``x0 + h`` is the exact real point (never rounded).
 
-    Returns ``(G, G_err, g, g_err)``: G (B,), a bound of ``|fl(G) - G|`` (B,), the float gradients (B, n) and a bound
-    of the 2-norm of each gradient's error (B,). Constants in the module docstring.
+    Exact identities (E is quadratic in U): ``E(x0 + h) = E0 + Delta``, ``Delta = centred(h_t U0_t^T + U0_t h_t^T +
+    h_t h_t^T)``, so ``G(x0 + h) - G(x0) = sum (2 E0 + Delta) * Delta`` and ``grad = 2 sym(E0 + Delta) (U0 + h)``.
+    Evaluating the difference directly (not ``G(x0 + h)`` minus ``G(x0)``) keeps the rounding error proportional to
+    |h| instead of to G. ``E0f`` (T, d, d) is E(x0) rounded to float64 and ``e0`` a bound of its entrywise error
+    (both from arb). Rounding counts (module docstring): ``K_Delta = k + T + 3``, ``2 K_Delta + 1 + T d^2`` for the
+    difference, ``k + T + d + 6`` for each gradient entry; every bound is doubled to absorb its own rounding.
+
+    Returns ``(dG, dG_err, g, g_err)``: shapes (B,), (B,), (B, n), (B,) (g_err bounds the 2-norm of the error).
     """
-    T, d, k = problem.T, problem.d, problem.k
-    B = X.shape[0]
+    B, T, d, k = h.shape
     n = T * d * k
-    D = X @ np.swapaxes(X, -1, -2) - Wf
-    E = D - D.sum(axis=1, keepdims=True) / T
-    Xa = np.abs(X)
-    Dabs = Xa @ np.swapaxes(Xa, -1, -2) + Wabs
-    Eabs = Dabs + Dabs.sum(axis=1, keepdims=True) / T
-    G = np.sum((E * E).reshape(B, -1), axis=1)
-    Gabs = np.sum((Eabs * Eabs).reshape(B, -1), axis=1)
-    G_err = 2.0 * _gamma(2 * (k + T + 3) + T * d * d) * Gabs + 1e-300
-    g = 2.0 * (E + np.swapaxes(E, -1, -2)) @ X
-    gabs = 2.0 * (Eabs + np.swapaxes(Eabs, -1, -2)) @ Xa
-    gan = np.sqrt(np.sum((gabs * gabs).reshape(B, -1), axis=1))
-    g_err = 2.0 * _gamma(k + T + d + 4) * gan * (1.0 + 2.0 * _gamma(n + 2)) + 1e-300
-    return G, G_err, g.reshape(B, n), g_err
+    P = h @ np.swapaxes(U0, -1, -2)[None]
+    Dl = P + np.swapaxes(P, -1, -2) + h @ np.swapaxes(h, -1, -2)
+    Delta = Dl - Dl.sum(axis=1, keepdims=True) / T
+    ha, Ua = np.abs(h), np.abs(U0)[None]
+    Pa = ha @ np.swapaxes(Ua, -1, -2)
+    Da = Pa + np.swapaxes(Pa, -1, -2) + ha @ np.swapaxes(ha, -1, -2)
+    Delta_abs = Da + Da.sum(axis=1, keepdims=True) / T
+    K_D = k + T + 3
+    dG = np.sum(((2.0 * E0f[None] + Delta) * Delta).reshape(B, -1), axis=1)
+    S_abs = np.sum(((2.0 * np.abs(E0f)[None] + Delta_abs) * Delta_abs).reshape(B, -1), axis=1)
+    e0_term = np.sum((e0[None] * Delta_abs).reshape(B, -1), axis=1)
+    dG_err = 2.0 * _gamma(2 * K_D + 1 + T * d * d) * S_abs + 2.0 * 2.0 * e0_term * (1 + 4 * _gamma(T * d * d + 2)) \
+        + 1e-300
+    E = E0f[None] + Delta
+    U = U0[None] + h
+    g = 2.0 * (E + np.swapaxes(E, -1, -2)) @ U
+    Eabs = np.abs(E0f)[None] + Delta_abs
+    Uabs = Ua + ha
+    gabs = 2.0 * (Eabs + np.swapaxes(Eabs, -1, -2)) @ Uabs
+    gerr_e0 = 2.0 * (e0 + np.swapaxes(e0, -1, -2))[None] @ Uabs
+    ent = 2.0 * _gamma(k + T + d + 6) * gabs + 2.0 * gerr_e0
+    g_err = np.sqrt(np.sum((ent * ent).reshape(B, -1), axis=1)) * (1.0 + 4.0 * _gamma(n + 2)) + 1e-300
+    return dG, dG_err, g.reshape(B, n), g_err
 
 
 def _cube_points(face: np.ndarray, sign: np.ndarray, centres: np.ndarray, n: int) -> np.ndarray:
@@ -140,8 +164,8 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
     ----------
     problem : the instance; G is recomputed from its stored ``A*`` and ``U*``
     U0 : the centre x0 (float64, finite)
-    delta : sphere radius in z; default ``mu / (16 a0 |M|^3)`` (``mu = lambda_min(M^T H(x0) M)``), where the
-        quadratic margin ``mu delta^2 / 2`` beats the cubic term by a factor 2
+    delta : sphere radius in z; default ``mu / (1024 a0 |M|^3)`` (``mu = lambda_min(M^T H(x0) M)``), where the
+        quadratic margin ``mu delta^2 / 2`` beats the cubic term and the Hessian variation by far
     eps : covering radius of a uniform net (the paper's version: Euclidean sphere, global Lipschitz bound only);
         None: adaptive net
     metric : ``"hessian"`` (ellipsoid from H(x0), default) or ``"euclidean"`` (sphere); ignored when eps is given
@@ -211,10 +235,10 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         a0_arb = max((sum((e * e for e in Ub.entries()), arb(0)).sqrt() for Ub in U0b), key=ar.upper)
         a0 = ar.upper(a0_arb)
         if delta is None:
-            delta = float(mu0 / (16.0 * a0 * Mnorm ** 3)) if a0 > 0 and mu0 > 0 else 1.0 / Mnorm
-        x0n = float(np.linalg.norm(x0)) * (1 + 1e-15)
+            delta = float(mu0 / (_DELTA_DIVISOR * a0 * Mnorm ** 3)) if a0 > 0 else 1.0 / Mnorm
         dx = Mnorm * delta  # the region lies in B(x0, dx)
-        tau = 2.0 * (_gamma(n) * MF * delta + (n + 4) * _U * delta * Mnorm + _U * (x0n + dx)) * 1.01
+        # |h_f - M s_e|: rounding of the norm, division, scaling and the product with M (x0 + h_f is exact)
+        tau = 2.0 * (_gamma(n) * MF * delta + (n + 4) * _U * delta * Mnorm) * 1.01
         R = arb(dx) + arb(tau)
         a_ball = a0_arb + R
         sG_hi = arb(ar.upper(G0)).sqrt()
@@ -235,17 +259,21 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
             ustar_inside = bool(sum((e * e for e in zs.entries()), arb(0)) < arb(delta) ** 2)
         except ZeroDivisionError:
             ustar_inside = False
-        ctx = _Context(x0=x0, M=Mf, delta=delta, tau=tau, n=n, problem=problem, Mnorm=Mnorm, mu=mu,
-                       a_cubic=ar.upper(a_ball), Hb=ar.upper(Hb), Lip=ar.upper(Lip), G0_hi=ar.upper(G0),
-                       G0_lo=ar.lower(G0),
-                       Wf=problem.A_star[None] + problem.U_star @ np.swapaxes(problem.U_star, -1, -2),
-                       Wabs=np.abs(problem.A_star)[None]
-                       + np.abs(problem.U_star) @ np.swapaxes(np.abs(problem.U_star), -1, -2))
+        G_zero_hi = ar.upper(ar.loss(ar.residuals(ar.U_blocks(ar.balls(np.zeros(n)), T, d, k), Ws)))
+        E0f = np.array([ar.mid_matrix(Et) for Et in E0])  # E(x0) in float64, with its entrywise error e0
+        e0 = np.array([[[ar.upper(abs(Et[i, j] - arb(float(E0f[t, i, j])))) for j in range(d)] for i in range(d)]
+                       for t, Et in enumerate(E0)])
+        ctx = _Context(U0=x0.reshape(T, d, k), E0f=E0f, e0=e0, M=Mf, delta=delta, tau=tau, n=n, problem=problem,
+                       Mnorm=Mnorm, mu=mu, a_cubic=ar.upper(a_ball), Hb=ar.upper(Hb), Lip=ar.upper(Lip))
     margins.update(lipschitz=ctx.Lip, hessian_bound=ctx.Hb, metric_norm=Mnorm, radius_x=dx, tau=tau,
                    hessian_min_eig_lower=mu0 / Mnorm ** 2 if metric == "euclidean" else None,
                    loss_lower_on_ball=ball_lo)
 
     level = 0
+    if 2 * n > max_points:
+        margins.update(net_points=0)
+        return done("inconclusive", f"even the coarsest net (2 n = {2 * n} points) exceeds max_points = {max_points}",
+                    loss)
     if uniform and n > 1:
         level = max(0, math.ceil(math.log2(delta * math.sqrt(n - 1) / eps)))
         total = 2 * n * 2 ** (level * (n - 1))
@@ -340,6 +368,9 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         kind, why = "spurious", f"G >= {ball_lo:.6g} > 0 on B(x0, {dx:.3g}), so the minimum is spurious"
     elif ustar_inside:
         kind, why = "global", "U* (column signs matched) lies inside, so G(x*) <= G(U*) = 0: global (proven)"
+    elif loss[1] <= _GLOBAL_RTOL * (1.0 + G_zero_hi):
+        kind, why = "global", (f"0 <= G(x*) <= G(x0) <= {loss[1]:.3g} (round-off level, <= {_GLOBAL_RTOL:g} (1 + G(0))):"
+                               " a global minimum up to that bound")
     else:
         kind, why = "unknown", "G on the region is not proven positive and U* is not inside"
     return done("certified-minimum",
@@ -351,15 +382,15 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
 def _evaluate(face, sign, centres, level, c: _Context, *, local: bool):
     """Test the cells: ``(ok, margin, below)``; margin is a rigorous lower bound of ``G(y) - G(x0)`` over the cell's
     patch of the sphere (valid where ok); ``below`` is True if some net point has ``G < G(x0)`` rigorously.
-    The bounds are those of the module docstring."""
+    The bounds are those of the module docstring; G is compared through the difference ``G(x0 + h) - G(x0)``."""
     n = c.n
     y = _cube_points(face, sign, centres, n)
     v = y / np.linalg.norm(y, axis=1, keepdims=True)  # ~ the unit normal nu
-    X = c.x0[None] + (c.delta * v) @ c.M.T
-    G, G_err, g, g_err = _float_G_grad(X.reshape(-1, c.problem.T, c.problem.d, c.problem.k), c.problem, c.Wf, c.Wabs)
+    h = (c.delta * v) @ c.M.T  # the net point is the exact real point x0 + h
+    dG, dG_err, g, g_err = _float_dG_grad(h.reshape(-1, c.problem.T, c.problem.d, c.problem.k), c.U0, c.E0f, c.e0)
     rho = net_covering_radius(c.delta, n, level)  # in z
     rho_x = c.Mnorm * rho + c.tau
-    drop = np.full(G.shape, c.Lip * rho_x)
+    drop = np.full(dG.shape, c.Lip * rho_x)
     if local:
         up = 1.0 + 4.0 * _gamma(n + 4)
         gn_up = (np.linalg.norm(g, axis=1) + g_err) * up
@@ -374,7 +405,7 @@ def _evaluate(face, sign, centres, level, c: _Context, *, local: bool):
         local_drop = (Pg_up * rho + B2 * rho * rho + 4.0 * c.a_cubic * rho_x ** 3
                       + gn_up * c.tau + c.Hb * (c.Mnorm * rho * c.tau + 0.5 * c.tau * c.tau))
         drop = np.minimum(drop, local_drop)
-    margin = (G - G_err) - c.G0_hi - drop
-    margin = margin - 8 * _U * (np.abs(G) + G_err + abs(c.G0_hi) + drop)  # the few float operations above
-    below = bool(np.any(G + G_err < c.G0_lo))
+    margin = (dG - dG_err) - drop
+    margin = margin - 8 * _U * (np.abs(dG) + dG_err + drop)  # the few float operations above
+    below = bool(np.any(dG + dG_err < 0))
     return margin > 0, margin, below

@@ -13,8 +13,8 @@ The slice is transversal to the orbit at every point of the box (proven by showi
 ``[Q, Z(X)]`` nonsingular, ``Z(X)`` the orbit tangent directions ``U_t Omega_t`` over the box), so by the slice
 theorem every point near x* is ``g . s`` with ``s`` on the slice: a strict local minimum of G on the slice is a local
 minimum of G, strict modulo the orbit, and a zero of f is a zero of grad G (grad G is orthogonal to the orbit
-tangent, and ``[Q, Z]`` is onto). A point where some ``U_t`` is rank-deficient (orbit of smaller dimension) is
-refused as inconclusive.
+tangent, and ``[Q, Z]`` is onto). Where some ``U_t`` is rank-deficient the orbit is smaller: Q is the complement of
+the numerically independent tangent directions and ``Z(X)`` keeps those (pivoted QR); the same argument applies.
 
 **Tests on the box** ``Z = [-r, r]^m`` (``X = x0 + Q Z``, enclosed in arb), with ``C`` the float inverse of
 ``J(0)`` (any matrix works; a good one makes the test pass):
@@ -49,6 +49,7 @@ import math
 import time
 
 import numpy as np
+import scipy.linalg
 from flint import arb, arb_mat
 
 from theory.problem import Problem
@@ -93,18 +94,26 @@ def _col(values) -> arb_mat:
 
 
 def _gauge(U0: np.ndarray):
-    """``(Q, p, text)``: the slice basis (None for k = 1), the orbit dimension, and a description."""
+    """``(Q, cols, text)``: the slice basis (None for k = 1), the indices of a maximal independent set of orbit
+    tangent directions at U0 (``orbit_tangent`` columns, chosen by pivoted QR; fewer than ``T k (k-1)/2`` where
+    some ``U_t`` is rank-deficient), and a description."""
     T, d, k = U0.shape
     if k == 1:
-        return None, 0, "none (k = 1: the O(1)^T orbit is finite)"
-    p = T * k * (k - 1) // 2
+        return None, [], "none (k = 1: the O(1)^T orbit is finite)"
     Z = orbit_tangent(U0)
-    sv = np.linalg.svd(Z, compute_uv=False)
-    if sv.size < p or not sv[-1] > 1e-8 * max(1.0, sv[0]):
-        return None, -1, f"orbit tangent rank-deficient (smallest singular value {sv[-1]:.3g}): some U_t has rank < k"
-    Q = quotient_basis(U0)
-    return Q, p, (f"slice x = x0 + Q z, Q = theory.symmetry.quotient_basis(U0) ({Q.shape[0]} x {Q.shape[1]}), "
-                  f"orthogonal complement of the {p}-dimensional orbit tangent")
+    R, piv = scipy.linalg.qr(Z, mode="r", pivoting=True)
+    diag = np.abs(np.diag(R))
+    # numerical rank with a tolerance on the scale of U0 (not only relative to the largest tangent vector, as
+    # quotient_basis does, which would count a denormal block as independent)
+    tol = 1e-10 * max(1.0, float(np.max(np.abs(U0))))
+    p = int(np.sum(diag > tol))
+    cols = sorted(int(c) for c in piv[:p])
+    # the orthogonal complement of the selected tangent directions; equals quotient_basis(U0) when U0 is generic
+    Q = quotient_basis(U0) if p == Z.shape[1] else scipy.linalg.null_space(Z[:, cols].T) if p else np.eye(Z.shape[0])
+    full = T * k * (k - 1) // 2
+    note = "" if p == full else f" (rank-deficient U_t: the orbit has dimension {p} < {full})"
+    return Q, cols, (f"slice x = x0 + Q z, Q = theory.symmetry.quotient_basis(U0) ({Q.shape[0]} x {Q.shape[1]}), "
+                     f"orthogonal complement of the {p}-dimensional orbit tangent{note}")
 
 
 def _tangent_arb(Us: list, k: int) -> list:
@@ -164,7 +173,7 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
     if max_radius is None:
         max_radius = 1e-3 * (1.0 + float(np.max(np.abs(x0))))
     U0a = x0.reshape(T, d, k)
-    Q, p, gauge = _gauge(U0a)
+    Q, tangent_cols, gauge = _gauge(U0a)
     margins: dict = {}
     common = dict(method="krawczyk", gauge=gauge, n=n, margins=margins)
 
@@ -176,8 +185,6 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
         E0 = ar.residuals(ar.U_blocks(ar.balls(x0), T, d, k), Ws)
         G0 = ar.loss(E0)
         loss = (ar.lower(G0), ar.upper(G0))
-        if p < 0:
-            return done("inconclusive", f"cannot fix the gauge: {gauge}", loss=loss, radius=radius)
         g0 = ar.grad(ar.U_blocks(ar.balls(x0), T, d, k), E0)
         Qa = None if Q is None else arb_mat(Q.tolist())
         f0 = _col(g0) if Qa is None else Qa.transpose() * _col(g0)
@@ -242,7 +249,8 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
         r, Us, E, J = passed
         if Qa is not None:  # transversality of the slice over the whole box
             M = arb_mat(n, n)
-            cols = [[Qa[i, j] for i in range(n)] for j in range(m)] + _tangent_arb(Us, k)
+            tangent = _tangent_arb(Us, k)
+            cols = [[Qa[i, j] for i in range(n)] for j in range(m)] + [tangent[c] for c in tangent_cols]
             for j, col in enumerate(cols):
                 for i in range(n):
                     M[i, j] = col[i]

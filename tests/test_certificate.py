@@ -1,0 +1,66 @@
+"""The Certificate result object: validation, JSON export, derived flags."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from landscape.certificate import MINIMUM_KINDS, VERDICTS, Certificate, CertificateError
+
+
+def _cert(**kw):
+    base = dict(verdict="inconclusive", method="krawczyk", loss=(0.0, 1.0), radius=1e-8, seconds=0.5,
+                reason="test")
+    base.update(kw)
+    return Certificate(**base)
+
+
+def test_unknown_verdict_is_refused_with_the_value():
+    with pytest.raises(CertificateError, match="'certified'"):
+        _cert(verdict="certified")
+
+
+def test_minimum_kind_only_with_a_certified_minimum():
+    with pytest.raises(CertificateError, match="only for a certified minimum"):
+        _cert(verdict="certified-not-minimum", minimum_kind="spurious")
+    with pytest.raises(CertificateError, match="minimum_kind must be one of"):
+        _cert(verdict="certified-minimum", minimum_kind="local")
+
+
+def test_flags():
+    assert _cert(verdict="certified-minimum", minimum_kind="spurious").spurious
+    assert not _cert(verdict="certified-minimum", minimum_kind="global").spurious
+    assert not _cert().certified
+    assert _cert(verdict="certified-not-minimum").certified
+
+
+def test_frozen():
+    c = _cert()
+    with pytest.raises(Exception):
+        c.verdict = "certified-minimum"
+
+
+finite_or_not = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.none())
+
+
+@settings(max_examples=50, deadline=None)
+@given(verdict=st.sampled_from(VERDICTS), kind=st.sampled_from(MINIMUM_KINDS + (None,)),
+       lo=finite_or_not, hi=finite_or_not, margin=finite_or_not, nested=st.lists(finite_or_not, max_size=3))
+def test_to_dict_is_strict_json_and_keeps_finite_numbers(verdict, kind, lo, hi, margin, nested):
+    if verdict != "certified-minimum":
+        kind = None
+    c = _cert(verdict=verdict, minimum_kind=kind, loss=(lo, hi), margins={"m": margin, "radii": nested})
+    d = c.to_dict()
+    text = json.dumps(d, allow_nan=False)  # raises on NaN / inf
+    back = json.loads(text)
+    assert back["verdict"] == verdict and back["minimum_kind"] == kind
+    for got, want in ((back["loss"][0], lo), (back["loss"][1], hi), (back["margins"]["m"], margin)):
+        if want is None or (isinstance(want, float) and not math.isfinite(want)):
+            assert got is None
+        else:
+            assert got == want
+    assert len(back["margins"]["radii"]) == len(nested)

@@ -1,0 +1,199 @@
+"""The eps-net certificate: its covering-radius claim, its rounding-error bound, planted cases, and agreement with
+the interval certificate."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+from exact_reduced import exact_G, exact_grad
+from landscape.certificate import CertificateError
+from landscape.certify_epsnet import _cube_points, _float_dG_grad, certify_epsnet, net_covering_radius
+from landscape.certify_interval import certify_interval
+from strategies import seeds
+from theory.problem import Problem
+from theory.reduced import reduced_grad, reduced_hess, reduced_loss
+
+INSTANCES = Path(__file__).resolve().parent.parent / "landscape" / "instances"
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 7), level=st.integers(0, 4), seed=seeds)
+def test_every_sphere_point_is_within_the_covering_radius_of_its_cells_net_point(n, level, seed):
+    """The proof's geometric claim, checked on random sphere points: v on the unit sphere lies in the radial image
+    of the cube-face cell that contains y = v / |v|_inf, and within w sqrt(n - 1) of that cell's net point."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(n)
+    v /= np.linalg.norm(v)
+    y = v / np.max(np.abs(v))
+    face = int(np.argmax(np.abs(v)))
+    w = 2.0 ** -level
+    others = np.delete(y, face)
+    centre = -1.0 + w * (2.0 * np.minimum(np.floor((others + 1.0) / (2.0 * w)), 2 ** level - 1) + 1.0)
+    assert np.all(np.abs(others - centre) <= w * (1 + 1e-12))
+    c = _cube_points(np.array([face]), np.array([np.sign(y[face])]), centre[None], n)[0]
+    s = c / np.linalg.norm(c)
+    assert np.linalg.norm(v - s) <= net_covering_radius(1.0, n, level) * (1 + 1e-12)
+
+
+def _up(q: Fraction) -> float:
+    """A float >= the rational q."""
+    f = float(q)
+    return f if Fraction(f) >= q else float(np.nextafter(f, np.inf))
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(2, 3)), seed=seeds,
+       scale=st.sampled_from([1e-3, 1.0, 30.0]), hscale=st.sampled_from([1e-8, 1e-3, 1.0]))
+def test_float_rounding_bounds_contain_the_exact_difference_and_gradient(size, seed, scale, hscale):
+    """The float difference G(x0 + h) - G(x0) and gradient at x0 + h, against exact rationals; the bounds hold and
+    are not vacuous."""
+    d, k, T = size
+    p = Problem.random(d, k, T, seed=seed)
+    rng = np.random.default_rng(seed)
+    x0 = scale * rng.standard_normal((T, d, k))
+    h = hscale * rng.standard_normal((3, T, d, k))
+    # E(x0) exactly, then rounded, with its exact entrywise error rounded up
+    D = [[[sum(Fraction(x0[t, i, a]) * Fraction(x0[t, j, a]) - Fraction(p.U_star[t, i, a]) * Fraction(p.U_star[t, j, a])
+               for a in range(k)) - Fraction(p.A_star[i, j]) for j in range(d)] for i in range(d)] for t in range(T)]
+    E0 = [[[D[t][i][j] - sum(D[s][i][j] for s in range(T)) / T for j in range(d)] for i in range(d)] for t in range(T)]
+    E0f = np.array([[[float(E0[t][i][j]) for j in range(d)] for i in range(d)] for t in range(T)])
+    e0 = np.array([[[_up(abs(Fraction(E0f[t, i, j]) - E0[t][i][j])) for j in range(d)] for i in range(d)]
+                   for t in range(T)])
+    dG, dG_err, g, g_err = _float_dG_grad(h, x0, E0f, e0)
+    G0 = exact_G(p, x0.ravel())
+    for b in range(h.shape[0]):
+        x = [Fraction(a) + Fraction(c) for a, c in zip(x0.ravel(), h[b].ravel())]  # the exact point x0 + h
+        dGe = exact_G(p, np.array(x, dtype=object)) - G0
+        assert abs(Fraction(float(dG[b])) - dGe) <= Fraction(float(dG_err[b]))
+        hx = float(np.linalg.norm(h[b])) * (1.0 + float(np.max(np.abs(x0))))  # ~ |Delta|
+        assert dG_err[b] <= 1e-12 * hx * (1.0 + float(np.max(np.abs(E0f))) + hx)  # proportional to |h|, not to G
+        ge = exact_grad(p, x)
+        err2 = sum((Fraction(float(gi)) - ei) ** 2 for gi, ei in zip(g[b], ge))
+        assert err2 <= Fraction(float(g_err[b])) ** 2
+
+
+def test_planted_global_minimum_is_certified():
+    p = Problem.random(2, 1, 3, seed=1)
+    c = certify_epsnet(p, p.U_star, time_limit=30)
+    assert c.verdict == "certified-minimum" and c.minimum_kind == "global", c.reason
+    assert c.margins["net_margin"] > 0 and c.margins["net_points"] > 0
+    assert c.loss[0] <= 0 <= c.loss[1]
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=seeds, eps=st.sampled_from([1e-9, 1e-7, 1e-5, 1e-3]), metric=st.sampled_from(["hessian", "euclidean"]))
+def test_a_certified_minimum_is_really_there(seed, eps, metric):
+    """Near (not at) a strict minimum: a pass must mean a local minimum inside; trust-region Newton from x0 must end
+    within the certified radius. A point whose gradient pushes the minimum outside the region must not pass."""
+    p = Problem.random(2, 1, 3, seed=seed)
+    x0 = p.U_star.ravel() + eps * np.random.default_rng(seed).standard_normal(p.n_reduced)
+    c = certify_epsnet(p, x0, metric=metric, time_limit=1)
+    if c.verdict == "certified-minimum":
+        r = minimize(reduced_loss, x0, args=(p,), jac=reduced_grad, hess=reduced_hess, method="trust-exact",
+                     options={"gtol": 1e-13})
+        assert np.linalg.norm(r.x - x0) <= c.margins["radius_x"] * (1 + 1e-6) + 1e-12
+    else:
+        assert c.verdict == "inconclusive"
+
+
+def test_a_non_critical_point_is_not_certified():
+    p = Problem.random(2, 1, 3, seed=1)
+    c = certify_epsnet(p, p.U_star.ravel() + 1e-3)
+    assert c.verdict == "inconclusive"
+
+
+def test_saddle_and_k2_are_inconclusive_with_the_reason():
+    p = Problem.random(2, 1, 3, seed=1)
+    c = certify_epsnet(p, np.zeros_like(p.U_star))
+    assert c.verdict == "inconclusive" and "not positive definite" in c.reason
+    p2 = Problem.random(6, 2, 2, seed=1)
+    c2 = certify_epsnet(p2, p2.U_star)
+    assert c2.verdict == "inconclusive" and "orbit" in c2.reason and "k = 1" in c2.reason
+
+
+def test_the_papers_uniform_net_refuses_what_it_cannot_afford():
+    """With the global norm-based Lipschitz bound the uniform net needs far more points than allowed here; it must
+    say so (inconclusive), never pass."""
+    p = Problem.random(2, 1, 3, seed=1)
+    c = certify_epsnet(p, p.U_star, eps=1e-7, max_points=10 ** 6)
+    assert c.verdict == "inconclusive" and "needs" in c.reason
+    c = certify_epsnet(p, p.U_star, eps=1e-3, max_points=10 ** 6)
+    assert c.verdict == "inconclusive" and "finer net" in c.reason
+
+
+def test_a_tiny_budget_gives_inconclusive():
+    p = Problem.random(2, 1, 3, seed=1)
+    c = certify_epsnet(p, p.U_star, max_points=5)  # fewer than the 2 n = 12 points of the coarsest net
+    assert c.verdict == "inconclusive" and "max_points" in c.reason
+
+
+def test_bad_input_is_refused():
+    p = Problem.random(2, 1, 3, seed=0)
+    U = p.U_star.copy()
+    U[0, 0, 0] = np.inf
+    with pytest.raises(CertificateError, match="finite"):
+        certify_epsnet(p, U)
+    for kw in ({"delta": 0.0}, {"eps": -1.0}, {"metric": "sphere"}, {"max_points": 0}, {"time_limit": math.nan}):
+        with pytest.raises(CertificateError):
+            certify_epsnet(p, p.U_star, **kw)
+
+
+def _critical_points(p, seed, starts=4):
+    """Local minima from trust-region Newton and one plain Newton root (often a saddle) from random starts."""
+    rng = np.random.default_rng(seed)
+    pts = [p.U_star.ravel()]
+    for _ in range(starts):
+        x0 = rng.standard_normal(p.n_reduced)
+        r = minimize(reduced_loss, x0, args=(p,), jac=reduced_grad, hess=reduced_hess, method="trust-exact",
+                     options={"gtol": 1e-12})
+        pts.append(r.x)
+        x = 0.3 * x0
+        for _ in range(50):
+            try:
+                x = x - np.linalg.solve(reduced_hess(x, p), reduced_grad(x, p))
+            except np.linalg.LinAlgError:
+                break
+        pts.append(x)
+    return [x for x in pts if np.all(np.isfinite(x)) and np.linalg.norm(reduced_grad(x, p)) < 1e-9]
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=seeds)
+def test_the_two_certificates_agree_where_both_finish(seed):
+    p = Problem.random(2, 1, 3, seed=seed)
+    pts = _critical_points(p, seed)
+    assume(pts)
+    for x in pts:
+        ci = certify_interval(p, x)
+        ce = certify_epsnet(p, x, time_limit=20)
+        verdicts = {ci.verdict, ce.verdict} - {"inconclusive"}
+        assert len(verdicts) <= 1, (ci.reason, ce.reason)
+        if ci.verdict == ce.verdict == "certified-minimum":
+            assert {ci.minimum_kind, ce.minimum_kind} != {"spurious", "global"}
+        if ci.verdict == "certified-minimum":  # the eps-net finishes at n = 6 on a certified strict minimum
+            assert ce.verdict == "certified-minimum", ce.reason
+        if ci.verdict == "certified-not-minimum":
+            assert ce.verdict == "inconclusive"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(INSTANCES.glob("spurious_*_k1_T3.json")), ids=lambda q: q.stem)
+def test_stored_spurious_minimum_is_certified_by_the_eps_net_where_n_allows(path):
+    rec = json.loads(path.read_text())
+    p = Problem.from_dict(rec["problem"])
+    assume_small = p.n_reduced <= 9
+    c = certify_epsnet(p, np.asarray(rec["point"], dtype=float), time_limit=120)
+    if assume_small:
+        assert c.verdict == "certified-minimum" and c.minimum_kind == "spurious", c.reason
+        assert c.margins["loss_lower_on_ball"] > 0
+    else:
+        assert c.verdict == "inconclusive"
