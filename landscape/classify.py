@@ -5,8 +5,9 @@ the same ``P_t`` for all t lie on one orbit (``U_t U_t^T = V_t V_t^T`` implies `
 ``P_t`` merges exactly the orbit and nothing else.
 
 Classes (:data:`landscape.result.CLASSES`), decided from the Hessian of G restricted to the orthogonal complement of
-the orbit's tangent space (:func:`theory.symmetry.restricted_inertia`, eigenvalue ``lam`` counted as zero when
-``|lam| <= eig_rtol * max(1, max |lam|)``):
+the orbit's tangent space (:func:`theory.symmetry.restricted_inertia`; at T = 2 the orbit of the larger group
+O(k, k), see :func:`hyperbolic_tangent`), an eigenvalue ``lam`` counted as zero when
+``|lam| <= eig_rtol * max(1, max |lam|)``:
 
 - ``global_min``: ``G <= loss_rtol * max(1, G(0))`` (round-off level; ``G(0) = sum_t ||W_t - mean W||_F^2``);
 - ``saddle``: otherwise, at least one negative eigenvalue;
@@ -24,14 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from theory.problem import Problem, ProblemError
 from theory.reduced import reduced_grad, reduced_hess, reduced_loss
-from theory.symmetry import restricted_inertia
+from theory.symmetry import inertia, orbit_tangent, restricted_inertia
 
 from .result import CLASSES, SearchResult
 
-__all__ = ["Classification", "classify_point", "annotate", "orbit_invariants", "same_orbit", "dedup", "CriticalPoint"]
+__all__ = ["Classification", "classify_point", "hyperbolic_tangent", "annotate", "orbit_invariants", "same_orbit", "dedup", "CriticalPoint"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Classification:
     loss : ``G(U)``; grad_norm : ``||grad G(U)||_2``
     inertia : (negative, zero, positive) on the quotient; eigenvalues : ascending, on the quotient
     loss_threshold : the ``global_min`` threshold used; eig_tol : the zero-eigenvalue tolerance used
+    symmetry : the group whose orbit was quotiented out: ``"O(k)^T"``, or ``"O(k,k)"`` at T = 2
     """
 
     label: str
@@ -51,14 +54,46 @@ class Classification:
     eigenvalues: np.ndarray
     loss_threshold: float
     eig_tol: float
+    symmetry: str = "O(k)^T"
 
     @property
     def min_eigenvalue(self) -> float:
         return float(self.eigenvalues[0]) if self.eigenvalues.size else float("nan")
 
 
+def hyperbolic_tangent(U) -> np.ndarray:
+    """For T = 2: the ``k^2`` directions ``(dU_1, dU_2) = (U_2 B^T, U_1 B)``, ``B = e_a e_b^T``, as columns of a
+    ``(2 d k, k^2)`` matrix (row-major flattening).
+
+    Why: at T = 2, ``G = ||D_1 - D_2||_F^2 / 2`` depends on U only through ``U_1 U_1^T - U_2 U_2^T``, which is
+    invariant under the indefinite orthogonal group O(k, k) acting on ``[U_1, U_2]`` from the right; its Lie algebra
+    adds these ``k^2`` "boost" directions to the ``O(k)^2`` ones (``d(U_1 U_1^T - U_2 U_2^T) = U_2 B^T U_1^T +
+    U_1 B U_2^T - U_1 B U_2^T - U_2 B^T U_1^T = 0``). So every critical point at T = 2 lies on a continuum (the
+    Appendix D.1 hyperbola is one), and :mod:`theory.symmetry`, which quotients O(k)^T only, would call every T = 2
+    critical point degenerate.
+    """
+    U = np.asarray(U, dtype=np.float64)
+    T, d, k = U.shape
+    if T != 2:
+        raise ProblemError(f"the O(k, k) symmetry is a T = 2 property, got T = {T}")
+    cols = []
+    for a in range(k):
+        for b in range(k):
+            Z = np.zeros((2, d, k))
+            Z[0, :, a] = U[1, :, b]  # U_2 B^T with B = e_a e_b^T: column a of dU_1 is U_2[:, b]
+            Z[1, :, b] = U[0, :, a]  # U_1 B: column b of dU_2 is U_1[:, a]
+            cols.append(Z.ravel())
+    return np.array(cols).T
+
+
 def classify_point(problem: Problem, U, *, loss_rtol: float = 1e-12, eig_rtol: float = 1e-8) -> Classification:
-    """Classify ``U`` (``(T, d, k)`` or flat), assumed critical (the caller checks the gradient norm)."""
+    """Classify ``U`` (``(T, d, k)`` or flat), assumed critical (the caller checks the gradient norm).
+
+    The Hessian is restricted to the orthogonal complement of the symmetry orbit's tangent space: O(k)^T
+    (:func:`theory.symmetry.restricted_inertia`) for T != 2; for T = 2 the larger O(k, k) orbit
+    (:func:`hyperbolic_tangent` added to :func:`theory.symmetry.orbit_tangent`, inertia by
+    :func:`theory.symmetry.inertia`).
+    """
     for name, v in (("loss_rtol", loss_rtol), ("eig_rtol", eig_rtol)):
         if not (np.isfinite(v) and v > 0):
             raise ProblemError(f"{name} must be a finite number > 0, got {v!r}")
@@ -67,7 +102,17 @@ def classify_point(problem: Problem, U, *, loss_rtol: float = 1e-12, eig_rtol: f
     grad_norm = float(np.linalg.norm(reduced_grad(U, problem)))
     g0 = reduced_loss(np.zeros_like(U), problem)
     threshold = loss_rtol * max(1.0, g0)
-    iner = restricted_inertia(reduced_hess(U, problem), U, rtol=eig_rtol)
+    H = reduced_hess(U, problem)
+    if problem.T == 2:
+        Z = np.hstack([orbit_tangent(U), hyperbolic_tangent(U)])
+        # directions of (numerically) zero length carry no symmetry (at U = 0 the orbit is a point)
+        Z = Z[:, np.linalg.norm(Z, axis=0) > 1e-10 * max(1.0, float(np.linalg.norm(U)))]
+        Q = scipy.linalg.null_space(Z.T, rcond=1e-10) if Z.shape[1] else np.eye(H.shape[0])
+        iner = inertia(Q.T @ H @ Q, rtol=eig_rtol)
+        symmetry = "O(k,k)"
+    else:
+        iner = restricted_inertia(H, U, rtol=eig_rtol)
+        symmetry = "O(k)^T"
     if loss <= threshold:
         label = "global_min"
     elif iner.negative > 0:
@@ -79,7 +124,7 @@ def classify_point(problem: Problem, U, *, loss_rtol: float = 1e-12, eig_rtol: f
     assert label in CLASSES
     return Classification(label=label, loss=loss, grad_norm=grad_norm,
                           inertia=(iner.negative, iner.zero, iner.positive), eigenvalues=iner.eigenvalues,
-                          loss_threshold=threshold, eig_tol=iner.tol)
+                          loss_threshold=threshold, eig_tol=iner.tol, symmetry=symmetry)
 
 
 def annotate(problem: Problem, result: SearchResult, **kwargs) -> SearchResult:
@@ -119,7 +164,7 @@ class CriticalPoint:
         c = self.classification
         return {"class": c.label, "loss": c.loss, "grad_norm": c.grad_norm, "inertia": list(c.inertia),
                 "min_eigenvalue": c.min_eigenvalue, "eigenvalues": c.eigenvalues.tolist(),
-                "loss_threshold": c.loss_threshold, "eig_tol": c.eig_tol, "hits": dict(self.hits),
+                "loss_threshold": c.loss_threshold, "eig_tol": c.eig_tol, "symmetry": c.symmetry, "hits": dict(self.hits),
                 "first_seed": self.first_seed, "point": np.asarray(self.point).tolist()}
 
 

@@ -292,3 +292,42 @@ def test_load_instance_refuses_bad_files(tmp_path):
     bad.write_text(json.dumps({"problem": p.to_dict(), "point": [[1.0, 2.0]]}))
     with pytest.raises(ProblemError, match="point must have shape"):
         load_instance(str(bad))
+
+
+@settings(max_examples=15, deadline=None)
+@given(problems(max_d=5, max_k=2, min_T=2, max_T=2), seeds)
+def test_T2_boost_directions_leave_G_unchanged(p, seed):
+    """At T = 2, G depends only on U_1 U_1^T - U_2 U_2^T: moving along exp(t M), M = [[0, B], [B^T, 0]] in the Lie
+    algebra of O(k, k), leaves G unchanged to second order in t, at any point (not only critical ones)."""
+    from scipy.linalg import expm
+
+    from landscape.classify import hyperbolic_tangent
+
+    rng = np.random.default_rng(seed)
+    U = rng.standard_normal((2, p.d, p.k))
+    B = rng.standard_normal((p.k, p.k))
+    k = p.k
+    M = np.block([[np.zeros((k, k)), B], [B.T, np.zeros((k, k))]])
+    for t in (1e-2, 0.3):
+        V = np.concatenate([U[0], U[1]], axis=1) @ expm(t * M)
+        moved = np.stack([V[:, :k], V[:, k:]])
+        assert reduced_loss(moved, p) == pytest.approx(reduced_loss(U, p), rel=1e-9, abs=1e-9)
+    # the tangent of that curve is the span of hyperbolic_tangent, and the gradient is orthogonal to it
+    Z = hyperbolic_tangent(U)
+    tangent = np.stack([U[1] @ B.T, U[0] @ B]).ravel()
+    coef, *_ = np.linalg.lstsq(Z, tangent, rcond=None)
+    np.testing.assert_allclose(Z @ coef, tangent, atol=1e-10 * max(1.0, np.abs(tangent).max()))
+    g = reduced_grad(U, p)
+    assert np.abs(Z.T @ g).max() <= 1e-9 * max(1.0, np.abs(g).max() * np.abs(Z).max())
+
+
+def test_T2_global_minimum_is_nondegenerate_on_the_O_kk_quotient():
+    """With Remark 3.1 ((T + 1) k <= d) the T = 2 global minimum U* has no zero eigenvalue left once the O(k, k)
+    orbit is quotiented out, while theory's O(k)^T quotient leaves k^2 of them (the D.1 family)."""
+    from theory.symmetry import restricted_inertia
+
+    p = Problem.random(6, 2, 2, seed=3)
+    c = classify_point(p, p.U_star)
+    assert c.label == "global_min" and c.symmetry == "O(k,k)" and c.inertia[:2] == (0, 0)
+    plain = restricted_inertia(reduced_hess(p.U_star, p), p.U_star)
+    assert plain.zero == 4 and plain.negative == 0
