@@ -240,14 +240,15 @@ def test_hill_climb_is_reproducible_and_keeps_the_best():
 STORED = "search_d3_k1_T3_seed0_i139"
 
 
-def test_stored_spurious_minimum_is_recertified_by_interval_arithmetic():
-    """Appendix D.2: the stored (3, 1, 3) point is a strict local minimum with G > 0, proven by the interval
-    certificate from the stored instance (it recomputes G itself)."""
+@pytest.mark.parametrize("name,size", [(STORED, (3, 1, 3)), ("search_d4_k1_T3_seed0_i11", (4, 1, 3))])
+def test_stored_spurious_minimum_is_recertified_by_interval_arithmetic(name, size):
+    """Appendix D.2: each stored point is a strict local minimum with G > 0, proven by the interval certificate
+    from the stored instance (it recomputes G itself)."""
     from landscape.certify_interval import certify_interval
     from landscape.store import load_instance
 
-    problem, U, data = load_instance(STORED)
-    assert (problem.d, problem.k, problem.T) == (3, 1, 3)
+    problem, U, data = load_instance(name)
+    assert (problem.d, problem.k, problem.T) == size
     cert = certify_interval(problem, U)
     assert cert.verdict == "certified-minimum" and cert.minimum_kind == "spurious", cert.reason
     assert cert.loss[0] > 0.0
@@ -255,7 +256,7 @@ def test_stored_spurious_minimum_is_recertified_by_interval_arithmetic():
     assert lower is not None and lower > 0.0
     # and the search's own classification of the point agrees
     c = classify_point(problem, U)
-    assert c.label == "spurious_min" and c.inertia == (0, 0, 9)
+    assert c.label == "spurious_min" and c.inertia == (0, 0, problem.n_reduced)
 
 
 @pytest.mark.slow
