@@ -19,8 +19,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, pinned_threads  # noqa: E402
 
@@ -49,9 +47,7 @@ def _batched(args) -> tuple[int, int]:
 
 
 def _one_at_a_time(case: dict, i: int) -> tuple[int, int]:
-    from landscape.search import random_start, solve_critical, start_seed
-
-    from landscape.search import problem_scale
+    from landscape.search import problem_scale, random_start, solve_critical, start_seed
 
     p = _instance(case, i)
     r = problem_scale(p)

@@ -1,6 +1,7 @@
 """Critical points of the reduced loss ``G(U) = sum_t ||D_t - mean_s D_s||_F^2`` from many random starts.
 
-Everything about G comes from :mod:`theory.reduced` (loss, gradient, dense Hessian); this module only iterates.
+G, its gradient and dense Hessian are :mod:`theory.reduced`'s formulas evaluated on a stack of points
+(:mod:`landscape._batched`, tested against theory's functions slice by slice); this module only iterates.
 Points are ``U`` of shape ``(T, d, k)``, flat ``x = [vec(U_1); ...; vec(U_T)]`` of length ``n = T d k``.
 
 Two Newton-type solvers share one eigen-decomposition ``H = V diag(lam) V^T`` of the dense Hessian per iteration
@@ -35,7 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from theory.problem import Problem, ProblemError
-from theory.reduced import reduced_grad, reduced_hess, reduced_loss
 
 from . import _batched
 from .result import SearchResult
