@@ -218,7 +218,7 @@ def test_spuriousness_score():
 
 
 def test_hill_climb_is_reproducible_and_keeps_the_best():
-    from landscape.adversarial import hill_climb_record
+    from landscape.adversarial import hill_climb_record, initial_problem
     from landscape.store import canonical
 
     spec = {"index": 1, "d": 4, "k": 1, "T": 3, "seed": 3, "starts": 8, "scales": [0.5, 1.0], "gd_runs": 0,
@@ -232,9 +232,32 @@ def test_hill_climb_is_reproducible_and_keeps_the_best():
     assert a["adversarial"]["round"] == best["round"] and a["adversarial"]["score"] == best["score"]
     scores = [h["score"] for h in accepted]
     assert all(float(x) < float(y) for x, y in zip(scores, scores[1:]))  # strictly improving chain
-    start = Problem.random(4, 1, 3, seed=instance_seed(3, 1))
+    start, sampler = initial_problem(4, 1, 3, 3, 1)
+    assert a["adversarial"]["sampler"] == sampler == "norm_disparity"
     moved = not np.array_equal(np.asarray(a["problem"]["U_star"]), start.U_star)
     assert moved == (best["round"] > 0)
+
+
+@pytest.mark.parametrize("chain,sampler", [(0, "iid"), (1, "norm_disparity"), (2, "low_dim")])
+def test_adversarial_samplers(chain, sampler):
+    from landscape.adversarial import initial_problem
+
+    p, name = initial_problem(6, 1, 3, 0, chain)
+    assert name == sampler
+    plain = Problem.random(6, 1, 3, seed=instance_seed(0, chain))
+    if sampler == "iid":
+        assert np.array_equal(p.U_star, plain.U_star)
+    elif sampler == "norm_disparity":
+        ratios = np.linalg.norm(p.U_star, axis=(1, 2)) / np.linalg.norm(plain.U_star, axis=(1, 2))
+        assert np.ptp(np.log(ratios)) > 0.0
+        # directions kept, only norms changed
+        cos = np.sum(p.U_star * plain.U_star, axis=(1, 2)) / (np.linalg.norm(p.U_star, axis=(1, 2))
+                                                            * np.linalg.norm(plain.U_star, axis=(1, 2)))
+        np.testing.assert_allclose(cos, 1.0, atol=1e-12)
+    else:  # an orthogonal split into kept (factor 1) and shrunk (factor 0.05) parts: norms shrink, never below 5%
+        n_new, n_old = np.linalg.norm(p.U_star, axis=(1, 2)), np.linalg.norm(plain.U_star, axis=(1, 2))
+        assert np.all(n_new <= n_old * (1 + 1e-12)) and np.all(n_new >= 0.05 * n_old * (1 - 1e-12))
+        assert not np.allclose(p.U_star, plain.U_star)
 
 
 STORED = "search_d3_k1_T3_seed0_i139"
