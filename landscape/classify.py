@@ -172,6 +172,9 @@ def dedup(problem: Problem, results: list[SearchResult], *, rtol: float = 1e-6, 
           eig_rtol: float = 1e-8) -> tuple[list[CriticalPoint], list[int]]:
     """Merge converged results lying on one orbit and classify each orbit once.
 
+    Orbits of O(k)^T are compared through :func:`orbit_invariants`; at T = 2 through ``P_1 - P_2``, the quantity
+    G depends on (so the O(k, k) orbit, the Appendix D.1 family of global minima included, counts once).
+
     Returns ``(points, which)``: the distinct critical points in order of first appearance, and for every result
     the index into ``points`` it merged into (``-1`` for results that did not converge).
     """
@@ -182,6 +185,8 @@ def dedup(problem: Problem, results: list[SearchResult], *, rtol: float = 1e-6, 
             which.append(-1)
             continue
         P = orbit_invariants(res.point)
+        if problem.T == 2:  # G depends only on P_1 - P_2 (hyperbolic_tangent): merge the whole O(k, k) orbit
+            P = P[0] - P[1]
         for i, rep in enumerate(reps):
             if np.linalg.norm(P - rep[1]) <= rtol * max(1.0, float(np.linalg.norm(rep[1]))):
                 rep[2][res.method] = rep[2].get(res.method, 0) + 1

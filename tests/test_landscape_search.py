@@ -355,3 +355,17 @@ def test_T2_global_minimum_is_nondegenerate_on_the_O_kk_quotient():
     assert c.label == "global_min" and c.symmetry == "O(k,k)" and c.inertia[:2] == (0, 0)
     plain = restricted_inertia(reduced_hess(p.U_star, p), p.U_star)
     assert plain.zero == 4 and plain.negative == 0
+
+
+def test_T2_global_minima_merge_into_one():
+    """At T = 2 the global minima form a continuum (Appendix D.1); dedup merges them by U_1 U_1^T - U_2 U_2^T."""
+    p = Problem.random(3, 1, 2, seed=0)
+    solves, _ = search_instance(p, starts=32, seed=0, gd_runs=0)
+    glob = [r for r in solves if r.converged and reduced_loss(r.point, p) < 1e-20]
+    P = [orbit_invariants(r.point) for r in glob]
+    assert max(np.abs(a - P[0]).max() for a in P) > 1e-3  # genuinely different points on the family
+    points, _ = dedup(p, solves)
+    labels = [c.classification.label for c in points]
+    assert labels.count("global_min") == 1
+    hits = points[labels.index("global_min")].hits
+    assert hits.get("min", 0) + hits.get("newton", 0) >= len(glob)
