@@ -81,10 +81,11 @@ __all__ = ["certify_epsnet", "net_covering_radius", "METRICS"]
 
 METRICS = ("hessian", "euclidean")
 _U = 2.0 ** -53
-# default delta = mu / (_DELTA_DIVISOR a0 |M|^3): the cubic term 4 a0 |M|^3 delta^3 and the Hessian variation
-# 24 a0 |M|^3 delta stay ~1/40 of the quadratic margin, so the curvature of the sphere cancels the first-order
-# term and coarse nets pass; much smaller delta would let rounding (proportional to |h|) catch up with delta^2.
-_DELTA_DIVISOR = 1024.0
+# default delta = mu / (_DELTA_DIVISOR (n-1)^1.5 a0 |M|^3): at the coarsest net (covering radius delta sqrt(n-1))
+# the cubic term 4 a0 |M|^3 (delta sqrt(n-1))^3, the Hessian variation 24 a0 |M|^3 delta (times rho^2) and the
+# tangential gradient stay well below the quadratic margin mu delta^2 / 2, so the curvature of the sphere cancels
+# the first-order term and coarse nets pass; a much smaller delta would let rounding (proportional to |h|) catch up.
+_DELTA_DIVISOR = 64.0
 
 
 def _gamma(K: int) -> float:
@@ -164,8 +165,8 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
     ----------
     problem : the instance; G is recomputed from its stored ``A*`` and ``U*``
     U0 : the centre x0 (float64, finite)
-    delta : sphere radius in z; default ``mu / (1024 a0 |M|^3)`` (``mu = lambda_min(M^T H(x0) M)``), where the
-        quadratic margin ``mu delta^2 / 2`` beats the cubic term and the Hessian variation by far
+    delta : sphere radius in z; default ``mu / (64 (n-1)^1.5 a0 |M|^3)`` (``mu = lambda_min(M^T H(x0) M)``), where
+        the quadratic margin ``mu delta^2 / 2`` beats the cubic term and the Hessian variation on the coarsest net
     eps : covering radius of a uniform net (the paper's version: Euclidean sphere, global Lipschitz bound only);
         None: adaptive net
     metric : ``"hessian"`` (ellipsoid from H(x0), default) or ``"euclidean"`` (sphere); ignored when eps is given
@@ -235,7 +236,7 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         a0_arb = max((sum((e * e for e in Ub.entries()), arb(0)).sqrt() for Ub in U0b), key=ar.upper)
         a0 = ar.upper(a0_arb)
         if delta is None:
-            delta = float(mu0 / (_DELTA_DIVISOR * a0 * Mnorm ** 3)) if a0 > 0 else 1.0 / Mnorm
+            delta = float(mu0 / (_DELTA_DIVISOR * max(n - 1, 1) ** 1.5 * a0 * Mnorm ** 3)) if a0 > 0 else 1.0 / Mnorm
         dx = Mnorm * delta  # the region lies in B(x0, dx)
         # |h_f - M s_e|: rounding of the norm, division, scaling and the product with M (x0 + h_f is exact)
         tau = 2.0 * (_gamma(n) * MF * delta + (n + 4) * _U * delta * Mnorm) * 1.01
@@ -321,8 +322,8 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
                         return fail(f"time limit {time_limit:g} s reached after {evaluated} net points")
             finest = level
         else:  # adaptive: split a failing cell into its 2^(n-1) halves, level by level (children made lazily)
-            children = np.array(np.meshgrid(*([[-1.0, 1.0]] * (n - 1)), indexing="ij")).reshape(n - 1, -1).T
-            rep = children.shape[0]
+            rep = 2 ** (n - 1)  # children per cell; their sign patterns are built only if a cell fails
+            children = None
             parents = None  # failing cells of the previous level: (faces, signs, centres)
             finest = 0
             while True:
@@ -353,12 +354,15 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
                     break
                 if n == 1 or level >= 40:
                     return fail("a net cell fails and cannot be refined further")
-                pending = sum(f[0].size for f in failing) * rep
+                pending = sum(f[0].size for f in failing) * rep  # Python int: no overflow for large n
                 if evaluated + pending > max_points:
                     margins.update(eps=net_covering_radius(delta, n, level + 1))
                     return fail(f"the adaptive net would exceed max_points = {max_points} (evaluated {evaluated}, "
                                 f"{pending} cells pending at level {level + 1})")
                 parents = tuple(np.concatenate([f[i] for f in failing]) for i in range(3))
+                if children is None:
+                    bits = (np.arange(rep)[:, None] >> np.arange(n - 1)[None, :]) & 1
+                    children = 2.0 * bits - 1.0  # (2^(n-1), n-1) sign patterns
                 level += 1
     finally:
         bar.close()
