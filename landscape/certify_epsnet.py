@@ -56,10 +56,13 @@ Euclidean sphere. Either way the net grows like ``(C / eps)^(n-1)``: see the REA
 in a minute.
 
 >>> from theory.problem import Problem
->>> p = Problem.random(d=2, k=1, T=2, seed=0)
+>>> p = Problem.random(d=4, k=1, T=3, seed=0)
 >>> c = certify_epsnet(p, p.U_star)
->>> c.verdict, c.minimum_kind
-('certified-minimum', 'global')
+>>> c.verdict, c.minimum_kind, c.margins["net_points"]
+('certified-minimum', 'global', 24)
+>>> q = Problem.random(d=2, k=1, T=2, seed=0)  # T = 2: the global minima form a curve (Appendix D.1)
+>>> certify_epsnet(q, q.U_star).reason[:45]
+'the float Hessian at x0 is not positive defin'
 """
 
 from __future__ import annotations

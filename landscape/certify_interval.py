@@ -134,10 +134,6 @@ def _tangent_arb(Us: list, k: int) -> list:
     return cols
 
 
-def _inconclusive(method_args, reason, **extra):
-    return Certificate(verdict="inconclusive", reason=reason, **method_args, **extra)
-
-
 def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_radius: float | None = None,
                      growth: float = 30.0, max_tries: int = 8, prec: int = 128) -> Certificate:
     """Certify the critical point of G near ``U0`` (shape ``(T, d, k)`` or ``(T d k,)``) by interval arithmetic.
