@@ -1,10 +1,10 @@
 """The eps-net certificate of a local minimum of the reduced loss G (the paper's Appendix D.2; issue 4, certificate 1).
 
-Notation: ``x = vec(U)`` (``n = T d k``), ``x0`` the point to certify, ``M`` a fixed nonsingular n x n matrix,
-``F(z) = G(x0 + M z)``. ``metric="euclidean"`` takes ``M = I`` (the paper's sphere ``S(x0, delta)``);
-``metric="hessian"`` (default) takes ``M = V diag(lambda)^(-1/2)`` from the float eigendecomposition of ``H(x0)``,
-so the sphere in z is an ellipsoid in x on which G rises evenly (the float M is used as exact numbers; any
-nonsingular M is valid).
+Notation: ``x = vec(U)`` (``n = T d k``), ``x0`` the point to certify, ``M`` a fixed n x m matrix of rank m
+(``m = n`` for k = 1; the gauge slice below for k >= 2), ``F(z) = G(x0 + M z)``. ``metric="euclidean"`` takes
+``M = I`` (the paper's sphere ``S(x0, delta)``); ``metric="hessian"`` (default) takes ``M = V diag(lambda)^(-1/2)``
+from the float eigendecomposition of ``H(x0)``, so the sphere in z is an ellipsoid in x on which G rises evenly (the
+float M is used as exact numbers; any M of full rank is valid).
 
 **Claim.** If ``F(z) > F(0)`` for every z on the sphere ``|z| = delta``, the minimum of F over the closed ball is
 attained inside, so G has a local minimum x* in the open region ``x0 + M B(0, delta)`` (inside the ball
@@ -12,10 +12,13 @@ attained inside, so G has a local minimum x* in the open region ``x0 + M B(0, de
 the region contains U* (up to the signs of its columns), since then ``G(x*) <= G(U*) = 0``, or, as in the interval
 certificate, "global" up to round-off when ``G(x*) <= G(x0) <= 1e-12 (1 + G(0))`` (said so in the reason).
 
-**Only k = 1.** For k >= 2 the orbit ``U_t -> U_t Q_t`` through x0 (dimension ``T k (k-1)/2``, on which G is constant)
-leaves every small neighbourhood, so it meets the sphere where ``G = G(x0)``: the test can never pass on the full
-space. Such points get "inconclusive" with that reason; :func:`landscape.certify_interval.certify_interval` fixes
-the gauge on a slice.
+**Gauge (k >= 2).** The orbit ``U_t -> U_t Q_t`` through x0 (dimension ``T k (k-1)/2``, on which G is constant)
+meets every small sphere of the full space, where ``G = G(x0)``, so the test could never pass there. For k >= 2 the
+sphere is therefore taken in the gauge slice ``x0 + range(Q)``, ``Q`` (n, m) the complement of the orbit tangent at
+U0 (as in :func:`landscape.certify_interval.certify_interval`): ``M = Q V diag(lambda)^(-1/2)`` from the float
+eigendecomposition of ``Q^T H(x0) Q`` (or ``M = Q`` for ``metric="euclidean"``), ``z`` in R^m. The slice is proven
+transversal to the orbits over a box containing the whole region (``[Q, Z(X)]`` nonsingular in arb), so a local
+minimum of G on the slice is a local minimum of G, strict modulo the orbit. For k = 1 (finite orbit) ``Q = I``.
 
 **The net (proven covering radius).** Project the surface of the cube ``[-1, 1]^n`` radially onto the sphere:
 ``s(y) = delta y / |y|_2``. Every sphere point is ``s(y)`` for ``y`` on the cube surface (``y = v / |v|_inf``).
@@ -78,7 +81,7 @@ from theory.reduced import reduced_hess
 
 from . import _arb_reduced as ar
 from .certificate import Certificate, CertificateError
-from .certify_interval import _GLOBAL_RTOL, _positive, _validate_point
+from .certify_interval import _GLOBAL_RTOL, _gauge, _positive, _transversal, _validate_point
 
 __all__ = ["certify_epsnet", "net_covering_radius", "METRICS"]
 
@@ -162,7 +165,7 @@ class _Context:
 def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: float | None = None,
                    metric: str = "hessian", max_points: int = 20_000_000, time_limit: float = 60.0,
                    batch: int = 50_000, prec: int = 128, progress: bool | None = None) -> Certificate:
-    """Certify a local minimum of G near ``U0`` (shape ``(T, d, k)`` or ``(T d k,)``, k = 1) by an eps-net.
+    """Certify a local minimum of G near ``U0`` (shape ``(T, d, k)`` or ``(T d k,)``) by an eps-net.
 
     Parameters
     ----------
@@ -203,7 +206,7 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
     T, d, k = problem.T, problem.d, problem.k
     n = problem.n_reduced
     margins: dict = {"metric": metric}
-    gauge = "none (k = 1: the O(1)^T orbit is finite)" if k == 1 else "not fixed (the eps-net needs k = 1)"
+    gauge = ""
 
     def done(verdict, reason, loss, **kw):
         return Certificate(verdict=verdict, method="epsnet", loss=loss, radius=delta,
@@ -216,21 +219,20 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         E0 = ar.residuals(U0b, Ws)
         G0 = ar.loss(E0)
         loss = (ar.lower(G0), ar.upper(G0))
-        if k != 1:
-            return done("inconclusive", f"the eps-net certifies only k = 1: for k = {k} the minimum is not isolated "
-                        f"(an orbit of dimension {T * k * (k - 1) // 2} through x0, on which G is constant, meets "
-                        "every small sphere), so G > G(x0) on the sphere cannot hold; use the interval certificate, "
-                        "which fixes the gauge on a slice", loss)
-        lam, V = np.linalg.eigh(reduced_hess(x0, problem))
+        Q, tangent_cols, gauge = _gauge(x0.reshape(T, d, k))  # Q None for k = 1 (no gauge), else (n, m)
+        Hf = reduced_hess(x0, problem)
+        lam, V = np.linalg.eigh(Hf if Q is None else Q.T @ Hf @ Q)
         margins["hessian_min_eig_mid"] = float(lam[0])
         if not lam[0] > 1e-10 * max(1.0, float(np.max(np.abs(lam)))):
-            return done("inconclusive", f"the float Hessian at x0 is not positive definite (lambda_min = "
-                        f"{lam[0]:.3g}): G does not rise on every small sphere, the eps-net cannot certify a minimum",
-                        loss)
-        Mf = V / np.sqrt(lam)[None, :] if metric == "hessian" else np.eye(n)
+            return done("inconclusive", f"the float Hessian at x0{' on the gauge slice' if Q is not None else ''} is "
+                        f"not positive definite (lambda_min = {lam[0]:.3g}): G does not rise on every small sphere, "
+                        "the eps-net cannot certify a minimum", loss)
+        B0 = np.eye(n) if Q is None else Q  # the net lives in the m coordinates of B0 (m = n for k = 1)
+        m = B0.shape[1]
+        Mf = B0 @ (V / np.sqrt(lam)[None, :]) if metric == "hessian" else B0
         Ma = arb_mat(Mf.tolist())
         MtM = Ma.transpose() * Ma
-        Mnorm = math.sqrt(ar.inf_norm_upper(MtM)) * (1 + 1e-15) if metric == "hessian" else 1.0
+        Mnorm = math.sqrt(ar.inf_norm_upper(MtM)) * (1 + 1e-15) if (metric == "hessian" or Q is not None) else 1.0
         MF = math.sqrt(ar.upper(sum((e * e for e in Ma.entries()), arb(0)))) * (1 + 1e-15)
         Hx0 = ar.hess(U0b, E0)
         mu0 = ar.lambda_min_lower(Ma.transpose() * Hx0 * Ma)[0]
@@ -239,10 +241,10 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         a0_arb = max((sum((e * e for e in Ub.entries()), arb(0)).sqrt() for Ub in U0b), key=ar.upper)
         a0 = ar.upper(a0_arb)
         if delta is None:
-            delta = float(mu0 / (_DELTA_DIVISOR * max(n - 1, 1) ** 1.5 * a0 * Mnorm ** 3)) if a0 > 0 else 1.0 / Mnorm
+            delta = float(mu0 / (_DELTA_DIVISOR * max(m - 1, 1) ** 1.5 * a0 * Mnorm ** 3)) if a0 > 0 else 1.0 / Mnorm
         dx = Mnorm * delta  # the region lies in B(x0, dx)
         # |h_f - M s_e|: rounding of the norm, division, scaling and the product with M (x0 + h_f is exact)
-        tau = 2.0 * (_gamma(n) * MF * delta + (n + 4) * _U * delta * Mnorm) * 1.01
+        tau = 2.0 * (_gamma(m) * MF * delta + (m + 4) * _U * delta * Mnorm) * 1.01
         R = arb(dx) + arb(tau)
         a_ball = a0_arb + R
         sG_hi = arb(ar.upper(G0)).sqrt()
@@ -254,33 +256,41 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         # G > 0 on the ball B(x0, dx): |E(x)| >= sqrt(G(x0)) - dx (2 a0 + dx)
         lo_E = arb(max(ar.lower(G0), 0.0)).sqrt() - arb(dx) * (2 * a0_arb + arb(dx))
         ball_lo = ar.lower(lo_E * lo_E) if ar.lower(lo_E) > 0 else 0.0
-        # U* (column signs matched to x0) inside the region x0 + M B(0, delta) proves the minimum global
-        Ustar = problem.U_star.reshape(T, -1)
-        sg = np.where(np.sum(Ustar * x0.reshape(T, -1), axis=1) >= 0, 1.0, -1.0)
-        diff = arb_mat(n, 1, [arb(float(c)) - arb(float(x)) for c, x in zip((sg[:, None] * Ustar).ravel(), x0)])
-        try:
-            zs = Ma.solve(diff)
-            ustar_inside = bool(sum((e * e for e in zs.entries()), arb(0)) < arb(delta) ** 2)
-        except ZeroDivisionError:
-            ustar_inside = False
+        # U* (column signs matched to x0) inside the region x0 + M B(0, delta) proves the minimum global (k = 1)
+        ustar_inside = False
+        if Q is None:
+            Ustar = problem.U_star.reshape(T, -1)
+            sg = np.where(np.sum(Ustar * x0.reshape(T, -1), axis=1) >= 0, 1.0, -1.0)
+            diff = arb_mat(n, 1, [arb(float(c)) - arb(float(x)) for c, x in zip((sg[:, None] * Ustar).ravel(), x0)])
+            try:
+                zs = Ma.solve(diff)
+                ustar_inside = bool(sum((e * e for e in zs.entries()), arb(0)) < arb(delta) ** 2)
+            except ZeroDivisionError:
+                pass
+        else:  # the slice must be transversal to the orbits over the whole region (box of half-width R)
+            Us_box = ar.U_blocks(ar.balls(x0, ar.upper(R)), T, d, k)
+            margins["transversal"] = _transversal(arb_mat(Q.tolist()), tangent_cols, Us_box, k)
+            if not margins["transversal"]:
+                return done("inconclusive", "could not prove the gauge slice transversal to the orbits over the "
+                            "region ([Q, Z(X)] not proven nonsingular)", loss)
         G_zero_hi = ar.upper(ar.loss(ar.residuals(ar.U_blocks(ar.balls(np.zeros(n)), T, d, k), Ws)))
         E0f = np.array([ar.mid_matrix(Et) for Et in E0])  # E(x0) in float64, with its entrywise error e0
         e0 = np.array([[[ar.upper(abs(Et[i, j] - arb(float(E0f[t, i, j])))) for j in range(d)] for i in range(d)]
                        for t, Et in enumerate(E0)])
-        ctx = _Context(U0=x0.reshape(T, d, k), E0f=E0f, e0=e0, M=Mf, delta=delta, tau=tau, n=n, problem=problem,
+        ctx = _Context(U0=x0.reshape(T, d, k), E0f=E0f, e0=e0, M=Mf, delta=delta, tau=tau, n=m, nx=n, problem=problem,
                        Mnorm=Mnorm, mu=mu, a_cubic=ar.upper(a_ball), Hb=ar.upper(Hb), Lip=ar.upper(Lip))
     margins.update(lipschitz=ctx.Lip, hessian_bound=ctx.Hb, metric_norm=Mnorm, radius_x=dx, tau=tau,
                    hessian_min_eig_lower=mu0 / Mnorm ** 2 if metric == "euclidean" else None,
                    loss_lower_on_ball=ball_lo)
 
     level = 0
-    if 2 * n > max_points:
+    if 2 * m > max_points:
         margins.update(net_points=0)
-        return done("inconclusive", f"even the coarsest net (2 n = {2 * n} points) exceeds max_points = {max_points}",
+        return done("inconclusive", f"even the coarsest net (2 m = {2 * m} points) exceeds max_points = {max_points}",
                     loss)
-    if uniform and n > 1:
-        level = max(0, math.ceil(math.log2(delta * math.sqrt(n - 1) / eps)))
-        total = 2 * n * 2 ** (level * (n - 1))
+    if uniform and m > 1:
+        level = max(0, math.ceil(math.log2(delta * math.sqrt(m - 1) / eps)))
+        total = 2 * m * 2 ** (level * (m - 1))
         if total > max_points:
             margins.update(net_points=total, eps=eps)
             return done("inconclusive", f"the uniform net of covering radius {eps:.3g} on S(x0, {delta:.3g}) needs "
@@ -289,8 +299,8 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
 
     bar = tqdm(total=None, unit="pts", desc="eps-net", disable=(not progress) if progress is not None else None,
                leave=False)
-    faces = np.repeat(np.arange(n), 2)
-    face_signs = np.tile([1.0, -1.0], n)
+    faces = np.repeat(np.arange(m), 2)
+    face_signs = np.tile([1.0, -1.0], m)
     evaluated = 0
     min_margin = math.inf
     region = f"S(x0, {delta:.3g})" if metric == "euclidean" else f"the ellipsoid x0 + M S(0, {delta:.3g})"
@@ -302,14 +312,14 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
     below_msg = (f"a net point near {region} has G < G(x0) (rigorously): the test cannot pass at this delta")
     try:
         if uniform:  # the paper's net: all cells at one level, global Lipschitz bound, no refinement
-            m = 2 ** level
-            grid = -1.0 + (2.0 * np.arange(m) + 1.0) / m  # dyadic centres, exact
-            count = m ** (n - 1)
+            mg = 2 ** level
+            grid = -1.0 + (2.0 * np.arange(mg) + 1.0) / mg  # dyadic centres, exact
+            count = mg ** (m - 1)
             for f, s_ in zip(faces, face_signs):
                 for start in range(0, count, batch):
                     idx = np.arange(start, min(start + batch, count))
-                    digits = np.stack([(idx // m ** j) % m for j in range(n - 1)], axis=1).astype(np.int64) \
-                        if n > 1 else np.zeros((idx.size, 0), dtype=np.int64)
+                    digits = np.stack([(idx // mg ** j) % mg for j in range(m - 1)], axis=1).astype(np.int64) \
+                        if m > 1 else np.zeros((idx.size, 0), dtype=np.int64)
                     ok, margin, below = _evaluate(np.full(idx.size, f), np.full(idx.size, s_), grid[digits], level,
                                                   ctx, local=False)
                     evaluated += idx.size
@@ -317,26 +327,26 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
                     if below:
                         return fail(below_msg)
                     if not np.all(ok):
-                        margins.update(eps=net_covering_radius(delta, n, level))
+                        margins.update(eps=net_covering_radius(delta, m, level))
                         return fail(f"uniform net (covering radius {margins['eps']:.3g}, Lipschitz {ctx.Lip:.3g}) "
                                     f"fails at {int(np.sum(~ok))} points of a batch: a finer net is needed")
                     min_margin = min(min_margin, float(np.min(margin)))
                     if time.perf_counter() - t_start > time_limit:
                         return fail(f"time limit {time_limit:g} s reached after {evaluated} net points")
             finest = level
-        else:  # adaptive: split a failing cell into its 2^(n-1) halves, level by level (children made lazily)
-            rep = 2 ** (n - 1)  # children per cell; their sign patterns are built only if a cell fails
+        else:  # adaptive: split a failing cell into its 2^(m-1) halves, level by level (children made lazily)
+            rep = 2 ** (m - 1)  # children per cell; their sign patterns are built only if a cell fails
             children = None
             parents = None  # failing cells of the previous level: (faces, signs, centres)
             finest = 0
             while True:
                 if parents is None:
-                    chunks = [(faces, face_signs, np.zeros((2 * n, n - 1)))]
+                    chunks = [(faces, face_signs, np.zeros((2 * m, m - 1)))]
                 else:
                     w_child = 2.0 ** -level
                     per = max(1, batch // rep)
                     chunks = ((np.repeat(parents[0][i:i + per], rep), np.repeat(parents[1][i:i + per], rep),
-                               (parents[2][i:i + per, None, :] + w_child * children[None]).reshape(-1, n - 1))
+                               (parents[2][i:i + per, None, :] + w_child * children[None]).reshape(-1, m - 1))
                               for i in range(0, parents[0].size, per))
                 failing = []
                 for cf, cs, cc in chunks:
@@ -355,34 +365,36 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
                 finest = level
                 if not failing:
                     break
-                if n == 1 or level >= 40:
+                if m == 1 or level >= 40:
                     return fail("a net cell fails and cannot be refined further")
-                pending = sum(f[0].size for f in failing) * rep  # Python int: no overflow for large n
+                pending = sum(f[0].size for f in failing) * rep  # Python int: no overflow for large m
                 if evaluated + pending > max_points:
-                    margins.update(eps=net_covering_radius(delta, n, level + 1))
+                    margins.update(eps=net_covering_radius(delta, m, level + 1))
                     return fail(f"the adaptive net would exceed max_points = {max_points} (evaluated {evaluated}, "
                                 f"{pending} cells pending at level {level + 1})")
                 parents = tuple(np.concatenate([f[i] for f in failing]) for i in range(3))
                 if children is None:
-                    bits = (np.arange(rep)[:, None] >> np.arange(n - 1)[None, :]) & 1
-                    children = 2.0 * bits - 1.0  # (2^(n-1), n-1) sign patterns
+                    bits = (np.arange(rep)[:, None] >> np.arange(m - 1)[None, :]) & 1
+                    children = 2.0 * bits - 1.0  # (2^(m-1), m-1) sign patterns
                 level += 1
     finally:
         bar.close()
-    eps_used = net_covering_radius(delta, n, finest)
+    eps_used = net_covering_radius(delta, m, finest)
     margins.update(net_points=evaluated, eps=eps_used, net_margin=min_margin)
     if ball_lo > 0:
         kind, why = "spurious", f"G >= {ball_lo:.6g} > 0 on B(x0, {dx:.3g}), so the minimum is spurious"
     elif ustar_inside:
         kind, why = "global", "U* (column signs matched) lies inside, so G(x*) <= G(U*) = 0: global (proven)"
     elif loss[1] <= _GLOBAL_RTOL * (1.0 + G_zero_hi):
-        kind, why = "global", (f"0 <= G(x*) <= G(x0) <= {loss[1]:.3g} (round-off level, <= {_GLOBAL_RTOL:g} (1 + G(0))):"
-                               " a global minimum up to that bound")
+        kind, why = "global", (f"0 <= G(x*) <= G(x0) <= {loss[1]:.3g} (round-off level, <= {_GLOBAL_RTOL:g} "
+                               "(1 + G(0))): a global minimum up to that bound")
     else:
         kind, why = "unknown", "G on the region is not proven positive and U* is not inside"
+    on_slice = "on the gauge slice (transversal to the orbits: a local minimum of G modulo the orbit) " if k > 1 else ""
     return done("certified-minimum",
                 f"G > G(x0) on all of {region} ({evaluated} net points, finest covering radius {eps_used:.3g}, "
-                f"smallest margin {min_margin:.3g}): a local minimum of G lies inside, within {dx:.3g} of x0; {why}",
+                f"smallest margin {min_margin:.3g}): a local minimum of G {on_slice}lies inside, within {dx:.3g} of "
+                f"x0; {why}",
                 loss, minimum_kind=kind)
 
 
@@ -400,9 +412,9 @@ def _evaluate(face, sign, centres, level, c: _Context, *, local: bool):
     drop = np.full(dG.shape, c.Lip * rho_x)
     if local:
         up = 1.0 + 4.0 * _gamma(n + 4)
-        gn_up = (np.linalg.norm(g, axis=1) + g_err) * up
+        gn_up = (np.linalg.norm(g, axis=1) + g_err) * (1.0 + 4.0 * _gamma(c.nx + 4))
         gz = g @ c.M  # M^T g
-        gz_err = c.Mnorm * g_err + _gamma(n) * math.sqrt(n) * np.linalg.norm(np.abs(g) @ np.abs(c.M), axis=1)
+        gz_err = c.Mnorm * g_err + _gamma(c.nx) * math.sqrt(c.nx) * np.linalg.norm(np.abs(g) @ np.abs(c.M), axis=1)
         gz_up = (np.linalg.norm(gz, axis=1) + gz_err) * up
         gnu = np.sum(gz * v, axis=1)
         gnu_up = gnu + (gz_err + 4.0 * (n + 4) * _U * gz_up)

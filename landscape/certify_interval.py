@@ -134,6 +134,25 @@ def _tangent_arb(Us: list, k: int) -> list:
     return cols
 
 
+def _transversal(Qa: arb_mat, tangent_cols: list, Us: list, k: int) -> bool:
+    """True if the n x n ball matrix ``[Q, Z(X)]`` (Q: n x m, the selected orbit tangent directions over the box
+    ``Us``) is proven nonsingular for every point of the box (arb's solve succeeds only then)."""
+    n, m = Qa.nrows(), Qa.ncols()
+    M = arb_mat(n, n)
+    tangent = _tangent_arb(Us, k)
+    cols = [[Qa[i, j] for i in range(n)] for j in range(m)] + [tangent[c] for c in tangent_cols]
+    if len(cols) != n:
+        return False
+    for j, col in enumerate(cols):
+        for i in range(n):
+            M[i, j] = col[i]
+    try:
+        M.solve(arb_mat(n, 1, [1] * n))
+    except ZeroDivisionError:
+        return False
+    return True
+
+
 def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_radius: float | None = None,
                      growth: float = 30.0, max_tries: int = 8, prec: int = 128) -> Certificate:
     """Certify the critical point of G near ``U0`` (shape ``(T, d, k)`` or ``(T d k,)``) by interval arithmetic.
@@ -244,17 +263,8 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
                         loss=loss, radius=radii[len(ratios) - 1])
         r, Us, E, J = passed
         if Qa is not None:  # transversality of the slice over the whole box
-            M = arb_mat(n, n)
-            tangent = _tangent_arb(Us, k)
-            cols = [[Qa[i, j] for i in range(n)] for j in range(m)] + [tangent[c] for c in tangent_cols]
-            for j, col in enumerate(cols):
-                for i in range(n):
-                    M[i, j] = col[i]
-            try:
-                M.solve(arb_mat(n, 1, [1] * n))
-                margins["transversal"] = True
-            except ZeroDivisionError:
-                margins["transversal"] = False
+            margins["transversal"] = _transversal(Qa, tangent_cols, Us, k)
+            if not margins["transversal"]:
                 return done("inconclusive", "could not prove the slice transversal to the orbit over the box "
                             "([Q, Z(X)] not proven nonsingular)", loss=loss, radius=r)
         where = f"the unique critical point x* of G {'on the slice ' if Qa is not None else ''}in the box " \

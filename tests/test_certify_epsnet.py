@@ -111,13 +111,35 @@ def test_a_non_critical_point_is_not_certified():
     assert c.verdict == "inconclusive"
 
 
-def test_saddle_and_k2_are_inconclusive_with_the_reason():
+def test_saddle_and_degenerate_minimum_are_inconclusive_with_the_reason():
     p = Problem.random(2, 1, 3, seed=1)
     c = certify_epsnet(p, np.zeros_like(p.U_star))
     assert c.verdict == "inconclusive" and "not positive definite" in c.reason
-    p2 = Problem.random(6, 2, 2, seed=1)
+    p2 = Problem.random(6, 2, 2, seed=1)  # T = 2: the global minima form a curve beyond the orbit (Appendix D.1)
     c2 = certify_epsnet(p2, p2.U_star)
-    assert c2.verdict == "inconclusive" and "orbit" in c2.reason and "k = 1" in c2.reason
+    assert c2.verdict == "inconclusive" and "gauge slice is not positive definite" in c2.reason
+
+
+def test_k2_minimum_on_the_gauge_slice_and_its_orbit_agree_with_the_interval_certificate():
+    from scipy.stats import ortho_group
+
+    p = Problem.random(8, 2, 3, seed=5)
+    for U in (p.U_star, p.U_star @ ortho_group.rvs(2, size=3, random_state=2)):
+        ce, ci = certify_epsnet(p, U), certify_interval(p, U)
+        assert ce.verdict == ci.verdict == "certified-minimum", ce.reason
+        assert ce.minimum_kind == ci.minimum_kind == "global"
+        assert ce.margins["transversal"] is True and "slice" in ce.gauge
+
+
+def test_k2_saddle_is_not_certified_by_the_eps_net():
+    from scipy.optimize import least_squares
+
+    p = Problem.random(6, 2, 3, seed=0)
+    x0 = np.random.default_rng(7).standard_normal(p.n_reduced) * 0.5
+    x = least_squares(reduced_grad, x0, jac=reduced_hess, args=(p,), xtol=1e-15, ftol=1e-15, gtol=1e-15,
+                      method="lm").x
+    assert certify_interval(p, x).verdict == "certified-not-minimum"
+    assert certify_epsnet(p, x).verdict == "inconclusive"
 
 
 def test_the_papers_uniform_net_refuses_what_it_cannot_afford():
