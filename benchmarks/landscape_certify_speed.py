@@ -3,13 +3,14 @@
     python benchmarks/landscape_certify_speed.py [--json] [--out FILE] [--repeat 3] [--euclidean-max-n 9]
 
 Certified points: the global minimum ``U*`` of ``Problem.random(d, k, T, seed=0)`` (a strict minimum when
-``(T+1) k <= d``, Theorem 3.3) for n from 6 to 120, and the stored spurious minima ``landscape/instances/*.json``.
+``(T+1) k <= d``, Theorem 3.3) for n from 6 to 240, and the stored spurious minima ``landscape/instances/*.json``.
 Methods, timed in the same run, BLAS pinned to one thread: ``float`` (baseline: the float classification, i.e.
 ``theory.reduced_hess`` + ``numpy.linalg.eigvalsh``, what the search does), ``krawczyk``
 (:func:`landscape.certify_interval.certify_interval`), ``epsnet`` (:func:`landscape.certify_epsnet.certify_epsnet`,
 Hessian metric, adaptive net, on the gauge slice for k >= 2), ``epsnet-euclid`` (the paper's sphere
-``S(x0, delta)``, adaptive net, k = 1, n <= ``--euclidean-max-n``, 60 s limit) and ``epsnet-uniform`` (the paper's exact recipe: uniform net of the
-covering radius the global Lipschitz bound needs, refused above 10^7 points; the row gives the net size it needs).
+``S(x0, delta)``, adaptive net, k = 1, n <= ``--euclidean-max-n``, 60 s limit) and ``epsnet-uniform`` (the
+paper's exact recipe: uniform net of the covering radius the global Lipschitz bound needs, refused above 10^7
+points; the row gives the net size it needs).
 ``ratio`` is the certificate time over the float baseline's.
 Targets (issue 4): the interval certificate of a point with n = 60 in under 10 s; the eps-net up to the n where it
 finishes in a minute.
