@@ -6,7 +6,7 @@ the same ``P_t`` for all t lie on one orbit (``U_t U_t^T = V_t V_t^T`` implies `
 
 Classes (:data:`landscape.result.CLASSES`), decided from the Hessian of G restricted to the orthogonal complement of
 the orbit's tangent space (:func:`theory.symmetry.restricted_inertia`; at T = 2 the orbit of the larger group
-O(k, k), see :func:`hyperbolic_tangent`), an eigenvalue ``lam`` counted as zero when
+O(k, k), see :func:`theory.symmetry.boost_tangent`), an eigenvalue ``lam`` counted as zero when
 ``|lam| <= eig_rtol * max(1, max |lam|)``:
 
 - ``global_min``: ``G <= loss_rtol * max(1, G(0))`` (round-off level; ``G(0) = sum_t ||W_t - mean W||_F^2``);
@@ -25,15 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 
 from theory.problem import Problem, ProblemError
 from theory.reduced import reduced_grad, reduced_hess, reduced_loss
-from theory.symmetry import inertia, orbit_tangent, restricted_inertia
+from theory.symmetry import restricted_inertia
 
 from .result import CLASSES, SearchResult
 
-__all__ = ["Classification", "classify_point", "hyperbolic_tangent", "annotate", "orbit_invariants", "same_orbit", "dedup", "CriticalPoint"]
+__all__ = ["Classification", "classify_point", "annotate", "orbit_invariants", "same_orbit", "dedup", "CriticalPoint"]
 
 
 @dataclass(frozen=True)
@@ -61,38 +60,12 @@ class Classification:
         return float(self.eigenvalues[0]) if self.eigenvalues.size else float("nan")
 
 
-def hyperbolic_tangent(U) -> np.ndarray:
-    """For T = 2: the ``k^2`` directions ``(dU_1, dU_2) = (U_2 B^T, U_1 B)``, ``B = e_a e_b^T``, as columns of a
-    ``(2 d k, k^2)`` matrix (row-major flattening).
-
-    Why: at T = 2, ``G = ||D_1 - D_2||_F^2 / 2`` depends on U only through ``U_1 U_1^T - U_2 U_2^T``, which is
-    invariant under the indefinite orthogonal group O(k, k) acting on ``[U_1, U_2]`` from the right; its Lie algebra
-    adds these ``k^2`` "boost" directions to the ``O(k)^2`` ones (``d(U_1 U_1^T - U_2 U_2^T) = U_2 B^T U_1^T +
-    U_1 B U_2^T - U_1 B U_2^T - U_2 B^T U_1^T = 0``). So every critical point at T = 2 lies on a continuum (the
-    Appendix D.1 hyperbola is one), and :mod:`theory.symmetry`, which quotients O(k)^T only, would call every T = 2
-    critical point degenerate.
-    """
-    U = np.asarray(U, dtype=np.float64)
-    T, d, k = U.shape
-    if T != 2:
-        raise ProblemError(f"the O(k, k) symmetry is a T = 2 property, got T = {T}")
-    cols = []
-    for a in range(k):
-        for b in range(k):
-            Z = np.zeros((2, d, k))
-            Z[0, :, a] = U[1, :, b]  # U_2 B^T with B = e_a e_b^T: column a of dU_1 is U_2[:, b]
-            Z[1, :, b] = U[0, :, a]  # U_1 B: column b of dU_2 is U_1[:, a]
-            cols.append(Z.ravel())
-    return np.array(cols).T
-
-
 def classify_point(problem: Problem, U, *, loss_rtol: float = 1e-12, eig_rtol: float = 1e-8) -> Classification:
     """Classify ``U`` (``(T, d, k)`` or flat), assumed critical (the caller checks the gradient norm).
 
     The Hessian is restricted to the orthogonal complement of the symmetry orbit's tangent space: O(k)^T
     (:func:`theory.symmetry.restricted_inertia`) for T != 2; for T = 2 the larger O(k, k) orbit
-    (:func:`hyperbolic_tangent` added to :func:`theory.symmetry.orbit_tangent`, inertia by
-    :func:`theory.symmetry.inertia`).
+    (``group="O(k,k)"`` of :func:`theory.symmetry.restricted_inertia`).
     """
     for name, v in (("loss_rtol", loss_rtol), ("eig_rtol", eig_rtol)):
         if not (np.isfinite(v) and v > 0):
@@ -103,16 +76,9 @@ def classify_point(problem: Problem, U, *, loss_rtol: float = 1e-12, eig_rtol: f
     g0 = reduced_loss(np.zeros_like(U), problem)
     threshold = loss_rtol * max(1.0, g0)
     H = reduced_hess(U, problem)
-    if problem.T == 2:
-        Z = np.hstack([orbit_tangent(U), hyperbolic_tangent(U)])
-        # directions of (numerically) zero length carry no symmetry (at U = 0 the orbit is a point)
-        Z = Z[:, np.linalg.norm(Z, axis=0) > 1e-10 * max(1.0, float(np.linalg.norm(U)))]
-        Q = scipy.linalg.null_space(Z.T, rcond=1e-10) if Z.shape[1] else np.eye(H.shape[0])
-        iner = inertia(Q.T @ H @ Q, rtol=eig_rtol)
-        symmetry = "O(k,k)"
-    else:
-        iner = restricted_inertia(H, U, rtol=eig_rtol)
-        symmetry = "O(k)^T"
+    # at T = 2 G has the larger O(k, k) symmetry (theory.symmetry's module docstring)
+    symmetry = "O(k,k)" if problem.T == 2 else "O(k)^T"
+    iner = restricted_inertia(H, U, rtol=eig_rtol, group=symmetry)
     if loss <= threshold:
         label = "global_min"
     elif iner.negative > 0:
@@ -185,7 +151,7 @@ def dedup(problem: Problem, results: list[SearchResult], *, rtol: float = 1e-6, 
             which.append(-1)
             continue
         P = orbit_invariants(res.point)
-        if problem.T == 2:  # G depends only on P_1 - P_2 (hyperbolic_tangent): merge the whole O(k, k) orbit
+        if problem.T == 2:  # G depends only on P_1 - P_2 (theory.symmetry.boost_tangent): merge the whole O(k, k) orbit
             P = P[0] - P[1]
         for i, rep in enumerate(reps):
             if np.linalg.norm(P - rep[1]) <= rtol * max(1.0, float(np.linalg.norm(rep[1]))):

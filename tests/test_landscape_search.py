@@ -325,7 +325,7 @@ def test_T2_boost_directions_leave_G_unchanged(p, seed):
     algebra of O(k, k), leaves G unchanged to second order in t, at any point (not only critical ones)."""
     from scipy.linalg import expm
 
-    from landscape.classify import hyperbolic_tangent
+    from theory.symmetry import boost_tangent as hyperbolic_tangent
 
     rng = np.random.default_rng(seed)
     U = rng.standard_normal((2, p.d, p.k))

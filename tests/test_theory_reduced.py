@@ -84,3 +84,24 @@ def test_zero_adapters_are_a_saddle_of_G():
     U0 = np.zeros((3, 5, 1))
     assert np.linalg.norm(reduced_grad(U0, p)) == 0.0
     assert restricted_inertia(reduced_hess(U0, p), U0).negative > 0
+
+
+@FAST
+@given(problems(min_T=2, max_T=2), seeds)
+def test_T2_boosts_leave_G_unchanged_and_span_extra_null_directions(p, useed):
+    """At T = 2, G depends only on U_1 U_1^T - U_2 U_2^T: the boost directions are tangent to level sets, and at a
+    global minimiser the O(k, k) quotient removes every zero eigenvalue (k <= d generic instances)."""
+    from theory.symmetry import boost_tangent
+
+    U = np.random.default_rng(useed).standard_normal((2, p.d, p.k))
+    B = boost_tangent(U)
+    assert B.shape == (2 * p.d * p.k, p.k * p.k)
+    assert np.all(np.abs(B.T @ reduced_grad(U, p)) <= 1e-9 * max(1.0, np.linalg.norm(reduced_grad(U, p)))
+                  * np.maximum(1.0, np.linalg.norm(B, axis=0)))
+    Ustar = p.U_star
+    H = reduced_hess(Ustar, p)
+    assert np.max(np.abs(H @ boost_tangent(Ustar))) <= 1e-9 * max(1.0, np.max(np.abs(H)))
+    if 2 * p.k <= p.d:
+        ine = restricted_inertia(H, Ustar, group="O(k,k)")
+        assert ine.negative == 0 and ine.zero == 0
+        assert restricted_inertia(H, Ustar).zero == p.k * p.k  # O(k)^T alone leaves the k^2 boosts
