@@ -149,7 +149,13 @@ class PeftAdapters:
     def select(self, pair_tasks: torch.Tensor, task: int | None):
         if task is None:
             raise ValueError("the sequential schedule needs batches of one task (got a mixed batch)")
-        self.peft.base_model.set_adapter(self.names[task])  # only that adapter is active and requires grad
+        self.peft.base_model.set_adapter(self.names[task])
+        # peft's set_adapter also turns requires_grad off for the other adapters; keep it on, so that the set of
+        # trainable tensors never changes (DDP registers it once). An adapter outside the forward pass gets no
+        # gradient at all (None), so AdamW leaves it exactly as it is.
+        for n, p in self.peft.base_model.model.named_parameters():
+            if "lora_" in n:
+                p.requires_grad_(True)
         yield
 
     def export(self, out_dir: str) -> None:

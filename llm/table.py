@@ -36,9 +36,13 @@ def _retrain_name(method: str, rank: int | None) -> str:
     return "sr" if method == "SR" else f"meta-lora-{rank}"
 
 
-def _finished(run_dir: str, epochs: int) -> bool:
+def _finished(run_dir: str, cfg: Config) -> bool:
+    """Whether ``run_dir`` holds a finished retraining made with exactly ``cfg``."""
     last = latest_checkpoint(run_dir)
-    return last is not None and read_state(last).get("epoch") == epochs
+    if last is None:
+        return False
+    state = read_state(last)
+    return state.get("epoch") == cfg.retrain_epochs and state.get("meta", {}).get("config") == cfg.to_dict()
 
 
 def run_table(cfg: Config, out_dir: str, *, tasks: TaskSet | None = None, resume: bool = False,
@@ -52,15 +56,16 @@ def run_table(cfg: Config, out_dir: str, *, tasks: TaskSet | None = None, resume
     results: dict[tuple, list] = {}  # (row index, seed) -> [FinetuneResult dict per test task]
     timings: dict[str, float] = {}
     for seed in cfg.seeds:
-        encoders = {}
+        encoders, fresh = {}, set()  # fresh: retrained in this call, so its old fine-tuning results are stale
         for method, rank in (("SR", None), ("Meta-LoRA", 8), ("Meta-LoRA", 16)):
             name = _retrain_name(method, rank)
             run_dir = os.path.join(runs, f"seed{seed}", name)
-            if not (resume and _finished(run_dir, cfg.retrain_epochs)):
+            if not (resume and _finished(run_dir, cfg)):
                 r = retrain(cfg, tasks, method="sr" if method == "SR" else "meta-lora", rank=rank, seed=seed,
                             out_dir=run_dir, resume=resume, schedule=schedule, device=device, cache_dir=cache_dir,
                             progress=progress)
                 timings[f"seed{seed}/{name}"] = r.seconds
+                fresh.add((method, rank))
                 log(f"seed {seed}: retrained {name} in {r.seconds:.0f} s, loss per epoch "
                     + ", ".join(f"{x:.4f}" for x in r.losses))
             encoders[(method, rank)] = run_dir
@@ -68,13 +73,15 @@ def run_table(cfg: Config, out_dir: str, *, tasks: TaskSet | None = None, resume
             per_task = []
             for j, task in enumerate(tasks.test):
                 path = os.path.join(runs, f"seed{seed}", _retrain_name(method, rr), f"finetune-r{fr}", f"task{j}.json")
-                if resume and os.path.isfile(path):
+                if resume and os.path.isfile(path) and (method, rr) not in fresh:
                     with open(path, encoding="utf-8") as fh:
-                        per_task.append(json.load(fh))
-                    continue
+                        old = json.load(fh)
+                    if old.get("config") == cfg.to_dict() and old.get("task") == task.name:
+                        per_task.append(old)
+                        continue
                 f = finetune(cfg, encoders[(method, rr)], task, rank=fr, seed=seed, device=device,
                              cache_dir=cache_dir, progress=progress)
-                atomic_write_text(path, json.dumps(f.to_dict(), indent=1))
+                atomic_write_text(path, json.dumps({**f.to_dict(), "config": cfg.to_dict()}, indent=1))
                 timings[f"seed{seed}/{_retrain_name(method, rr)}/finetune-r{fr}/task{j}"] = f.seconds
                 per_task.append(f.to_dict())
             results[(i, seed)] = per_task

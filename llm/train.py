@@ -212,8 +212,6 @@ def build_retrain_model(cfg: Config, method: str, rank: int | None, n_tasks: int
                              make_adapters=lambda m: cls(m, n_tasks, rank, cfg.lora_alpha, cfg.lora_dropout))
     for p in model.parameters():
         p.requires_grad_(True)
-    if isinstance(model.adapters, PeftAdapters):
-        model.adapters.peft.base_model.set_adapter(model.adapters.names[0])  # one active adapter requires grad
     return model
 
 
