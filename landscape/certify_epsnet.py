@@ -1,7 +1,7 @@
 """The eps-net certificate of a local minimum of the reduced loss G (the paper's Appendix D.2; issue 4, certificate 1).
 
 Notation: ``x = vec(U)`` (``n = T d k``), ``x0`` the point to certify, ``M`` a fixed n x m matrix of rank m
-(``m = n`` for k = 1; the gauge slice below for k >= 2), ``F(z) = G(x0 + M z)``. ``metric="euclidean"`` takes
+(``m = n`` for k = 1, T != 2; the gauge slice below otherwise), ``F(z) = G(x0 + M z)``. ``metric="euclidean"`` takes
 ``M = I`` (the paper's sphere ``S(x0, delta)``); ``metric="hessian"`` (default) takes ``M = V diag(lambda)^(-1/2)``
 from the float eigendecomposition of ``H(x0)``, so the sphere in z is an ellipsoid in x on which G rises evenly (the
 float M is used as exact numbers; any M of full rank is valid).
@@ -12,13 +12,15 @@ attained inside, so G has a local minimum x* in the open region ``x0 + M B(0, de
 the region contains U* (up to the signs of its columns), since then ``G(x*) <= G(U*) = 0``, or, as in the interval
 certificate, "global" up to round-off when ``G(x*) <= G(x0) <= 1e-12 (1 + G(0))`` (said so in the reason).
 
-**Gauge (k >= 2).** The orbit ``U_t -> U_t Q_t`` through x0 (dimension ``T k (k-1)/2``, on which G is constant)
-meets every small sphere of the full space, where ``G = G(x0)``, so the test could never pass there. For k >= 2 the
-sphere is therefore taken in the gauge slice ``x0 + range(Q)``, ``Q`` (n, m) the complement of the orbit tangent at
-U0 (as in :func:`landscape.certify_interval.certify_interval`): ``M = Q V diag(lambda)^(-1/2)`` from the float
+**Gauge (k >= 2, or T = 2).** The orbit ``U_t -> U_t Q_t`` through x0 (dimension ``T k (k-1)/2``, on which G is
+constant; at T = 2 the larger O(k, k) orbit, dimension ``k (2k - 1)``) meets every small sphere of the full space,
+where ``G = G(x0)``, so the test could never pass there. The sphere is therefore taken in the gauge slice
+``x0 + range(Q)``, ``Q`` (n, m) the complement of the orbit tangent at U0 (as in
+:func:`landscape.certify_interval.certify_interval`): ``M = Q V diag(lambda)^(-1/2)`` from the float
 eigendecomposition of ``Q^T H(x0) Q`` (or ``M = Q`` for ``metric="euclidean"``), ``z`` in R^m. The slice is proven
 transversal to the orbits over a box containing the whole region (``[Q, Z(X)]`` nonsingular in arb), so a local
-minimum of G on the slice is a local minimum of G, strict modulo the orbit. For k = 1 (finite orbit) ``Q = I``.
+minimum of G on the slice is a local minimum of G, strict modulo the orbit. For k = 1 and T != 2 (finite orbit)
+``Q = I``.
 
 **The net (proven covering radius).** Project the surface of the cube ``[-1, 1]^n`` radially onto the sphere:
 ``s(y) = delta y / |y|_2``. Every sphere point is ``s(y)`` for ``y`` on the cube surface (``y = v / |v|_inf``).
@@ -63,7 +65,7 @@ in a minute.
 >>> c = certify_epsnet(p, p.U_star)
 >>> c.verdict, c.minimum_kind, c.margins["net_points"]
 ('certified-minimum', 'global', 24)
->>> q = Problem.random(d=2, k=1, T=2, seed=0)  # T = 2: the global minima form a curve (Appendix D.1)
+>>> q = Problem.random(d=1, k=1, T=3, seed=0)  # d = 1: the global minima form a curve
 >>> certify_epsnet(q, q.U_star).reason[:45]
 'the float Hessian at x0 is not positive defin'
 """
@@ -390,7 +392,8 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
                                "(1 + G(0))): a global minimum up to that bound")
     else:
         kind, why = "unknown", "G on the region is not proven positive and U* is not inside"
-    on_slice = "on the gauge slice (transversal to the orbits: a local minimum of G modulo the orbit) " if k > 1 else ""
+    on_slice = ("on the gauge slice (transversal to the orbits: a local minimum of G modulo the orbit) "
+                if Q is not None else "")
     return done("certified-minimum",
                 f"G > G(x0) on all of {region} ({evaluated} net points, finest covering radius {eps_used:.3g}, "
                 f"smallest margin {min_margin:.3g}): a local minimum of G {on_slice}lies inside, within {dx:.3g} of "

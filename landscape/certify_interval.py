@@ -4,11 +4,14 @@ Everything below is evaluated in python-flint ball arithmetic (``arb``, outward 
 (``A*``, ``U*`` as exact float64 numbers; DESIGN.md section 1); the caller's numbers are never trusted, only its point
 ``x0 = vec(U0)`` (shape ``(T d k,)``, read as exact float64 numbers) is used as the centre.
 
-**Gauge.** For k = 1 the O(1)^T orbit is finite (sign flips), critical points are generically isolated and the
-variable is ``x`` itself (``Q = I``, ``m = n = T d k``). For k >= 2 every critical point lies on an orbit of dimension
-``p = T k (k-1)/2``, so the gradient has no isolated zero. We restrict G to the affine slice ``x = x0 + Q z``, with
-``Q`` (n, m = n - p) the float64 matrix :func:`theory.symmetry.quotient_basis` at U0 (taken as exact numbers: the
-slice is whatever these numbers span), and work with ``f(z) = Q^T grad G(x0 + Q z)`` and ``J(z) = Q^T H(x0 + Q z) Q``.
+**Gauge.** For k = 1 and T != 2 the O(1)^T orbit is finite (sign flips), critical points are generically isolated
+and the variable is ``x`` itself (``Q = I``, ``m = n = T d k``). For k >= 2 every critical point lies on an O(k)^T
+orbit of dimension ``p = T k (k-1)/2``, and at T = 2 (any k) on an orbit of the larger group O(k, k) (G depends only
+on ``U_1 U_1^T - U_2 U_2^T``; the Appendix D.1 family of global minima is one such orbit), of dimension
+``k (2k - 1)``; so the gradient has no isolated zero. We restrict G to the affine slice ``x = x0 + Q z``, with ``Q``
+(n, m = n - p) a float64 orthonormal basis of the complement of :func:`theory.symmetry.symmetry_tangent` at U0
+(taken as exact numbers: the slice is whatever these numbers span), and work with ``f(z) = Q^T grad G(x0 + Q z)``
+and ``J(z) = Q^T H(x0 + Q z) Q``.
 The slice is transversal to the orbit at every point of the box (proven by showing the n x n interval matrix
 ``[Q, Z(X)]`` nonsingular, ``Z(X)`` the orbit tangent directions ``U_t Omega_t`` over the box), so by the slice
 theorem every point near x* is ``g . s`` with ``s`` on the slice: a strict local minimum of G on the slice is a local
@@ -54,7 +57,7 @@ from flint import arb, arb_mat
 
 from theory.problem import Problem
 from theory.reduced import reduced_hess
-from theory.symmetry import orbit_tangent, quotient_basis
+from theory.symmetry import symmetry_tangent
 
 from . import _arb_reduced as ar
 from .certificate import Certificate, CertificateError
@@ -93,43 +96,63 @@ def _col(values) -> arb_mat:
     return arb_mat(len(values), 1, list(values))
 
 
+def _group(T: int, k: int) -> str:
+    """The symmetry group of G whose orbits are quotiented out: ``"O(k,k)"`` at T = 2 (G depends only on
+    ``U_1 U_1^T - U_2 U_2^T``; :func:`theory.symmetry.boost_tangent`), else ``"O(k)^T"``."""
+    return "O(k,k)" if T == 2 else "O(k)^T"
+
+
 def _gauge(U0: np.ndarray):
-    """``(Q, cols, text)``: the slice basis (None for k = 1), the indices of a maximal independent set of orbit
-    tangent directions at U0 (``orbit_tangent`` columns, chosen by pivoted QR; fewer than ``T k (k-1)/2`` where
-    some ``U_t`` is rank-deficient), and a description."""
+    """``(Q, cols, text)``: the slice basis (None when the orbit is finite: k = 1 and T != 2), the indices of a
+    maximal independent set of the symmetry tangent directions at U0 (``theory.symmetry.symmetry_tangent`` columns,
+    chosen by pivoted QR; fewer than the group's dimension where some ``U_t`` is rank-deficient), and a description.
+    """
     T, d, k = U0.shape
-    if k == 1:
-        return None, [], "none (k = 1: the O(1)^T orbit is finite)"
-    Z = orbit_tangent(U0)
+    group = _group(T, k)
+    Z = symmetry_tangent(U0, group=group)
+    if Z.shape[1] == 0:
+        return None, [], "none (k = 1, T != 2: the O(1)^T orbit is finite)"
     R, piv = scipy.linalg.qr(Z, mode="r", pivoting=True)
     diag = np.abs(np.diag(R))
-    # numerical rank with a tolerance on the scale of U0 (not only relative to the largest tangent vector, as
-    # quotient_basis does, which would count a denormal block as independent)
+    # numerical rank with a tolerance on the scale of U0 (not only relative to the largest tangent vector, which
+    # would count a denormal block as independent)
     tol = 1e-10 * max(1.0, float(np.max(np.abs(U0))))
     p = int(np.sum(diag > tol))
     cols = sorted(int(c) for c in piv[:p])
-    # the orthogonal complement of the selected tangent directions; equals quotient_basis(U0) when U0 is generic
-    Q = quotient_basis(U0) if p == Z.shape[1] else scipy.linalg.null_space(Z[:, cols].T) if p else np.eye(Z.shape[0])
-    full = T * k * (k - 1) // 2
+    # the orthogonal complement of the selected tangent directions (= theory.symmetry.quotient_basis(U0, group=...)
+    # when U0 is generic)
+    Q = scipy.linalg.null_space(Z[:, cols].T) if p else np.eye(Z.shape[0])
+    full = Z.shape[1]
     note = "" if p == full else f" (rank-deficient U_t: the orbit has dimension {p} < {full})"
-    return Q, cols, (f"slice x = x0 + Q z, Q = theory.symmetry.quotient_basis(U0) ({Q.shape[0]} x {Q.shape[1]}), "
-                     f"orthogonal complement of the {p}-dimensional orbit tangent{note}")
+    return Q, cols, (f"slice x = x0 + Q z, Q ({Q.shape[0]} x {Q.shape[1]}) the orthogonal complement of the "
+                     f"{p}-dimensional {group} orbit tangent (theory.symmetry.symmetry_tangent){note}")
 
 
 def _tangent_arb(Us: list, k: int) -> list:
-    """Orbit tangent directions ``U_t (e_a e_b^T - e_b e_a^T)`` over the box, as columns (lists of balls)."""
+    """Symmetry tangent directions over the box, as columns (lists of balls), in the order of
+    :func:`theory.symmetry.symmetry_tangent`: ``U_t (e_a e_b^T - e_b e_a^T)`` (t, a < b), then at T = 2 the
+    boosts ``(U_2 B^T, U_1 B)``, ``B = e_a e_b^T`` (a, b)."""
     T = len(Us)
     d = Us[0].nrows()
     n = T * d * k
+    dk = d * k
     cols = []
     for t in range(T):
         for a in range(k):
             for b in range(a + 1, k):
                 col = [arb(0)] * n
-                base = t * d * k
+                base = t * dk
                 for i in range(d):
                     col[base + i * k + b] = Us[t][i, a]
                     col[base + i * k + a] = -Us[t][i, b]
+                cols.append(col)
+    if _group(T, k) == "O(k,k)":
+        for a in range(k):
+            for b in range(k):
+                col = [arb(0)] * n
+                for i in range(d):
+                    col[i * k + a] = Us[1][i, b]  # column a of dU_1 is column b of U_2
+                    col[dk + i * k + b] = Us[0][i, a]  # column b of dU_2 is column a of U_1
                 cols.append(col)
     return cols
 

@@ -115,9 +115,31 @@ def test_saddle_and_degenerate_minimum_are_inconclusive_with_the_reason():
     p = Problem.random(2, 1, 3, seed=1)
     c = certify_epsnet(p, np.zeros_like(p.U_star))
     assert c.verdict == "inconclusive" and "not positive definite" in c.reason
-    p2 = Problem.random(6, 2, 2, seed=1)  # T = 2: the global minima form a curve beyond the orbit (Appendix D.1)
+    p2 = Problem.random(1, 1, 3, seed=1)  # d = 1: u_t^2 - mean_s u_s^2 fixed leaves a curve of global minima
     c2 = certify_epsnet(p2, p2.U_star)
-    assert c2.verdict == "inconclusive" and "gauge slice is not positive definite" in c2.reason
+    assert c2.verdict == "inconclusive" and "not positive definite" in c2.reason
+    p3 = Problem.random(5, 3, 4, seed=1)  # (T+1) k > d: singular beyond the orbit
+    c3 = certify_epsnet(p3, p3.U_star)
+    assert c3.verdict == "inconclusive" and "gauge slice is not positive definite" in c3.reason
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=seeds, s=st.floats(-1.5, 1.5), size=st.sampled_from([(2, 1), (3, 1), (4, 2)]))
+def test_T2_global_minima_along_the_hyperbola_are_certified_by_both(seed, s, size):
+    """T = 2: G depends only on U1 U1^T - U2 U2^T, so the global minima form O(k, k) orbits (Appendix D.1); both
+    certificates fix that larger gauge. The point is U* moved along a boost, which keeps U1 U1^T - U2 U2^T."""
+    d, k = size
+    p = Problem.random(d, k, 2, seed=seed)
+    c, sh = np.cosh(s), np.sinh(s)
+    U1, U2 = p.U_star
+    U = np.stack([c * U1 + sh * U2, sh * U1 + c * U2])
+    assert np.allclose(U[0] @ U[0].T - U[1] @ U[1].T, U1 @ U1.T - U2 @ U2.T, atol=1e-9 * (1 + c * c))
+    lam = np.linalg.svd(np.hstack([U1, U2]), compute_uv=False)
+    assume(lam[-1] > 1e-2)  # [U1, U2] of full rank 2k: an orbit of full dimension
+    ci, ce = certify_interval(p, U), certify_epsnet(p, U)
+    assert ci.verdict == "certified-minimum" and ci.minimum_kind == "global", ci.reason
+    assert ce.verdict == "certified-minimum" and ce.minimum_kind == "global", ce.reason
+    assert "O(k,k)" in ci.gauge and "O(k,k)" in ce.gauge
 
 
 def test_k2_minimum_on_the_gauge_slice_and_its_orbit_agree_with_the_interval_certificate():

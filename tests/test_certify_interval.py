@@ -138,6 +138,14 @@ def test_hand_built_saddle_d1():
     assert c.margins["hessian_min_eig_mid"] == pytest.approx(-52 / 3, rel=1e-12)
 
 
+def test_zero_is_a_certified_saddle_at_T2():
+    """T = 2, d = 2, k = 1: the Hessian at 0 is blockdiag(2 (E_t + E_t^T)) with E_2 = -E_1 = (W_1 - W_2) / 2 =
+    (u1 u1^T - u2 u2^T) / 2, indefinite and generically nonsingular."""
+    p = Problem.random(2, 1, 2, seed=3)
+    c = certify_interval(p, np.zeros_like(p.U_star))
+    assert c.verdict == "certified-not-minimum", c.reason
+
+
 def test_newton_saddle_with_k2_is_certified_not_minimum():
     from scipy.optimize import least_squares
 
