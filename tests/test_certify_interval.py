@@ -75,6 +75,22 @@ def test_arb_midpoints_match_theory_floats(size, seed):
     assert np.allclose(ar.mid_matrix(H), reduced_hess(x, p), rtol=0, atol=1e-12 * scale)
 
 
+@settings(max_examples=15, deadline=None)
+@given(size=st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4)), seed=seeds)
+def test_arb_symmetry_tangents_are_theorys(size, seed):
+    """The tangent directions whose span the transversality check uses are exactly those of theory.symmetry (the
+    O(k)^T rotations, plus the O(k, k) boosts at T = 2), column by column."""
+    from landscape.certify_interval import _group, _tangent_arb
+    from theory.symmetry import symmetry_tangent
+
+    d, k, T = size
+    U = np.random.default_rng(seed).standard_normal((T, d, k))
+    Us = ar.U_blocks(ar.balls(U), T, d, k)
+    got = np.array([[ar.mid(v) for v in col] for col in _tangent_arb(Us, k)]).reshape(-1, T * d * k).T
+    want = symmetry_tangent(U, group=_group(T, k))
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
 # ---------------------------------------------------------------- planted minima
 
 @settings(max_examples=8, deadline=None)
