@@ -187,7 +187,7 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
                 raise RuntimeError(f"task {self.merged_task} is merged but the batch holds other tasks; unmerge first")
             return result
         lead = x.shape
-        x3 = self.lora_dropout(x).reshape(lead[0], -1, lead[-1])  # (B, N, d_in)
+        x3 = _lora_dropout(x, self.lora_dropout, self.training).reshape(lead[0], -1, lead[-1])  # (B, N, d_in)
         x3 = x3.to(self.lora_A.dtype) if not torch.is_autocast_enabled() else x3
         if self.mode == "gather":
             a = self.lora_A.index_select(0, ids)  # (B, r, d_in)
@@ -204,6 +204,22 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
 
     def extra_repr(self) -> str:
         return f"n_tasks={self.n_tasks}, r={self.r}, alpha={self.alpha}, mode={self.mode!r}"
+
+
+def _lora_dropout(x: torch.Tensor, module: nn.Module, training: bool) -> torch.Tensor:
+    """peft's LoRA dropout: each element kept with probability 1 - p and scaled by 1 / (1 - p); identity in eval.
+
+    Same distribution as ``nn.Dropout`` (what peft uses); on the CPU the keep-mask comes from ``rand_like(x) >= p``,
+    about 3x faster here than the ``bernoulli_`` inside ``nn.Dropout`` (which was ~10% of a MiniLM training step
+    with 36 adapted layers). On other devices ``nn.functional.dropout`` (fused) is used.
+    """
+    p = getattr(module, "p", 0.0)
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return nn.functional.dropout(x, p, True)
+    keep = torch.rand(x.shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype, device=x.device) >= p
+    return x * keep * (1.0 / (1.0 - p))
 
 
 def _grouped_delta(x3: torch.Tensor, ids: torch.Tensor, A: torch.Tensor, B: torch.Tensor,

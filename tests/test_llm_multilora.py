@@ -443,3 +443,23 @@ def test_bf16_autocast_runs_and_stays_close(mode):
     scale = float(ref.abs().max())  # bf16 keeps 8 bits: errors are relative to the largest output
     torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=1e-2 * scale)
     assert layer.lora_A.grad.dtype == torch.float32 and torch.isfinite(layer.lora_A.grad).all()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_lora_dropout_keeps_one_minus_p_and_rescales(p):
+    """The LoRA-branch dropout has nn.Dropout's law: keep with probability 1 - p, kept values scaled by 1/(1-p)."""
+    from llm.multilora import _lora_dropout
+
+    n = 200_000
+    x = torch.ones(n)
+    y = _lora_dropout(x, nn.Dropout(p), True)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
+    frac = kept.double().mean().item()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(frac - (1 - p)) < 5 * sigma
+    assert torch.equal(_lora_dropout(x, nn.Dropout(p), False), x)
+    g = torch.ones(n, requires_grad=True)
+    _lora_dropout(g, nn.Dropout(p), True).sum().backward()
+    values = torch.unique(g.grad)
+    assert len(values) == 2 and values[0] == 0 and abs(values[1].item() - 1 / (1 - p)) < 1e-6
