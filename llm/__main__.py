@@ -1,4 +1,4 @@
-"""Command line of ``llm``: ``python -m llm {retrain, finetune, table} ...`` (``--help`` on each).
+"""Command line of ``llm``: ``python -m llm {retrain, finetune, table, bundle} ...`` (``--help`` on each).
 
 Exit status: 0 success, 1 a run failed (e.g. a non-finite loss), 2 bad input (unknown model, bad rank, unreadable
 or malformed data, too few candidates).
@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse finished runs in --out/runs")
     p.add_argument("--json", action="store_true", help="print the table as one JSON object")
     p.set_defaults(func=_run_table)
+    try:  # `bundle` (issue 6's offline bundle for the GPU run) lives in llm/bundle.py
+        from . import bundle
+    except ImportError:
+        bundle = None
+    if bundle is not None and hasattr(bundle, "add_parser"):
+        bundle.add_parser(sub)
     return parser
 
 
