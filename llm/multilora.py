@@ -36,8 +36,8 @@ Usage (the API the training loop calls)::
 Batch layout: the task index applies to the leading dimension of every input of a wrapped layer, i.e. example b of
 ``input_ids`` (B, L) uses task ``ids[b]``. Two forward implementations (``mode``): ``"gather"`` gathers each
 example's adapters and uses two ``torch.bmm`` (cost independent of T); ``"grouped"`` loops over the tasks present in
-the batch, one pair of matmuls per task on that task's rows. ``benchmarks/llm_speed.py --layer`` times both; the
-default is the faster on the CPU here (see the README section).
+the batch, one pair of matmuls per task on that task's rows. ``benchmarks/llm_speed.py --compare-modes`` times
+both in a whole MiniLM training step; "gather" is the default (grouped took 1.21x its step time on the CPU here).
 
 Optimiser caveat: a task absent from a batch gets a zero (not ``None``) gradient for its slices of ``A`` and ``B``,
 so AdamW's momentum and weight decay still move them; with batches that contain every task (the batched schedule)
@@ -187,39 +187,44 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
                 raise RuntimeError(f"task {self.merged_task} is merged but the batch holds other tasks; unmerge first")
             return result
         lead = x.shape
-        x3 = _lora_dropout(x, self.lora_dropout, self.training).reshape(lead[0], -1, lead[-1])  # (B, N, d_in)
+        # dropout's 1 / (1 - p) is folded into the scaling, applied to the small (B, N, r) tensor
+        x3, drop_scale = _lora_dropout(x, self.lora_dropout, self.training)
+        x3 = x3.reshape(lead[0], -1, lead[-1])  # (B, N, d_in)
         x3 = x3.to(self.lora_A.dtype) if not torch.is_autocast_enabled() else x3
+        scaling = self.scaling * drop_scale
         if self.mode == "gather":
             a = self.lora_A.index_select(0, ids)  # (B, r, d_in)
             b = self.lora_B.index_select(0, ids)  # (B, d_out, r)
-            h = torch.bmm(x3, a.transpose(1, 2)) * self.scaling  # (B, N, r)
+            h = torch.bmm(x3, a.transpose(1, 2)) * scaling  # (B, N, r)
             res3 = result.reshape(lead[0], -1, self.out_features)
             if torch.is_autocast_enabled():
                 out = torch.baddbmm(res3, h, b.transpose(1, 2))
             else:  # as peft: the LoRA branch in the adapters' dtype, the sum in the base's
                 out = torch.baddbmm(res3, h.to(res3.dtype), b.transpose(1, 2).to(res3.dtype))
             return out.reshape(*lead[:-1], self.out_features)
-        delta = _grouped_delta(x3, ids, self.lora_A, self.lora_B, self.scaling)
+        delta = _grouped_delta(x3, ids, self.lora_A, self.lora_B, scaling)
         return result + delta.reshape(*lead[:-1], self.out_features).to(result.dtype)
 
     def extra_repr(self) -> str:
         return f"n_tasks={self.n_tasks}, r={self.r}, alpha={self.alpha}, mode={self.mode!r}"
 
 
-def _lora_dropout(x: torch.Tensor, module: nn.Module, training: bool) -> torch.Tensor:
-    """peft's LoRA dropout: each element kept with probability 1 - p and scaled by 1 / (1 - p); identity in eval.
+def _lora_dropout(x: torch.Tensor, module: nn.Module, training: bool) -> tuple[torch.Tensor, float]:
+    """peft's LoRA dropout, as ``(masked x, factor)``: dropout(x) = factor * masked x.
 
-    Same distribution as ``nn.Dropout`` (what peft uses); on the CPU the keep-mask comes from ``rand_like(x) >= p``,
-    about 3x faster here than the ``bernoulli_`` inside ``nn.Dropout`` (which was ~10% of a MiniLM training step
-    with 36 adapted layers). On other devices ``nn.functional.dropout`` (fused) is used.
+    Each element is kept with probability 1 - p and scaled by 1 / (1 - p) (``nn.Dropout``'s law, what peft
+    uses); identity in eval mode (factor 1). On the CPU the keep-mask comes from ``rand(x.shape) >= p`` (about 3x
+    faster here than ``nn.Dropout``'s ``bernoulli_``, which was ~10% of a MiniLM training step with 36 adapted
+    layers) and the 1 / (1 - p) is returned as ``factor`` so the caller applies it to the small rank-r tensor.
+    On other devices the fused ``nn.functional.dropout`` is used (factor 1).
     """
     p = getattr(module, "p", 0.0)
     if not training or p == 0.0:
-        return x
+        return x, 1.0
     if x.device.type != "cpu":
-        return nn.functional.dropout(x, p, True)
+        return nn.functional.dropout(x, p, True), 1.0
     keep = torch.rand(x.shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype, device=x.device) >= p
-    return x * keep * (1.0 / (1.0 - p))
+    return torch.where(keep, x, 0.0), 1.0 / (1.0 - p)
 
 
 def _grouped_delta(x3: torch.Tensor, ids: torch.Tensor, A: torch.Tensor, B: torch.Tensor,

@@ -450,16 +450,20 @@ def test_lora_dropout_keeps_one_minus_p_and_rescales(p):
     """The LoRA-branch dropout has nn.Dropout's law: keep with probability 1 - p, kept values scaled by 1/(1-p)."""
     from llm.multilora import _lora_dropout
 
+    def dropout(x, training):
+        masked, factor = _lora_dropout(x, nn.Dropout(p), training)
+        return masked * factor
+
     n = 200_000
     x = torch.ones(n)
-    y = _lora_dropout(x, nn.Dropout(p), True)
+    y = dropout(x, True)
     kept = y != 0
     assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / (1 - p)))
     frac = kept.double().mean().item()
     sigma = math.sqrt(p * (1 - p) / n)
     assert abs(frac - (1 - p)) < 5 * sigma
-    assert torch.equal(_lora_dropout(x, nn.Dropout(p), False), x)
+    assert torch.equal(dropout(x, False), x)
     g = torch.ones(n, requires_grad=True)
-    _lora_dropout(g, nn.Dropout(p), True).sum().backward()
+    dropout(g, True).sum().backward()
     values = torch.unique(g.grad)
     assert len(values) == 2 and values[0] == 0 and abs(values[1].item() - 1 / (1 - p)) < 1e-6
