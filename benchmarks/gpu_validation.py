@@ -65,17 +65,22 @@ def run_throughput(smoke: bool, device: str, seed: int) -> dict:
     import torch
 
     args = _speed_args(smoke, device, seed)
+    import gc
+
     retries = []
     while True:
+        oom = None
         try:
             res = llm_speed.throughput(args)
             break
         except torch.cuda.OutOfMemoryError as exc:  # halve the round and measure again
-            torch.cuda.empty_cache()
             if args.samples == 1:
                 raise
-            retries.append({"samples_per_task": args.samples, "error": str(exc).splitlines()[0]})
-            args.samples //= 2
+            oom = str(exc).splitlines()[0]
+        gc.collect()  # outside the except block: the traceback no longer holds the models
+        torch.cuda.empty_cache()
+        retries.append({"samples_per_task": args.samples, "error": oom})
+        args.samples //= 2
     res["oom_retries"] = retries
     return res
 

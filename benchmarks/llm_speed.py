@@ -103,6 +103,23 @@ def _hf_model(model: str, seed: int):
     return load_hf_model(model)
 
 
+def _encoder_parameters(net) -> int:
+    """Parameters of the encoder (no heads, no LoRA tensors)."""
+    return sum(p.numel() for n, p in net.hf.base_model.named_parameters() if "lora_" not in n)
+
+
+def _model_config(model: str):
+    from transformers import AutoConfig, RobertaConfig
+
+    from llm.models import resolve_model
+
+    if model == "roberta-large-random":
+        return RobertaConfig(**ROBERTA_LARGE)
+    if model == "roberta-tiny-random":
+        return RobertaConfig(**ROBERTA_TINY)
+    return AutoConfig.from_pretrained(resolve_model(model))
+
+
 def build(schedule: str, *, model: str, n_tasks: int, rank: int, alpha: float, dropout: float, seed: int,
           device: str, mode: str | None = None):
     """The ``CrossEncoder`` of one schedule, every parameter trainable, on ``device``; and its AdamW."""
@@ -215,11 +232,10 @@ def throughput(args) -> dict:
             return build("meta-batched", mode=name[len("meta-batched["):-1], **kw)
         return build(name, **kw)
 
-    hf0 = _hf_model(args.model, args.seed)
-    vocab = hf0.config.vocab_size
-    token_types = getattr(hf0.config, "type_vocab_size", 1) > 1
-    n_params = sum(p.numel() for p in hf0.parameters())
-    del hf0
+    config = _model_config(args.model)
+    vocab = config.vocab_size
+    token_types = getattr(config, "type_vocab_size", 1) > 1
+    n_params = None
     batches = make_round(n_tasks=args.tasks, samples=args.samples, pairs=args.pairs, length=args.length,
                          vocab=vocab, seed=args.seed, device=device, token_types=token_types)
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -233,6 +249,7 @@ def throughput(args) -> dict:
         for name in names:
             torch.cuda.reset_peak_memory_stats()
             net, opt = make(name)
+            n_params = n_params or _encoder_parameters(net)
             for rep in range(args.warmup + args.rounds):
                 dt = run_round(sched_of(name), net, opt, batches, autocast=autocast, device=device)
                 if rep >= args.warmup:
@@ -243,6 +260,7 @@ def throughput(args) -> dict:
     else:
         # The CPU is shared with other work: all models built, rounds interleaved so noise hits them alike.
         nets = {name: make(name) for name in names}
+        n_params = _encoder_parameters(nets[names[0]][0])
         for rep in range(args.warmup + args.rounds):
             for name, (net, opt) in nets.items():
                 dt = run_round(sched_of(name), net, opt, batches, autocast=autocast, device=device)
