@@ -161,7 +161,8 @@ def read_convai2(path: str) -> list[Conversation]:
                 continue
             fields = text.split("\t")
             if len(fields) < 2 or not fields[1].strip():
-                raise DataError(f"{path}:{lineno}: a dialogue line needs 'partner<TAB>reply', got {len(fields)} field(s)")
+                raise DataError(f"{path}:{lineno}: a dialogue line needs 'partner<TAB>reply', "
+                                f"got {len(fields)} field(s)")
             partner, reply = fields[0].strip(), fields[1].strip()
             cands = None
             if len(fields) >= 4 and fields[3].strip():

@@ -247,8 +247,9 @@ def _train_epoch(model, raw, split, loader, batches, *, accelerator, optimizer, 
             logits = forward_batch(model, b, single_task=single_task, raw=raw)
         loss = pair_loss(logits, b["pair_labels"])
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{what}: non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}; "
-                                     "stopped, the last finished epoch's checkpoint is kept (try a smaller lr)")
+            raise NonFiniteLossError(f"{what}: non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, "
+                                     f"step {step + 1}; stopped, the last finished epoch's checkpoint is kept "
+                                     "(try a smaller lr)")
         accelerator.backward(loss)
         optimizer.step()
         scheduler.step()
