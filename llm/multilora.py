@@ -67,6 +67,7 @@ __all__ = [
     "import_task_adapter",
     "unload_multitask_lora",
     "multitask_modules",
+    "trainable_lora_parameters",
     "set_mode",
     "MODES",
 ]
