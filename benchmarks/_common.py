@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import sys
 import timeit
@@ -52,3 +54,11 @@ def environment() -> dict:
     except ImportError:
         pass
     return env
+
+
+def write_json(path: str, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then ``os.replace``)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, pinned_threads  # noqa: E402
+from _common import environment, pinned_threads, write_json  # noqa: E402
 
 SEED = 0
 SIZES = [(2, 1, 3), (3, 1, 3), (4, 1, 3), (6, 1, 3), (8, 1, 3), (12, 1, 3), (16, 1, 3), (20, 1, 3), (8, 2, 3),
@@ -120,10 +120,7 @@ def main(argv=None) -> int:
     result["environment"] = {**environment(), "python_flint": flint.__version__, "pinning": pin,
                              "flint_threads": flint.ctx.threads}
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, args.out)
+        write_json(args.out, result)
     print(json.dumps(result) if args.json else _table(result))
     return 0
 

@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, pinned_threads  # noqa: E402
+from _common import environment, pinned_threads, write_json  # noqa: E402
 
 SEED = 0
 CASES = [{"d": 3, "k": 1, "T": 3, "instances": 16, "starts": 64}, {"d": 10, "k": 2, "T": 3, "instances": 4,
@@ -115,10 +115,7 @@ def main(argv=None) -> int:
               "seed": SEED, "workers": args.workers, "cpu_count": os.cpu_count(), "threads": threads,
               "environment": environment()}
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, args.out)
+        write_json(args.out, result)
     if args.json:
         print(json.dumps(result))
     else:

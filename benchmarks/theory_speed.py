@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import best_time, environment, pinned_threads  # noqa: E402
+from _common import best_time, environment, pinned_threads, write_json  # noqa: E402
 
 SIZES = [(10, 1, 3), (20, 2, 5), (50, 2, 5)]
 SEED = 0
@@ -58,10 +58,7 @@ def main(argv=None) -> int:
         rows = [row for size in SIZES for row in measure(*size)]
     result = {"rows": rows, "seed": SEED, "threads": threads, "environment": environment()}
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, args.out)
+        write_json(args.out, result)
     if args.json:
         print(json.dumps(result))
     else:

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -180,7 +179,7 @@ def _cmd_certify(args) -> int:
         rows.append(row)
     payload = {"results": args.results, "method": args.method, "rows": rows}
     if args.out:
-        _atomic_write(args.out, json.dumps(payload, indent=1) + "\n")
+        store.atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
     if args.json:
         print(json.dumps(payload))
     else:
@@ -235,15 +234,6 @@ def _cmd_summary(args) -> int:
         if "adversarial" in out:
             print("adversarial:", out["adversarial"])
     return 0
-
-
-def _atomic_write(path: str, text: str) -> None:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".landscape-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

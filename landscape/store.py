@@ -13,12 +13,41 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 
 from theory.problem import ProblemError
 
 __all__ = ["load", "open_run", "append", "canonical", "save_instance", "load_instance"]
 
 _REQUIRED = ("index", "config", "problem", "critical_points")
+
+
+
+@contextmanager
+def atomic_path(path: str, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path`` (its folder created); on success the file is fsynced and renamed to
+    ``path``, on any error removed: ``path`` is the old file or the whole new one, never half written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".landscape-", suffix=suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets the permissions of a plain open()
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def _parse(path: str) -> tuple[list[dict], bool]:
@@ -78,13 +107,7 @@ def open_run(path: str, config: dict) -> set[int]:
             raise ProblemError(f"{path} was written by a run with other arguments (differing: {diff}); use another "
                                "--out or the same arguments to resume")
     if truncated:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".landscape-", suffix=".jsonl")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in records))
     return {int(r["index"]) for r in records}
 
 
@@ -116,13 +139,7 @@ def save_instance(path: str, problem, point, **meta) -> None:
 
     U = np.asarray(point, dtype=np.float64).reshape(problem.T, problem.d, problem.k)
     data = {**meta, "problem": problem.to_dict(), "point": U.tolist()}
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".instance-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_instance(name_or_path: str):

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .result import CLASSES
+from .store import atomic_path
 
 __all__ = ["summarize", "plot"]
 
@@ -82,9 +83,6 @@ def summarize(records: list[dict]) -> dict:
 def plot(records: list[dict], path: str) -> None:
     """Write a PNG: left, ``log10 G`` at every distinct critical point by class; right, the Hessian eigenvalues on
     the quotient at each critical point (symlog scale), one column per point, sorted by G."""
-    import os
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,14 +111,8 @@ def plot(records: list[dict], path: str) -> None:
     ax2.set_ylabel("Hessian eigenvalues on the quotient")
     fig.suptitle(f"{len(records)} instances, {len(pts)} distinct critical points")
     fig.tight_layout()
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".summary-", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

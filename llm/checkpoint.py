@@ -22,27 +22,38 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 
 import torch
 
 from .config import LLMError
 
-__all__ = ["atomic_write_text", "latest_checkpoint", "save_checkpoint", "load_train_state", "read_state",
+__all__ = ["atomic_path", "atomic_write_text", "latest_checkpoint", "save_checkpoint", "load_train_state", "read_state",
            "resolve_encoder"]
 
 
-def atomic_write_text(path: str, text: str) -> None:
+@contextmanager
+def atomic_path(path: str, suffix: str = ".tmp"):
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` (``os.replace``), on any error it
+    is removed, so ``path`` is either the old file or the whole new one, never half written."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets the permissions of a plain open()
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_path(path, suffix=os.path.basename(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def latest_checkpoint(run_dir: str) -> str | None:

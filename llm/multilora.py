@@ -51,11 +51,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from .checkpoint import atomic_path, atomic_write_text
 
 __all__ = [
     "MultiTaskLoraLinear",
@@ -493,17 +494,9 @@ def export_task_adapter(model: nn.Module, t: int, out_dir: str | os.PathLike, *,
     os.makedirs(out_dir, exist_ok=True)
     config_dict = lora_cfg.to_dict()
     config_dict = json.loads(json.dumps(config_dict, default=_json_default))
-    _atomic_write_bytes(os.path.join(out_dir, "adapter_config.json"),
-                        json.dumps(config_dict, indent=2, sort_keys=True).encode())
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
+    atomic_write_text(os.path.join(out_dir, "adapter_config.json"), json.dumps(config_dict, indent=2, sort_keys=True))
+    with atomic_path(os.path.join(out_dir, "adapter_model.safetensors"), suffix=".safetensors") as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, os.path.join(out_dir, "adapter_model.safetensors"))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return out_dir
 
 
@@ -513,18 +506,6 @@ def _json_default(obj):
     if hasattr(obj, "value"):  # enums (TaskType, PeftType)
         return obj.value
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _strip_adapter_name(key: str) -> str:

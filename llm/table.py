@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 
-from .checkpoint import atomic_write_text, latest_checkpoint, read_state
+from .checkpoint import atomic_path, atomic_write_text, latest_checkpoint, read_state
 from .config import Config
 from .data import TaskSet, load_tasks
 from .train import default_schedule, finetune, retrain
@@ -145,13 +144,8 @@ def plot_curves(doc: dict, path: str) -> None:
     ax.set_title(f"{doc['model']} on {doc['data']['source']}, seeds {doc['seeds']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

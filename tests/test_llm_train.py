@@ -248,7 +248,10 @@ def test_resume_after_a_real_sigkill_equals_an_uninterrupted_run(tiny_bert, chit
     proc = subprocess.Popen(cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while ck.latest_checkpoint(str(run)) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+        try:  # block on the child (not a blind sleep) until it writes its first checkpoint or exits
+            proc.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            pass
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     killed_at = ck.read_state(ck.latest_checkpoint(str(run)))["epoch"]
