@@ -11,12 +11,13 @@ no padding: the worst case of a batch). The schedules process the same round:
 
 Throughput is pairs ("examples") per second over the round, median over ``--rounds`` timed rounds after
 ``--warmup`` rounds; the schedules are interleaved round by round so a noisy shared machine slows them alike.
-The models come from ``llm.models`` (``CrossEncoder`` with ``BatchedAdapters`` / ``PeftAdapters``) and the loss
-from ``llm.train.pair_loss``: what ``python -m llm retrain`` runs.
+The models come from ``llm.models`` (the cross-encoder ``Scorer`` with ``BatchedAdapters`` / ``PeftAdapters``) and
+the loss from ``Scorer.loss``: what ``python -m llm retrain --scorer cross --freeze-layers 0`` runs.
 
 Data pipeline (``--pipeline``): 10,000 samples of 20 candidates built from chitchat turns (seeded), tokenised by
-``llm.data.tokenise`` (``datasets`` map, cold cache) and collated in batches by ``TokenisedSplit.collate``
-(vectorised) and by a naive per-element Python collation written here as the baseline.
+``llm.tokens.tokenise`` (cross-encoder pairs; ``datasets`` map, cold cache) and collated in batches by
+``Split.batch`` + ``SequenceStore.inputs`` (vectorised) and by a naive per-element Python collation written here as
+the baseline.
 
 Examples::
 
@@ -105,7 +106,9 @@ def _hf_model(model: str, seed: int):
 
 def _encoder_parameters(net) -> int:
     """Parameters of the encoder (no heads, no LoRA tensors)."""
-    return sum(p.numel() for n, p in net.hf.base_model.named_parameters() if "lora_" not in n)
+    from llm.config import LORA_PREFIX
+
+    return sum(p.numel() for n, p in net.hf.base_model.named_parameters() if LORA_PREFIX not in n)
 
 
 def _model_config(model: str):
@@ -122,19 +125,20 @@ def _model_config(model: str):
 
 def build(schedule: str, *, model: str, n_tasks: int, rank: int, alpha: float, dropout: float, seed: int,
           device: str, mode: str | None = None):
-    """The ``CrossEncoder`` of one schedule, every parameter trainable, on ``device``; and its AdamW."""
+    """The cross-encoder ``Scorer`` of one schedule, every parameter trainable, on ``device``; and its AdamW."""
     import torch
 
-    from llm.models import BatchedAdapters, CrossEncoder, PeftAdapters
+    from llm.models import BatchedAdapters, PeftAdapters, Scorer
 
     hf = _hf_model(model, seed)
+    common = dict(kind="cross", seed=seed)
     if schedule == "sr":
-        net = CrossEncoder(hf, 1, seed=seed)
+        net = Scorer(hf, n_tasks=1, **common)
     elif schedule == "peft-one-adapter":
-        net = CrossEncoder(hf, 1, seed=seed, make_adapters=lambda m: PeftAdapters(m, 1, rank, alpha, dropout))
+        net = Scorer(hf, n_tasks=1, make_adapters=lambda m: PeftAdapters(m, 1, rank, alpha, dropout), **common)
     else:
         cls = BatchedAdapters if schedule == "meta-batched" else PeftAdapters
-        net = CrossEncoder(hf, n_tasks, seed=seed, make_adapters=lambda m: cls(m, n_tasks, rank, alpha, dropout))
+        net = Scorer(hf, n_tasks=n_tasks, make_adapters=lambda m: cls(m, n_tasks, rank, alpha, dropout), **common)
     for p in net.parameters():
         p.requires_grad_(True)
     if isinstance(net.adapters, PeftAdapters):
@@ -175,11 +179,15 @@ def _concat(batches: list[dict]) -> dict:
 
 
 def _step(net, opt, batch: dict, *, single_task: bool, autocast):
-    from llm.train import forward_batch, pair_loss
+    """One optimiser step of the per-pair loss over a batch of ``B`` samples x ``K`` pairs (true pair first)."""
+    import torch
 
+    b, k = batch["tasks"].shape[0], batch["input_ids"].shape[0] // batch["tasks"].shape[0]
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
     with autocast():
-        logits = forward_batch(net, batch, single_task=single_task)
-    loss = pair_loss(logits, batch["pair_labels"])
+        feats = net(inputs, batch["tasks"].repeat_interleave(k), int(batch["tasks"][0]) if single_task else None)
+    cand = torch.arange(b * k, device=feats.device).reshape(b, k)
+    loss = net.loss(feats.float(), {"cand": cand, "labels": torch.zeros(b, dtype=torch.long, device=feats.device)})
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -371,46 +379,52 @@ def naive_collate(rows: list[list[int]], type_rows: list[list[int]] | None, pad_
 def pipeline(args) -> dict:
     import torch
 
-    from llm.data import Task, tokenise
+    from llm.data import Task
     from llm.models import load_tokenizer
+    from llm.tokens import tokenise
 
     n = args.pipeline_samples
     samples = _pipeline_samples(n, args.seed)
     task = Task("bench", tuple(samples), ())
     tok = load_tokenizer("minilm")
+    kw = dict(scorer="cross", max_length=args.pipeline_length, candidate_length=args.pipeline_length // 2,
+              split="train")
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        split = tokenise([task], tok, args.pipeline_length, split="train", cache_dir=cache)
+        split = tokenise([task], tok, cache_dir=cache, **kw)
         t_tok = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tokenise([task], tok, args.pipeline_length, split="train", cache_dir=cache)
+        tokenise([task], tok, cache_dir=cache, **kw)
         t_tok_warm = time.perf_counter() - t0
     pairs = n * 20
     bs = args.pipeline_batch
     order = torch.arange(n)
+    store = split.store
     t0 = time.perf_counter()
     vec = None
     for i in range(0, n, bs):
-        vec = split.collate(order[i:i + bs])
+        b = split.batch(order[i:i + bs])
+        vec = store.inputs(b["seqs"][b["cand"].reshape(-1)])
     t_vec = time.perf_counter() - t0
     # the naive collation starts from Python lists of token ids per pair (what a per-example Dataset yields)
-    ids_list = split.ids.tolist()
-    types_list = split.types.tolist() if split.types is not None else None
-    offs = split.offsets.tolist()
-    rows = [ids_list[offs[p]:offs[p + 1]] for p in range(pairs)]
-    type_rows = [types_list[offs[p]:offs[p + 1]] for p in range(pairs)] if types_list is not None else None
+    ids_list = store.ids.tolist()
+    types_list = store.types.tolist() if store.types is not None else None
+    offs = store.offsets.tolist()
+    seq_of = split.candidates.reshape(-1).tolist()
+    rows = [ids_list[offs[s]:offs[s + 1]] for s in seq_of]
+    type_rows = [types_list[offs[s]:offs[s + 1]] for s in seq_of] if types_list is not None else None
     t0 = time.perf_counter()
     naive = None
     for i in range(0, n, bs):
         sl = slice(i * 20, min(i + bs, n) * 20)
-        naive = naive_collate(rows[sl], type_rows[sl] if type_rows else None, split.pad_id)
+        naive = naive_collate(rows[sl], type_rows[sl] if type_rows else None, store.pad_id)
     t_naive = time.perf_counter() - t0
     last = order[(n - 1) // bs * bs:]
     same = bool(torch.equal(vec["input_ids"], naive["input_ids"])
                 and torch.equal(vec["attention_mask"], naive["attention_mask"]))
     assert len(last) * 20 == vec["input_ids"].shape[0]
     return {"samples": n, "candidates": 20, "pairs": pairs, "tokens_per_pair_max": args.pipeline_length,
-            "batch_samples": bs, "collation": "llm.data.TokenisedSplit.collate",
+            "batch_samples": bs, "collation": "llm.tokens.Split.batch + SequenceStore.inputs",
             "tokenise_s": t_tok, "tokenise_cached_s": t_tok_warm, "tokenise_examples_per_s": pairs / t_tok,
             "collate_vectorised_examples_per_s": pairs / t_vec, "collate_naive_examples_per_s": pairs / t_naive,
             "collate_speedup": t_naive / t_vec, "collate_outputs_equal": same,
