@@ -227,6 +227,7 @@ def _run_seed(seed: int, run: int) -> int:
     return int(np.random.SeedSequence([seed, run]).generate_state(1)[0])
 
 
+@np.errstate(over="ignore", invalid="ignore")  # overflow is checked explicitly (_require_finite_run)
 def draw_instance(s: Settings) -> Instance:
     """Draw ground truth (``Problem.random``), samples and starts for every run of ``s``; samples are reduced to
     their statistics at once and not kept. The ground truth of run j depends only on ``(seed, j, d, k, T)``, so
@@ -252,8 +253,17 @@ def draw_instance(s: Settings) -> Instance:
         C0.append(s.init_scale * init.standard_normal((d, r)))
     train = Stats(np.stack(Xs), np.stack(Ys), np.stack(Xt))
     test = Stats(*(np.stack([t[i] for t in Yt]) for i in range(3)))
+    _require_finite_run(s, "the sample statistics", train.Syx, train.syy, test.Syx, test.syy)
     return Instance(s, tuple(problems), np.stack(W), np.stack(W_test), train, test,
                     np.stack(U0), np.stack(B0), np.stack(C0))
+
+
+def _require_finite_run(s: Settings, what: str, *arrays) -> None:
+    """Refuse a setting whose float64 arithmetic overflowed (e.g. a huge sigma): it would feed NaN or inf to the
+    eigen- and singular-value routines below, or plot garbage."""
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise ProblemError(f"{what} overflow float64 at d={s.d}, T={s.T}, N={s.N}, n={s.n}, k={s.k}, "
+                           f"sigma={s.sigma:g}: the noise or the sizes are too large for this experiment")
 
 
 def _lam_max(S: np.ndarray) -> np.ndarray:
@@ -445,6 +455,7 @@ _STEPS = {"batched": (_meta_step_batched, _sr_step_batched, _lora_step_batched),
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@np.errstate(over="ignore", invalid="ignore")  # overflow is checked explicitly (_require_finite_run)
 def run_setting(s: Settings, *, implementation: str = "batched", instance: Instance | None = None) -> SettingResult:
     """Retrain (Meta-LoRA and SR) and fine-tune every run of setting ``s``; ``implementation`` is ``"batched"``
     (stacked arrays) or ``"loop"`` (per-run, per-task Python loop of the same algorithm)."""
@@ -460,11 +471,13 @@ def run_setting(s: Settings, *, implementation: str = "batched", instance: Insta
         meta_step(inst.train, eta["meta"]), (A0, inst.U0), s.retrain_iters, s.retrain_gtol)
     A_s, sr_log, g_sr, it_sr = _descend(
         sr_step(inst.train if implementation == "loop" else pooled, eta["sr"]), A0, s.retrain_iters, s.retrain_gtol)
+    _require_finite_run(s, "the retraining losses and bases", meta_log, sr_log, A_m, A_s)
     A_both = np.stack([A_m, A_s])  # (method, run, d, d)
     eta_ft = _finetune_step(A_both, inst.test)
     B0 = np.broadcast_to(inst.B0, (2,) + inst.B0.shape).copy()
     C0 = np.broadcast_to(inst.C0, (2,) + inst.C0.shape).copy()
     _, ft_log, g_ft, _ = _descend(lora_step(A_both, inst.test, inst.W_test, eta_ft), (B0, C0), s.finetune_iters)
+    _require_finite_run(s, "the fine-tuning losses", ft_log)
     floors, sr_err, meta_err, eym = [], [], [], []
     for j, p in enumerate(inst.problems):
         A_SR = sr_minimiser(p)
