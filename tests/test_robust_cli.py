@@ -90,6 +90,12 @@ def test_figure1_refuses_a_malformed_earlier_summary_before_any_work(monkeypatch
     assert (tmp_path / "summary.json").read_text() == "{not json"
 
 
+def test_figure1_refuses_an_override_its_panel_would_replace(tmp_path, capsys):
+    out = tmp_path / "fig"
+    code, _, lines = _run(tmain.main, ["figure1", "--vary", "n", "--n", "0", "--out", str(out)], capsys)
+    assert code == 2 and lines == ["error: n must be a positive integer (> 0), got 0"] and not out.exists()
+
+
 def test_figure1_panels_kept_from_earlier_runs_say_which_command_made_them(tmp_path, capsys):
     out = str(tmp_path / "fig")
     assert tmain.main(["figure1", "--vary", "T", "--seed", "1", "--out", out, *TINY_FIGURE1]) == 0

@@ -90,6 +90,26 @@ def _positive_float(name: str, value) -> float:
     return v
 
 
+def _check_field(name: str, value):
+    """One :class:`Settings` field checked by its own rule (Remark 3.1, which ties d, k and T, is checked on the
+    whole setting); returns the value normalised (int or float)."""
+    if name in ("d", "T", "N", "n", "k", "runs", "retrain_iters", "finetune_iters"):
+        return _positive_int(name, value)
+    if name == "init_scale":
+        return _positive_float(name, value)
+    if name in ("sigma", "retrain_gtol"):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not np.isfinite(v) or v < 0:
+            raise ProblemError(f"{name} must be a finite number >= 0, got {value!r}")
+        return v
+    if name == "seed" and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+        raise ProblemError(f"seed must be an integer >= 0, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """One experiment setting (one point of one panel).
@@ -120,19 +140,8 @@ class Settings:
     init_scale: float = 1e-2
 
     def __post_init__(self):
-        for name in ("d", "T", "N", "n", "k", "runs", "retrain_iters", "finetune_iters"):
-            object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
-        sigma = float(self.sigma)
-        if not np.isfinite(sigma) or sigma < 0:
-            raise ProblemError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
-        object.__setattr__(self, "sigma", sigma)
-        object.__setattr__(self, "init_scale", _positive_float("init_scale", self.init_scale))
-        gtol = float(self.retrain_gtol)
-        if not np.isfinite(gtol) or gtol < 0:
-            raise ProblemError(f"retrain_gtol must be a finite number >= 0, got {self.retrain_gtol!r}")
-        object.__setattr__(self, "retrain_gtol", gtol)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ProblemError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for f in fields(self):
+            object.__setattr__(self, f.name, _check_field(f.name, getattr(self, f.name)))
         require_remark_3_1(self.d, self.k, self.T)
 
     @property
@@ -502,13 +511,16 @@ def panel_settings(panel: str, overrides: dict | None = None) -> list[Settings]:
     """The three settings of a panel: the defaults, then the panel's fixed settings (``PANEL_FIXED``), then
     ``overrides`` (any :class:`Settings` fields the user set), then the panel's parameter at each of its values.
     Raises :class:`ProblemError` naming the panel and value for an unknown panel or a bad setting (non-positive
-    count, ``(T+1) k > d``)."""
+    count, ``(T+1) k > d``), and naming the field for an override that breaks its own rule, also where the panel
+    replaces it (``--vary n --n 0``)."""
     if panel not in PANELS:
         raise ProblemError(f"unknown panel {panel!r}; the panels are {', '.join(PANELS)}")
     overrides = dict(overrides or {})
     unknown = set(overrides) - {f.name for f in fields(Settings)}
     if unknown:
         raise ProblemError(f"unknown settings {sorted(unknown)}; the settings are {[f.name for f in fields(Settings)]}")
+    for name, value in overrides.items():  # each given value obeys its rule, also where the panel replaces it
+        _check_field(name, value)
     out = []
     for v in PANELS[panel]:
         try:
