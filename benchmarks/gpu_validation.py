@@ -45,6 +45,8 @@ sys.path.insert(0, HERE)
 
 import llm_speed  # noqa: E402
 
+from theory.cli_contract import OneLineParser, check_output_dir, nonneg_int, run_command  # noqa: E402
+
 BUDGET_S = 8 * 60
 
 
@@ -165,28 +167,34 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT"), help="result folder (default: $OUT)")
     p.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (for the CPU try-out and the test)")
     p.add_argument("--bundle", default=None, help="bundle folder (default: ./bundle if it holds the right preset, "
                                                   "else one is made in --work)")
     p.add_argument("--work", default=None, help="scratch folder for checkpoints (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the throughput benchmark")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the table's seeds")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the throughput benchmark")
+    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=None, help="override the table's seeds")
     p.add_argument("--skip", choices=["throughput", "table"], action="append", default=[],
                    help="leave a part out")
     return p
 
 
 def main(argv=None) -> int:
+    """Exit status 0, 2 on bad input (before any work), 130 on Ctrl-C (theory.cli_contract)."""
+    return run_command(_main, parser().parse_args(argv))
+
+
+def _main(args) -> int:
     import torch
 
-    args = parser().parse_args(argv)
     if not args.out:
         print("gpu_validation: no --out and $OUT is not set", file=sys.stderr)
         return 2
+    check_output_dir("--out", args.out)
+    if args.work is not None:
+        check_output_dir("--work", args.work)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():

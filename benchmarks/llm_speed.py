@@ -44,6 +44,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
+from theory.cli_contract import (OneLineParser, check_output_file, nonneg_int, positive_int,  # noqa: E402
+                                 run_command)
+from theory.problem import ProblemError  # noqa: E402
+
 SCHEDULES = ("sr", "meta-batched", "meta-sequential")
 # Not a Meta-LoRA schedule: one peft adapter for all examples, one step per round. The cost floor of a LoRA on
 # every linear layer (what any per-task-adapter scheme pays at least), to read meta-batched's overhead against.
@@ -435,24 +439,24 @@ def pipeline(args) -> dict:
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--model", default=None, help="'minilm' (packaged; CPU default) or 'roberta-large-random' "
                                                  "(roberta-large shapes, random weights; GPU default) or a path")
-    p.add_argument("--tasks", type=int, default=None, help="T (8 for minilm, 10 for roberta-large-random)")
-    p.add_argument("--samples", type=int, default=None, help="samples per task per round (default 2 / 2)")
-    p.add_argument("--pairs", type=int, default=None, help="pairs per sample (1 true + negatives; default 5 / 20)")
-    p.add_argument("--length", type=int, default=None, help="tokens per pair (default 40 / 128)")
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--tasks", type=positive_int, default=None, help="T (8 for minilm, 10 for roberta-large-random)")
+    p.add_argument("--samples", type=positive_int, default=None, help="samples per task per round (default 2 / 2)")
+    p.add_argument("--pairs", type=positive_int, default=None,
+                   help="pairs per sample (1 true + negatives; default 5 / 20)")
+    p.add_argument("--length", type=positive_int, default=None, help="tokens per pair (default 40 / 128)")
+    p.add_argument("--rank", type=positive_int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="autocast dtype (default bf16 on cuda)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds per schedule (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=3, help="timed rounds per schedule (median reported)")
+    p.add_argument("--warmup", type=nonneg_int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="CPU threads for torch and BLAS, pinned (default 1: the 2-core build machine is shared)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--schedules", nargs="+", choices=SCHEDULES + EXTRA_SCHEDULES, default=list(SCHEDULES),
                    help="schedules to time (peft-one-adapter: one peft LoRA for all examples, the LoRA cost floor)")
     p.add_argument("--compare-modes", action="store_true", help="also time every llm.multilora mode")
@@ -460,9 +464,9 @@ def parser() -> argparse.ArgumentParser:
                    help="run the data-pipeline benchmark (default)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false")
     p.add_argument("--no-throughput", dest="throughput", action="store_false", default=True)
-    p.add_argument("--pipeline-samples", type=int, default=10_000)
-    p.add_argument("--pipeline-length", type=int, default=64)
-    p.add_argument("--pipeline-batch", type=int, default=8, help="samples per collated batch")
+    p.add_argument("--pipeline-samples", type=positive_int, default=10_000)
+    p.add_argument("--pipeline-length", type=positive_int, default=64)
+    p.add_argument("--pipeline-batch", type=positive_int, default=8, help="samples per collated batch")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
     return p
@@ -484,11 +488,11 @@ def _fill_defaults(args) -> None:
             setattr(args, k, v)
     for k in ("tasks", "samples", "pairs", "length", "rounds", "threads", "pipeline_samples", "pipeline_batch"):
         if getattr(args, k) <= 0:
-            raise SystemExit(f"llm_speed: --{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
+            raise ProblemError(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
     if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise SystemExit(f"llm_speed: --device must be cpu or cuda[:N], got {args.device!r}")
+        raise ProblemError(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if gpu and not torch.cuda.is_available():
-        raise SystemExit("llm_speed: --device cuda but CUDA is not available")
+        raise ProblemError("--device cuda but CUDA is not available")
 
 
 def run(args) -> dict:
@@ -536,7 +540,16 @@ def format_text(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
+    return run_command(_main, parser().parse_args(argv))
+
+
+def _main(args) -> int:
+    if args.out is not None:
+        check_output_file("--out", args.out)
+    if not (0.0 <= args.dropout < 1.0) or not (args.alpha > 0 and args.alpha < float("inf")):
+        raise ProblemError(f"--dropout must lie in [0, 1) and --alpha be a finite number > 0, got {args.dropout} "
+                         f"and {args.alpha}")
     res = run(args)
     text = json.dumps(res, indent=2)
     if args.out:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .finetune import finetune_optimum
 from .meta import meta_loss
-from .problem import Problem, ProblemError
+from .problem import Problem, ProblemError, require_finite
 from .reduced import reduced_grad, reduced_hess, reduced_loss
 from .sr import sr_minimiser
 from .symmetry import restricted_inertia
@@ -42,7 +42,7 @@ class CheckResult:
 
 def numerical_rank(M: np.ndarray, *, rtol: float = 1e-9, atol: float = 0.0) -> int:
     """Number of singular values of ``M`` above ``max(rtol * s_max, atol)``."""
-    s = np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False)
+    s = np.linalg.svd(require_finite("M", M), compute_uv=False)
     if s.size == 0 or s[0] == 0.0:
         return 0
     return int(np.sum(s > max(rtol * s[0], atol)))
@@ -81,6 +81,7 @@ def meta_lora_reduced_loss(problem: Problem, U, *, tol: float = 1e-12) -> CheckR
 
 def _rank_atol(problem: Problem, A, U) -> float:
     # Singular values of A - A* below this are explained by the residual (sqrt(L)) rather than by rank.
+    A = require_finite("A", A)
     return 1e-8 * max(1.0, float(np.linalg.norm(A - problem.A_star, 2))) + 10.0 * np.sqrt(meta_loss(A, U, problem))
 
 
