@@ -1,0 +1,148 @@
+"""Run mutmut on the modules configured in pyproject.toml ([tool.mutmut]) and write results/mutation/report.json.
+
+Usage (from the repository root; docs/mutation.md)::
+
+    python tests/mutation_report.py run                      # every module, one mutmut call each, then the report
+    python tests/mutation_report.py run theory.checks        # one module (a chunk; results add up in mutants/)
+    python tests/mutation_report.py run --redo survived      # re-test only the survivors (after adding tests)
+    python tests/mutation_report.py report                   # the report from what mutants/ holds
+
+mutmut keeps its state in ``mutants/`` (one ``.meta`` file of exit codes per module), so chunks run at different
+times add up, and an interrupted module resumes with ``--redo pending`` (the default): mutants with a result are
+not run again. Each mutant runs only the tests that reach the mutated function, fastest first, stopping at the
+first failure. Score = (killed + timeout) / (mutants - skipped), mutmut's own definition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("results/mutation/report.json")
+TIMES = Path("mutants/chunk_seconds.json")
+#: mutmut exit code -> status (mutmut.stats.status_by_exit_code, kept here so the report needs no private import)
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no_tests", 33: "no_tests", 34: "skipped", 36: "timeout",
+          -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault",
+          37: "caught_by_type_check", 2: "interrupted", None: "not_checked"}
+COUNTS = ("killed", "survived", "timeout", "no_tests", "suspicious", "segfault", "skipped", "interrupted",
+          "caught_by_type_check", "not_checked")
+
+
+def _meta_files() -> dict[str, Path]:
+    """module name -> its mutmut meta file."""
+    return {str(p.relative_to("mutants"))[:-len(".py.meta")].replace(os.sep, "."): p
+            for p in sorted(Path("mutants").rglob("*.py.meta"))}
+
+
+def _modules_configured() -> list[str]:
+    import tomllib
+
+    from fnmatch import fnmatch
+
+    cfg = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]
+    files = sorted(str(p) for src in cfg["source_paths"] for p in Path(src).rglob("*.py"))
+    return [f[:-3].replace("/", ".") for f in files if any(fnmatch(f, pat) for pat in cfg["only_mutate"])
+            and not f.endswith("__init__.py")]
+
+
+def _exit_codes(module: str) -> dict:
+    path = _meta_files().get(module)
+    return json.loads(path.read_text())["exit_code_by_key"] if path else {}
+
+
+def _mutmut(args: list[str], max_children: int) -> int:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    exe = Path(sys.executable).with_name("mutmut")
+    return subprocess.call([str(exe), "run", "--max-children", str(max_children), *args], env=env)
+
+
+def run(modules: list[str], redo: str, max_children: int) -> None:
+    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+    for module in modules or _modules_configured():
+        codes = _exit_codes(module)
+        if not codes:
+            names = [f"{module}.*"]  # not generated yet: mutmut makes and runs them all
+        else:
+            want = {"pending": (None,), "survived": (0, 5, 33), "all": tuple(set(codes.values()))}[redo]
+            names = sorted(k for k, v in codes.items() if v in want)
+        if not names:
+            print(f"{module}: nothing to run ({redo})")
+            continue
+        start = time.perf_counter()
+        rc = _mutmut(names, max_children)
+        times[module] = round(time.perf_counter() - start, 1)
+        Path("mutants").mkdir(exist_ok=True)
+        TIMES.write_text(json.dumps(times, indent=1))
+        print(f"{module}: mutmut exit {rc}, {times[module]} s")
+    report()
+
+
+def _survivor(name: str, path: str) -> dict:
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    diff = [ln for ln in get_diff_for_mutant(name, path=path).splitlines()
+            if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return {"name": name, "diff": diff}
+
+
+def report(out: Path = OUT) -> dict:
+    import mutmut
+
+    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+    modules = {}
+    for module in _modules_configured():
+        codes = _exit_codes(module)
+        c = dict.fromkeys(COUNTS, 0)
+        for v in codes.values():
+            c[STATUS.get(v, "suspicious")] += 1
+        tested = len(codes) - c["skipped"]
+        path = module.replace(".", "/") + ".py"
+        modules[module] = {"mutants": len(codes), **c,
+                           "score": round((c["killed"] + c["timeout"]) / tested, 4) if tested else None,
+                           "seconds": times.get(module),
+                           "survivors": [_survivor(k, path) for k, v in sorted(codes.items())
+                                         if STATUS.get(v) in ("survived", "no_tests", "suspicious")]}
+    total = {key: sum(m[key] for m in modules.values()) for key in ("mutants",) + COUNTS}
+    tested = total["mutants"] - total["skipped"]
+    total["score"] = round((total["killed"] + total["timeout"]) / tested, 4) if tested else None
+    total["seconds"] = round(sum(t for t in times.values()), 1)
+    data = {"tool": f"mutmut {mutmut.__version__}", "command": "python tests/mutation_report.py run",
+            "score": "(killed + timeout) / (mutants - skipped)", "total": total, "modules": modules}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(out)
+    for name, m in modules.items():
+        print(f"{name:32s} {m['killed']:5d} killed {m['survived']:4d} survived {m['timeout']:3d} timeout "
+              f"{m['no_tests']:3d} no tests {m['not_checked']:4d} unchecked  score {m['score']}")
+    print(f"total: {total['killed']} killed of {total['mutants']}, score {total['score']}; wrote {out}")
+    return data
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run mutmut module by module, then write the report")
+    r.add_argument("modules", nargs="*", help="dotted module names (default: every configured module)")
+    r.add_argument("--redo", choices=("pending", "survived", "all"), default="pending",
+                   help="which mutants of a module already generated to run: not yet run (default), the survivors, "
+                        "or all")
+    r.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
+    sub.add_parser("report", help="write results/mutation/report.json from mutants/")
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        if args.max_children < 1:
+            parser.error(f"--max-children must be >= 1, got {args.max_children}")
+        run(args.modules, args.redo, args.max_children)
+    else:
+        report()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
