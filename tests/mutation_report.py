@@ -5,12 +5,13 @@ Usage (from the repository root; docs/mutation.md)::
     python tests/mutation_report.py run                      # every module, one mutmut call each, then the report
     python tests/mutation_report.py run theory.checks        # one module (a chunk; results add up in mutants/)
     python tests/mutation_report.py run --redo survived      # re-test only the survivors (after adding tests)
+    python tests/mutation_report.py run --batch 100 --lock L  # chunks of 100 mutants, each holding the file lock L
     python tests/mutation_report.py report                   # the report from what mutants/ holds
 
 mutmut keeps its state in ``mutants/`` (one ``.meta`` file of exit codes per module), so chunks run at different
 times add up, and an interrupted module resumes with ``--redo pending`` (the default): mutants with a result are
 not run again. Each mutant runs only the tests that reach the mutated function, fastest first, stopping at the
-first failure. Score = (killed + timeout) / (mutants - skipped), mutmut's own definition.
+first failure. Score = (killed + timeout) / (mutants - skipped - not yet checked), as mutmut's own badge counts it.
 """
 
 from __future__ import annotations
@@ -61,24 +62,35 @@ def _mutmut(args: list[str], max_children: int) -> int:
     return subprocess.call([str(exe), "run", "--max-children", str(max_children), *args], env=env)
 
 
-def run(modules: list[str], redo: str, max_children: int) -> None:
+def _chunks(module: str, redo: str, batch: int) -> list[list[str]]:
+    codes = _exit_codes(module)
+    if not codes:
+        return [[f"{module}.*"]]  # not generated yet: mutmut makes them (every module's) and runs this module's
+    want = {"pending": (None,), "survived": (0, 5, 33), "all": tuple(set(codes.values()))}[redo]
+    names = sorted(k for k, v in codes.items() if v in want)
+    size = batch or len(names) or 1
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+def run(modules: list[str], redo: str, max_children: int, batch: int = 0, lock: str | None = None) -> None:
+    import fcntl
+
     times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
     for module in modules or _modules_configured():
-        codes = _exit_codes(module)
-        if not codes:
-            names = [f"{module}.*"]  # not generated yet: mutmut makes and runs them all
-        else:
-            want = {"pending": (None,), "survived": (0, 5, 33), "all": tuple(set(codes.values()))}[redo]
-            names = sorted(k for k, v in codes.items() if v in want)
-        if not names:
+        chunks = _chunks(module, redo, batch)
+        if not chunks:
             print(f"{module}: nothing to run ({redo})")
-            continue
-        start = time.perf_counter()
-        rc = _mutmut(names, max_children)
-        times[module] = round(time.perf_counter() - start, 1)
-        Path("mutants").mkdir(exist_ok=True)
-        TIMES.write_text(json.dumps(times, indent=1))
-        print(f"{module}: mutmut exit {rc}, {times[module]} s")
+        for names in chunks:
+            with open(lock or os.devnull, "a") as held:
+                if lock:
+                    fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+                start = time.perf_counter()
+                rc = _mutmut(names, max_children)
+                seconds = time.perf_counter() - start
+            times[module] = round(times.get(module, 0.0) + seconds, 1)  # all chunks since mutants/ was made
+            Path("mutants").mkdir(exist_ok=True)
+            TIMES.write_text(json.dumps(times, indent=1))
+            print(f"{module}: {len(names)} mutant names, mutmut exit {rc}, {seconds:.1f} s")
     report()
 
 
@@ -100,19 +112,19 @@ def report(out: Path = OUT) -> dict:
         c = dict.fromkeys(COUNTS, 0)
         for v in codes.values():
             c[STATUS.get(v, "suspicious")] += 1
-        tested = len(codes) - c["skipped"]
+        tested = len(codes) - c["skipped"] - c["not_checked"]
         path = module.replace(".", "/") + ".py"
-        modules[module] = {"mutants": len(codes), **c,
+        modules[module] = {"mutants": len(codes), **c, "complete": bool(codes) and c["not_checked"] == 0,
                            "score": round((c["killed"] + c["timeout"]) / tested, 4) if tested else None,
                            "seconds": times.get(module),
                            "survivors": [_survivor(k, path) for k, v in sorted(codes.items())
                                          if STATUS.get(v) in ("survived", "no_tests", "suspicious")]}
     total = {key: sum(m[key] for m in modules.values()) for key in ("mutants",) + COUNTS}
-    tested = total["mutants"] - total["skipped"]
+    tested = total["mutants"] - total["skipped"] - total["not_checked"]
     total["score"] = round((total["killed"] + total["timeout"]) / tested, 4) if tested else None
     total["seconds"] = round(sum(t for t in times.values()), 1)
     data = {"tool": f"mutmut {mutmut.__version__}", "command": "python tests/mutation_report.py run",
-            "score": "(killed + timeout) / (mutants - skipped)", "total": total, "modules": modules}
+            "score": "(killed + timeout) / (mutants - skipped - not_checked)", "total": total, "modules": modules}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
@@ -133,12 +145,19 @@ def main(argv=None) -> int:
                    help="which mutants of a module already generated to run: not yet run (default), the survivors, "
                         "or all")
     r.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
+    r.add_argument("--batch", type=int, default=0, help="mutants per mutmut call (default 0: a whole module)")
+    r.add_argument("--lock", help="a file to hold an exclusive lock on during each mutmut call (to share a machine)")
     sub.add_parser("report", help="write results/mutation/report.json from mutants/")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         if args.max_children < 1:
             parser.error(f"--max-children must be >= 1, got {args.max_children}")
-        run(args.modules, args.redo, args.max_children)
+        if args.batch < 0:
+            parser.error(f"--batch must be >= 0, got {args.batch}")
+        unknown = sorted(set(args.modules) - set(_modules_configured()))
+        if unknown:
+            parser.error(f"not configured in [tool.mutmut] of pyproject.toml: {', '.join(unknown)}")
+        run(args.modules, args.redo, args.max_children, args.batch, args.lock)
     else:
         report()
     return 0
