@@ -72,7 +72,7 @@ def test_boost_tangent_is_U2_Bt_and_U1_B(d, k, seed):
 def test_symmetry_tangent_refusals():
     with pytest.raises(ValueError, match="T = 2 property, got T = 3"):
         boost_tangent(np.ones((3, 2, 1)))
-    with pytest.raises(ValueError, match=r"reduced loss G \(n_A = 0\)"):
+    with pytest.raises(ValueError, match=r"^the O\(k, k\) quotient is defined for the reduced loss G \(n_A = 0\)$"):
         symmetry_tangent(np.ones((2, 2, 1)), n_A=4, group="O(k,k)")
     with pytest.raises(ValueError, match="group must be 'O\\(k\\)\\^T' or 'O\\(k,k\\)', got 'SO'"):
         symmetry_tangent(np.ones((2, 2, 1)), group="SO")
@@ -104,6 +104,27 @@ def test_quotient_basis_floor_drops_tangents_of_a_tiny_U_and_of_zero_columns():
     big = 1e8 * np.random.default_rng(2).standard_normal((1, 3, 2))
     Z = orbit_tangent(big)
     assert quotient_basis(big).shape == (6, 5) and np.linalg.norm(Z) > 1e-10 * np.linalg.norm(big)
+
+
+def test_quotient_basis_thresholds_exactly():
+    """A tangent direction exactly at the threshold rtol * max(1, |U|) is dropped (strict); the threshold is floored
+    at rtol for |U| < 1 and grows with |U| above 1; directions that are numerically dependent at rtol count once."""
+    U = np.zeros((1, 3, 2))
+    U[0, 0, 0], U[0, 1, 1] = 3e-11, 4e-11
+    col = float(np.linalg.norm(orbit_tangent(U)[:, 0]))
+    assert quotient_basis(U, rtol=col).shape == (6, 6)  # |direction| == threshold: dropped
+    assert quotient_basis(U, rtol=col * (1 - 1e-12)).shape == (6, 5)
+    V = np.zeros((2, 3, 2))
+    V[0] = 0.3 * np.eye(3)[:, :2]  # |V| < 1 with the small block: the threshold is rtol itself
+    V[1, 0, 0] = V[1, 1, 1] = 1.5e-10 / np.sqrt(2)  # its direction has norm 1.5e-10: above 1e-10, below 2e-10
+    assert quotient_basis(V).shape == (12, 10)
+    V[0] *= 1e8  # |V| ~ 4e7: the same small direction is now below 1e-10 |V| and dropped
+    assert quotient_basis(V).shape == (12, 11)
+    rng = np.random.default_rng(0)
+    W = np.outer(rng.standard_normal(3), rng.standard_normal(3))[None] + 1e-13 * rng.standard_normal((1, 3, 3))
+    # rank-one U_t: its three directions u (v_a e_b - v_b e_a)^T span two dimensions (third singular value ~1e-13)
+    assert quotient_basis(W).shape == (9, 7)
+    assert quotient_basis(W, rtol=1e-15).shape == (9, 6)
 
 
 def test_quotient_basis_at_T2_removes_the_boosts_too():
@@ -178,6 +199,41 @@ def test_verify_derivative_checks_fail_on_planted_wrong_derivatives(monkeypatch)
     assert by_name["schur_identity"].value == pytest.approx(1e-6, rel=1e-3)
     assert not any(by_name[n].passed for n in ("gradient_vs_autograd", "hessian_vs_autograd", "schur_identity"))
     assert all(c.passed for c in bad.checks[3:])  # the theorem checks do not use the planted functions
+    where = " at the solution and a random point, full L and reduced G (max abs error / max(1, max |ref|))"
+    assert by_name["gradient_vs_autograd"].detail == "analytic vs torch.func.grad" + where
+    assert by_name["hessian_vs_autograd"].detail == "analytic vs torch.func.hessian" + where
+    assert by_name["schur_identity"].detail == ("reduced Hessian vs Schur complement H_UU - H_UA H_AA^-1 H_AU of the "
+                                                "full Hessian at (A(U), U)")
+
+
+def test_verify_error_is_absolute_below_one(monkeypatch):
+    """An error of 1e-3 added to every gradient entry: at the solution (|grad| ~ 0) the scale is max(1, |ref|) = 1,
+    so the reported error is 1e-3 itself; elsewhere it is 1e-3 / max|ref| < 1e-3."""
+    from theory import meta
+
+    monkeypatch.setattr(verify, "meta_grad_flat", lambda x, p: meta.meta_grad_flat(x, p) + 1e-3)
+    c = {c.name: c for c in verify.run_verify(4, 1, 3, 0).checks}["gradient_vs_autograd"]
+    assert c.value == pytest.approx(1e-3, rel=1e-6) and not c.passed
+
+
+def test_verify_starts_from_its_seeded_small_start_and_forwards_options(monkeypatch):
+    from theory.optimize import SolveOptions, minimise_reduced
+
+    seen = []
+
+    def spy(problem, U0, *, options=None):
+        seen.append((problem, np.array(U0), options))
+        return minimise_reduced(problem, U0, options=options)
+
+    monkeypatch.setattr(verify, "minimise_reduced", spy)
+    opts = SolveOptions(gtol=1e-12)
+    rep = verify.run_verify(4, 1, 3, 7, options=opts)
+    problem, U0, options = seen[0]
+    assert options is opts and problem.seed == 7 and np.array_equal(problem.A_star, Problem.random(4, 1, 3, 7).A_star)
+    assert np.array_equal(U0, 1e-3 * np.random.default_rng([7, 1]).standard_normal((3, 4, 1)))
+    assert rep.problem is problem
+    verify.run_verify(4, 1, 3, 7, init_scale=0.5)
+    assert np.array_equal(seen[1][1], 0.5 * np.random.default_rng([7, 1]).standard_normal((3, 4, 1)))
 
 
 def test_verify_report_dict_and_check_order():
