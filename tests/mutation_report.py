@@ -57,27 +57,36 @@ def _exit_codes(module: str) -> dict:
 
 
 def _mutmut(args: list[str], max_children: int) -> int:
+    """One ``mutmut run`` (its progress output goes to mutants/mutmut-run.log); BLAS pinned to one thread."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     exe = Path(sys.executable).with_name("mutmut")
-    return subprocess.call([str(exe), "run", "--max-children", str(max_children), *args], env=env)
+    Path("mutants").mkdir(exist_ok=True)
+    with open("mutants/mutmut-run.log", "a") as log:
+        return subprocess.call([str(exe), "run", "--max-children", str(max_children), *args], env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
 
 
-def _chunks(module: str, redo: str, batch: int) -> list[list[str]]:
+def _chunks(module: str, redo: str, batch: int, sample: int = 0) -> list[list[str]]:
     codes = _exit_codes(module)
     if not codes:
         return [[f"{module}.*"]]  # not generated yet: mutmut makes them (every module's) and runs this module's
-    want = {"pending": (None,), "survived": (0, 5, 33), "all": tuple(set(codes.values()))}[redo]
+    want = {"pending": (None,), "survived": (0, 5, 33, None), "all": tuple(set(codes.values()))}[redo]
     names = sorted(k for k, v in codes.items() if v in want)
+    if sample and sample < len(names):  # a seeded random sample, for an estimate of a module's score
+        import random
+
+        names = sorted(random.Random(f"{module}:{sample}").sample(names, sample))
     size = batch or len(names) or 1
     return [names[i:i + size] for i in range(0, len(names), size)]
 
 
-def run(modules: list[str], redo: str, max_children: int, batch: int = 0, lock: str | None = None) -> None:
+def run(modules: list[str], redo: str, max_children: int, batch: int = 0, lock: str | None = None,
+        sample: int = 0) -> None:
     import fcntl
 
     times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
     for module in modules or _modules_configured():
-        chunks = _chunks(module, redo, batch)
+        chunks = _chunks(module, redo, batch, sample)
         if not chunks:
             print(f"{module}: nothing to run ({redo})")
         for names in chunks:
@@ -142,8 +151,9 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run mutmut module by module, then write the report")
     r.add_argument("modules", nargs="*", help="dotted module names (default: every configured module)")
     r.add_argument("--redo", choices=("pending", "survived", "all"), default="pending",
-                   help="which mutants of a module already generated to run: not yet run (default), the survivors, "
-                        "or all")
+                   help="which mutants of a module already generated to run: not yet run (default), every one not "
+                        "killed (survived, no tests or not yet run), or all")
+    r.add_argument("--sample", type=int, default=0, help="run only a seeded random sample of this many of them")
     r.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
     r.add_argument("--batch", type=int, default=0, help="mutants per mutmut call (default 0: a whole module)")
     r.add_argument("--lock", help="a file to hold an exclusive lock on during each mutmut call (to share a machine)")
@@ -157,7 +167,7 @@ def main(argv=None) -> int:
         unknown = sorted(set(args.modules) - set(_modules_configured()))
         if unknown:
             parser.error(f"not configured in [tool.mutmut] of pyproject.toml: {', '.join(unknown)}")
-        run(args.modules, args.redo, args.max_children, args.batch, args.lock)
+        run(args.modules, args.redo, args.max_children, args.batch, args.lock, max(args.sample, 0))
     else:
         report()
     return 0

@@ -165,6 +165,34 @@ def test_epsnet_certified_global_minimum_reconstructs_its_region():
     assert eu.margins["net_points"] <= 1000 and eu.margins["eps"] < net_covering_radius(eu.radius, 6, 0)
 
 
+def _gamma(K):
+    u = 2.0 ** -53
+    return K * u / (1 - K * u)
+
+
+@pytest.mark.parametrize("metric", ["hessian", "euclidean"])
+def test_epsnet_margins_follow_their_documented_closed_forms(metric):
+    """k = 1, T = 3 at U*: M = V diag(lambda)^(-1/2) (|M| = lambda_min^(-1/2), |M|_F^2 = sum 1/lambda) or M = I;
+    tau = 2.02 (gamma_n |M|_F + (n + 4) u |M|) delta; on B(x0, R), R = |M| delta + tau, a = a0 + R:
+    Hb = 8 a^2 + 4 (sqrt(G(x0)) + R (2 a0 + R)), Lip = |grad G(x0)| + R Hb; default delta = mu / (64 (n-1)^1.5 a0 |M|^3)
+    with mu the smallest eigenvalue of M^T H M (the module docstring), all recomputed here in floats."""
+    p = Problem.random(2, 1, 3, seed=1)
+    c = certify_epsnet(p, p.U_star, metric=metric, max_points=1000)
+    m, n, delta = c.margins, 6, c.radius
+    lam = np.linalg.eigvalsh(reduced_hess(p.U_star, p))
+    Mn, MF, mu = (lam[0] ** -0.5, math.sqrt(np.sum(1 / lam)), 1.0) if metric == "hessian" else (1.0, math.sqrt(n), lam[0])
+    assert m["metric_norm"] == pytest.approx(Mn, rel=1e-9) and m["radius_x"] == m["metric_norm"] * delta
+    assert m["tau"] == pytest.approx(2.02 * (_gamma(n) * MF + (n + 4) * 2.0 ** -53 * Mn) * delta, rel=1e-9)
+    a0 = max(np.linalg.norm(Ut) for Ut in p.U_star)
+    R = m["radius_x"] + m["tau"]
+    Hb = 8 * (a0 + R) ** 2 + 4 * (math.sqrt(max(c.loss[1], 0.0)) + R * (2 * a0 + R))
+    assert m["hessian_bound"] == pytest.approx(Hb, rel=1e-9)
+    assert m["lipschitz"] == pytest.approx(np.linalg.norm(reduced_grad(p.U_star, p)) + R * Hb, rel=1e-9)
+    assert delta == pytest.approx(mu / (64 * (n - 1) ** 1.5 * a0 * Mn ** 3), rel=1e-6)
+    if metric == "euclidean":
+        assert m["hessian_min_eig_lower"] == pytest.approx(lam[0], rel=1e-6) and m["hessian_min_eig_lower"] <= lam[0]
+
+
 def test_epsnet_says_no_to_the_planted_saddle_and_a_non_critical_point():
     c = certify_epsnet(_d1_saddle(), np.zeros(3))
     assert c.verdict == "inconclusive" and c.margins["hessian_min_eig_mid"] == pytest.approx(-52 / 3, rel=1e-12)
@@ -184,6 +212,9 @@ def test_epsnet_spurious_minimum_and_its_ball_bound():
     assert c.verdict == "certified-minimum" and c.minimum_kind == "spurious"
     G = exact_G(p, x)
     assert 0 < Fraction(c.margins["loss_lower_on_ball"]) <= G and _in(c.loss, G)
+    # |E(x)| >= sqrt(G(x0)) - dx (2 a0 + dx) on B(x0, dx), squared (module docstring)
+    a0, dx = max(np.linalg.norm(Ut) for Ut in x.reshape(p.T, p.d, p.k)), c.margins["radius_x"]
+    assert c.margins["loss_lower_on_ball"] == pytest.approx((math.sqrt(float(G)) - dx * (2 * a0 + dx)) ** 2, rel=1e-9)
     assert f"G >= {c.margins['loss_lower_on_ball']:.6g} > 0 on B(x0," in c.reason
 
 
@@ -351,3 +382,25 @@ def test_lambda_min_lower_brackets_the_smallest_eigenvalue(m, seed):
 def test_lambda_min_lower_of_a_nan_matrix():
     b, lam, V = ar.lambda_min_lower(arb_mat([[arb("nan"), 0], [0, 1]]))
     assert b == -math.inf and V is None and np.all(np.isnan(lam))
+
+
+# --- the certificate object ----------------------------------------------------------------------------------------
+
+
+def test_certificate_json_keeps_types_and_copies_its_margins():
+    from landscape.certificate import Certificate
+
+    margins = {1: 2.5, "flags": (True, None, "x"), "inf": -math.inf, "n": 3}
+    c = Certificate(verdict="certified-minimum", method="epsnet", loss=None, radius=math.nan, seconds=1.5,
+                    reason="r", margins=margins, minimum_kind="global", gauge="g", n=6)
+    margins["late"] = 1.0  # the certificate keeps its own copy
+    assert "late" not in c.margins
+    d = c.to_dict()
+    assert d == {"verdict": "certified-minimum", "method": "epsnet", "loss": None, "radius": None, "seconds": 1.5,
+                 "reason": "r", "margins": {"1": 2.5, "flags": [True, None, "x"], "inf": None, "n": 3},
+                 "minimum_kind": "global", "gauge": "g", "n": 6}
+    assert d["margins"]["n"] is not True and type(d["margins"]["n"]) is int and d["margins"]["flags"][0] is True
+    assert c.certified and not c.spurious
+    cl = classify_point(Problem.random(3, 1, 3, seed=0), np.zeros(9))
+    assert math.isnan(type(cl)(label="saddle", loss=1.0, grad_norm=0.0, inertia=(0, 0, 0),
+                               eigenvalues=np.zeros(0), loss_threshold=1.0, eig_tol=1.0).min_eigenvalue)

@@ -101,7 +101,8 @@ def test_corollary_1_value_bound_and_both_branches(p, data):
     assert np.isclose(c.value, _tail(M, r), rtol=1e-8, atol=1e-10 * np.sum(M ** 2))
     assert np.isclose(c.bound, 1e-10 * np.sum(M ** 2), rtol=1e-12)
     assert c.passed == (c.value > c.bound if r < rank else c.value <= c.bound)  # (fails on ill-conditioned draws)
-    assert f"= {rank}," in c.detail and ("> bound" if r < rank else "<= bound") in c.detail
+    assert f"rank-{r} LoRA on W_(T+1) from A_SR; rank(W_(T+1) - A_SR) = {rank}, so the loss must be " in c.detail
+    assert c.detail.endswith("> bound" if r < rank else "<= bound") and c.name == "corollary_1_sr_test_loss"
     if r < rank:  # the same loss against a bound it can never exceed (the whole energy): the check says no
         no = checks.corollary_1_sr_test_loss(p, r, rtol=1.0)
         assert not no.passed and np.isclose(no.bound, np.sum(M ** 2), rtol=1e-12) and no.value <= no.bound
@@ -121,6 +122,9 @@ def test_corollary_1_at_and_above_the_rank():
     assert (top.passed, top.value, top.bound) == (True, 0.0, 0.0)
     c = checks.corollary_1_sr_test_loss(p, 3, rtol=-1.0)
     assert not c.passed and c.bound < 0 <= c.value
+    # r = 0, rtol = 1: the loss is the whole energy, equal to the bound, and must exceed it strictly
+    zero = checks.corollary_1_sr_test_loss(p, 0, rtol=1.0)
+    assert zero.value == zero.bound > 0 and not zero.passed
 
 
 # --- the reduced loss reached ------------------------------------------------------------------------------------
@@ -135,6 +139,7 @@ def test_meta_lora_reduced_loss_says_no_at_zero_adapters_and_is_strict():
     assert checks.meta_lora_reduced_loss(p, np.zeros((3, 4, 1)), tol=np.nextafter(c.value, np.inf)).passed
     ok = checks.meta_lora_reduced_loss(p, p.U_star)
     assert ok.passed and 0.0 <= ok.value < 1e-24
+    assert (ok.name, ok.detail) == ("meta_lora_reduced_loss", "G(U) = min_A L(A, U) at the solver's point")
 
 
 # --- Theorem 3.2 ---------------------------------------------------------------------------------------------------
@@ -182,6 +187,15 @@ def test_corollary_2_passes_from_the_ground_truth():
     c = checks.corollary_2_rank_3k_fit(p, p.A_star)  # W_(T+1) - A* has rank k <= 3k
     assert c.passed and 0.0 <= c.value <= c.bound
     assert c.bound == pytest.approx(1e-8 * np.sum((p.W_test - p.A_star) ** 2), rel=1e-12)
+    assert (c.name, c.detail) == ("corollary_2_rank_3k_fit", "best rank-3k LoRA loss on W_(T+1) from the retrained A")
+
+
+def test_fit_checks_are_inclusive_at_a_zero_tail():
+    """d <= 3k (or r = d): the adapter has full rank, the tail is exactly 0, and 0 <= 0 passes with rtol = 0."""
+    p = Problem.random(d=3, k=1, T=2, seed=0)
+    for c in (checks.corollary_2_rank_3k_fit(p, np.zeros((3, 3)), rtol=0.0),
+              checks.meta_lora_test_loss(p, np.zeros((3, 3)), 3, rtol=0.0)):
+        assert (c.passed, c.value, c.bound) == (True, 0.0, 0.0)
 
 
 @FAST
@@ -192,7 +206,7 @@ def test_meta_lora_test_loss_says_no_from_the_sr_base_at_rank_k(p):
     assert c.value == pytest.approx(_tail(p.W_test - _a_sr(p), p.k), rel=1e-8)
     assert c.bound == pytest.approx(1e-8 * np.sum(p.W_test ** 2), rel=1e-12)
     ok = checks.meta_lora_test_loss(p, p.A_star, p.k)
-    assert ok.passed and ok.value <= ok.bound and f"rank-{p.k} LoRA" in ok.detail
+    assert ok.passed and ok.value <= ok.bound and ok.detail == f"rank-{p.k} LoRA on W_(T+1) from the retrained A"
 
 
 # --- Theorem 3.3 ---------------------------------------------------------------------------------------------------
