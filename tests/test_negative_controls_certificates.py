@@ -121,6 +121,31 @@ def test_interval_certificate_at_a_given_radius_and_the_spurious_kind():
     assert too_big.verdict == "inconclusive" and too_big.radius == 0.5
 
 
+def test_k2_certificates_at_U_star_nearby_and_at_zero():
+    """k = 2, T = 3: near U* the interval box holds a global minimum (G = 0 on its orbit) but its G enclosure is wider
+    than round-off, so the kind is "unknown", never "spurious"; the eps-net's G(x0) is at round-off level: "global"
+    up to that bound. At U = 0 every U_t vanishes: no orbit direction is independent (0 < 3)."""
+    p = Problem.random(6, 2, 3, seed=0)
+    G0 = _G0(p)
+    x = p.U_star + 1e-8 * np.random.default_rng(0).standard_normal(p.U_star.shape)
+    ci = certify_interval(p, x)
+    assert ci.verdict == "certified-minimum" and ci.minimum_kind == "unknown"
+    lo, hi = ci.margins["loss_lower_on_box"], ci.margins["loss_upper_on_box"]
+    assert lo <= 0.0 <= hi and hi > 1e-12 * (1 + G0) and f"[{lo:.3g}, {hi:.3g}]" in ci.reason
+    ce = certify_epsnet(p, x)
+    assert ce.verdict == "certified-minimum" and ce.minimum_kind == "global" and "round-off level" in ce.reason
+    assert ce.loss[1] <= 1e-12 * (1 + G0) and _in(ce.loss, exact_G(p, x))
+    at = certify_interval(p, p.U_star)
+    assert at.minimum_kind == "global" and "cannot prove G(x*) = 0 exactly" in at.reason
+    assert at.loss[1] <= 1e-12 * (1 + G0)
+    z = certify_interval(p, np.zeros((3, 6, 2)))
+    assert z.verdict == "certified-not-minimum" and "Q (36 x 36)" in z.gauge
+    assert z.gauge.endswith("(rank-deficient U_t: the orbit has dimension 0 < 3)")
+    far = certify_interval(p, p.U_star + 1e-5 * np.random.default_rng(0).standard_normal(p.U_star.shape))
+    if far.verdict == "inconclusive":  # a box that must hold the minimum but is too wide to prove curvature
+        assert far.margins["hessian_min_eig_lower"] is None and far.margins["hessian_min_eig_mid"] > 0
+
+
 def test_interval_certificate_refuses_bad_options_with_the_value():
     p = Problem.random(2, 1, 3, seed=0)
     for kw, match in (({"max_radius": 0.0}, "max_radius must be a positive finite number, got 0.0"),
@@ -128,7 +153,8 @@ def test_interval_certificate_refuses_bad_options_with_the_value():
                       ({"growth": 0.5}, "growth must be > 1, got 0.5"),
                       ({"max_tries": True}, "max_tries must be a positive integer, got True"),
                       ({"prec": 52}, "prec must be an integer number of bits >= 53, got 52"),
-                      ({"prec": 64.0}, "prec must be an integer number of bits >= 53, got 64.0")):
+                      ({"prec": 64.0}, "prec must be an integer number of bits >= 53, got 64.0"),
+                      ({"growth": None}, "growth must be a positive finite number, got None")):
         with pytest.raises(Exception, match=match):
             certify_interval(p, p.U_star, **kw)
     assert certify_interval(p, p.U_star, prec=53, max_tries=np.int64(2)).verdict == "certified-minimum"
@@ -232,7 +258,8 @@ def test_epsnet_refuses_bad_options_with_the_value():
     for kw, match in (({"metric": "l1"}, "metric must be one of"), ({"batch": 0}, "batch must be a positive"),
                       ({"max_points": 1.5}, "max_points must be a positive integer, got 1.5"),
                       ({"prec": 40}, "prec must be an integer number of bits >= 53, got 40"),
-                      ({"time_limit": 0}, "time_limit must be a positive finite number, got 0")):
+                      ({"time_limit": 0}, "time_limit must be a positive finite number, got 0"),
+                      ({"time_limit": None}, "time_limit must be a positive finite number, got None")):
         with pytest.raises(Exception, match=match):
             certify_epsnet(p, p.U_star, **kw)
 
