@@ -282,3 +282,23 @@ def test_exact_G_agrees_with_reduced_loss_on_float_points():
     assert float(exact_G(p, U)) == pytest.approx(reduced_loss(U, p), rel=1e-12)
     assert exact_G(p, p.U_star) == Fraction(0)
     assert scipy.linalg.norm(reduced_grad(p.U_star, p)) < 1e-12
+
+
+def test_float32_inputs_are_computed_in_float64():
+    """float32 arrays are widened exactly to float64 before any arithmetic: each result equals the one from the
+    widened input bit for bit (float32 arithmetic would round U U^T, T A, the eigenvalues and the Cholesky factor)."""
+    from theory.meta import meta_loss as L
+    from theory.sr import sr_grad
+    from theory.symmetry import inertia
+
+    p = Problem.random(d=4, k=2, T=3, seed=0)
+    rng = np.random.default_rng(1)
+    A32 = rng.standard_normal((4, 4)).astype(np.float32)
+    U32 = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    wide = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    assert L(A32, U32, p) == L(wide(A32), wide(U32), p)
+    assert np.array_equal(sr_grad(A32, p), sr_grad(wide(A32), p))
+    X = rng.standard_normal((5, 5))
+    H32 = (X @ X.T + 5 * np.eye(5)).astype(np.float32)
+    assert np.array_equal(inertia(H32).eigenvalues, inertia(wide(H32)).eigenvalues)
+    assert np.array_equal(schur_complement(H32, 2), schur_complement(wide(H32), 2))
