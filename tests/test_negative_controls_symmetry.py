@@ -120,6 +120,12 @@ def test_quotient_basis_thresholds_exactly():
     assert quotient_basis(V).shape == (12, 10)
     V[0] *= 1e8  # |V| ~ 4e7: the same small direction is now below 1e-10 |V| and dropped
     assert quotient_basis(V).shape == (12, 11)
+    # T = 3: two blocks of norm 100 and one whose direction has norm 1.2e-8, between rcond s_max = 1e-8 (what the
+    # null space alone would keep) and rtol |U| = 1.41e-8 (the length filter, which drops it)
+    B = np.zeros((3, 3, 2))
+    B[0, 0, 0] = B[0, 1, 1] = B[1, 0, 0] = B[1, 1, 1] = 100 / np.sqrt(2)
+    B[2, 0, 0] = B[2, 1, 1] = 1.2e-8 / np.sqrt(2)
+    assert quotient_basis(B).shape == (18, 16)
     rng = np.random.default_rng(0)
     W = np.outer(rng.standard_normal(3), rng.standard_normal(3))[None] + 1e-13 * rng.standard_normal((1, 3, 3))
     # rank-one U_t: its three directions u (v_a e_b - v_b e_a)^T span two dimensions (third singular value ~1e-13)
@@ -206,6 +212,14 @@ def test_verify_derivative_checks_fail_on_planted_wrong_derivatives(monkeypatch)
                                                 "full Hessian at (A(U), U)")
 
 
+def test_verify_derivative_tolerance_is_inclusive():
+    """With the tolerance set to the errors a first run measured, the same (deterministic) run passes: <= tol."""
+    first = {c.name: c.value for c in verify.run_verify(4, 1, 2, 1).checks[:3]}
+    for name, err in first.items():
+        again = {c.name: c for c in verify.run_verify(4, 1, 2, 1, derivative_tol=err).checks[:3]}[name]
+        assert again.value == err and again.passed, name
+
+
 def test_verify_error_is_absolute_below_one(monkeypatch):
     """An error of 1e-3 added to every gradient entry: at the solution (|grad| ~ 0) the scale is max(1, |ref|) = 1,
     so the reported error is 1e-3 itself; elsewhere it is 1e-3 / max|ref| < 1e-3."""
@@ -240,7 +254,8 @@ def test_verify_report_dict_and_check_order():
     rep = verify.run_verify(4, 1, 2, 3)
     d = rep.to_dict()
     assert d["instance"] == {"d": 4, "k": 1, "T": 2, "seed": 3}
-    assert d["solve"]["loss"] == rep.solve.loss and d["solve"]["status"] == rep.solve.status
+    assert d["solve"] == {"loss": rep.solve.loss, "grad_norm": rep.solve.grad_norm,
+                          "iterations": rep.solve.iterations, "status": rep.solve.status, "seconds": rep.solve.seconds}
     assert [c["name"] for c in d["checks"]] == [
         "gradient_vs_autograd", "hessian_vs_autograd", "schur_identity", "theorem_3_1_rank",
         "corollary_1_sr_test_loss", "meta_lora_reduced_loss", "theorem_3_2_rank", "corollary_2_rank_3k_fit",

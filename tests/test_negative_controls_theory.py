@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from strategies import problems, seeds
 from theory import checks
 from theory.minima import global_minimiser
-from theory.problem import Problem, ProblemError
+from theory.problem import Problem, ProblemError, require_remark_3_1
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -62,6 +62,7 @@ def test_numerical_rank_threshold_is_relative_strict_and_floored_by_atol():
     assert checks.numerical_rank(M, rtol=0.0, atol=1e-12) == 2  # atol strict too
     assert checks.numerical_rank(M, rtol=1e-15, atol=1e-10) == 2  # atol dominates a tiny rtol
     assert checks.numerical_rank(3.0 * M, rtol=1e-9) == 1  # relative: scaling M changes nothing
+    assert checks.numerical_rank(np.eye(3)) == 3  # s_max = 1 is not the zero matrix
 
 
 # --- Theorem 3.1 -----------------------------------------------------------------------------------------------
@@ -82,8 +83,14 @@ def test_theorem_3_1_fails_when_a_task_repeats_another(p, seed):
 def test_theorem_3_1_precondition_and_its_boundary():
     with pytest.raises(ProblemError, match=r"T\*k <= d, got T\*k = 4 > d = 3"):
         checks.theorem_3_1_rank(Problem.random(d=3, k=1, T=4, seed=0))
+    with pytest.raises(ProblemError, match=r"T\*k <= d, got T\*k = 4 > d = 3"):
+        checks.theorem_3_1_rank(Problem.random(d=3, k=2, T=2, seed=0))
     r = checks.theorem_3_1_rank(Problem.random(d=4, k=2, T=2, seed=0))  # T k = d is allowed
     assert (r.passed, r.value, r.bound) == (True, 4.0, 4.0)
+    assert r.detail == "numerical rank of A_SR - A* (singular values above 1e-09 * s_max) against T k"
+    # rtol = 1: no singular value lies above s_max itself, so the rank reads 0 and the check says no
+    none = checks.theorem_3_1_rank(Problem.random(d=4, k=2, T=2, seed=0), rtol=1.0)
+    assert (none.passed, none.value) == (False, 0.0) and "above 1 * s_max" in none.detail
 
 
 # --- Corollary 1 -----------------------------------------------------------------------------------------------
@@ -168,6 +175,20 @@ def test_theorem_3_2_passes_at_rank_2k_shifts_of_zero_loss(p, seed):
     assert c.passed and c.bound == 2 * p.k and c.value == np.linalg.matrix_rank(pt.A - p.A_star, tol=1e-6)
 
 
+@pytest.mark.parametrize("spectrum,rank", [
+    ((10.0, 5.0, 1.1e-7), 3),  # threshold 1e-8 |Delta|_2 = 1e-7 (spectral, not Frobenius 1.118e-7): counted
+    ((10.0, 5.0, 5e-8), 2),  # below the relative threshold
+    ((1.5, 1.0, 1.8e-8), 3),  # |Delta|_2 < 2: the threshold is 1e-8 * 1.5, not 1e-8 * 2
+    ((0.5, 0.25, 7e-9), 2),  # |Delta|_2 < 1: the floor max(1, .) makes the threshold 1e-8, not 5e-9
+])
+def test_theorem_3_2_counts_singular_values_above_1e_8_times_the_largest(spectrum, rank):
+    p = Problem.random(d=4, k=1, T=2, seed=0)
+    Q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((4, 4)))
+    Delta = (Q[:, :3] * np.array(spectrum)) @ Q[:, :3].T
+    c = checks.theorem_3_2_rank(p, p.A_star + Delta, p.U_star)
+    assert (c.value, c.bound, c.passed) == (float(rank), 2.0, rank <= 2)
+
+
 # --- Corollary 2 and the test loss -------------------------------------------------------------------------------
 
 
@@ -246,6 +267,20 @@ def test_theorem_3_3_value_is_the_largest_error_and_the_bound_is_inclusive():
     assert exact.value == 1.0 and exact.passed  # value <= tol, inclusive
 
 
+def test_theorem_3_3_is_relative_below_unit_norms_and_widens_float32():
+    """A* and U* far below norm 1: the errors stay relative (no floor at 1); U in float32 is widened first."""
+    base = Problem.random(d=5, k=1, T=3, seed=6)
+    p = Problem(A_star=1e-2 * base.A_star, U_star=1e-1 * base.U_star, U_test=base.U_test)
+    U = p.U_star.copy()
+    U[2] *= 2.0
+    assert checks.theorem_3_3_recovery(p, 2.0 * p.A_star, p.U_star).value == 1.0
+    assert checks.theorem_3_3_recovery(p, p.A_star, U).value == pytest.approx(3.0, rel=1e-12)
+    U32 = base.U_star.astype(np.float32)
+    c32 = checks.theorem_3_3_recovery(base, base.A_star, U32)
+    assert c32.value == checks.theorem_3_3_recovery(base, base.A_star, U32.astype(np.float64)).value
+    assert c32.detail.startswith("relative recovery error of A* and of U*_t U*_t^T at L = ")
+
+
 def test_theorem_3_3_refuses_T_below_3():
     p = Problem.random(d=6, k=1, T=2, seed=0)
     with pytest.raises(ProblemError, match="Theorem 3.3 needs T >= 3, got T = 2"):
@@ -281,6 +316,14 @@ def test_second_order_stationarity_says_no_at_the_zero_saddle_with_gradient_zero
     assert "smallest eigenvalue -" in c.detail
 
 
+def test_second_order_stationarity_uses_its_eigenvalue_tolerance():
+    """rtol = 10: every eigenvalue lies within 10 max |lambda| of zero, so the saddle's negative curvature is not
+    seen and the (critical) point passes; the default tolerance sees it."""
+    p = Problem.random(d=5, k=1, T=3, seed=2)
+    loose = checks.second_order_stationarity(p, np.zeros((3, 5, 1)), rtol=10.0)
+    assert loose.passed and "(0, 15, 0)" in loose.detail
+
+
 def test_second_order_stationarity_passes_at_the_minimiser_with_gradient_at_the_bound():
     p = Problem.random(d=6, k=2, T=3, seed=0)
     U = global_minimiser(p, seed=1).U
@@ -294,3 +337,63 @@ def test_second_order_stationarity_passes_at_the_minimiser_with_gradient_at_the_
 def test_check_result_round_trips_to_a_dict():
     c = checks.CheckResult("x", False, 1.5, 2.0, "why")
     assert c.to_dict() == {"name": "x", "passed": False, "value": 1.5, "bound": 2.0, "detail": "why"}
+
+
+# --- problem instances: what is stored, and every refusal names its field -----------------------------------------
+
+
+def test_problem_stores_float64_read_only_copies_and_round_trips_every_field():
+    from theory.problem import MetaPoint
+
+    A, U, Ut = np.eye(3), np.ones((2, 3, 1)), [[1.0], [2.0], [3.0]]
+    p = Problem(A_star=A, U_star=U, U_test=Ut, sigma=1, seed=5)
+    assert type(p.sigma) is float and p.sigma == 1.0
+    assert A.flags.writeable and not np.shares_memory(p.A_star, A)  # the caller's array is copied, not frozen
+    for arr in (p.A_star, p.U_star, p.U_test, p.W):
+        assert isinstance(arr, np.ndarray) and arr.dtype == np.float64 and not arr.flags.writeable
+    assert Problem(A_star=np.eye(3, dtype=int), U_star=np.ones((2, 3, 1), dtype=int)).A_star.dtype == np.float64
+    d = p.to_dict()
+    assert d == {"d": 3, "k": 1, "T": 2, "sigma": 1.0, "seed": 5, "A_star": A.tolist(), "U_star": U.tolist(),
+                 "U_test": Ut}
+    assert Problem(A_star=A, U_star=U).to_dict()["U_test"] is None
+    q = Problem.from_dict({"A_star": A.tolist(), "U_star": U.tolist(), "sigma": 0.25})
+    assert (q.sigma, q.seed, q.U_test) == (0.25, None, None)
+    assert Problem.from_dict({"A_star": A.tolist(), "U_star": U.tolist()}).sigma == 0.0
+    r = Problem.random(3, 1, 2, seed=0)
+    assert r.sigma == 0.0 and Problem.random(3, 1, 2, seed=0, sigma=0.5).sigma == 0.5
+    assert Problem.random(3, 1, 2, seed=0, with_test=False).U_test is None
+    assert MetaPoint.unflatten(np.arange(10), 2, 1, 3).A.dtype == np.float64
+
+
+@pytest.mark.parametrize("shape,name", [((0, 3, 1), "T"), ((2, 0, 1), "d"), ((2, 3, 0), "k")])
+def test_problem_refuses_empty_sizes_naming_them(shape, name):
+    d = shape[1]
+    with pytest.raises(ProblemError, match=rf"^{name} must be a positive integer \(> 0\), got 0 from U_star.shape="):
+        Problem(A_star=np.zeros((d, d)), U_star=np.zeros(shape))
+
+
+def test_problem_refusals_name_the_field():
+    A, U = np.eye(3), np.ones((2, 3, 1))
+    bad = U.copy()
+    bad[0, 0, 0] = np.inf
+    with pytest.raises(ProblemError, match="^U_star "):
+        Problem(A_star=A, U_star=bad)
+    with pytest.raises(ProblemError, match="^a problem must be a JSON object, got list$"):
+        Problem.from_dict([1, 2])
+    data = Problem(A_star=A, U_star=U).to_dict()
+    for key, wrong in (("k", 2), ("T", 3)):
+        with pytest.raises(ProblemError, match=rf"^{key}={wrong} disagrees with the arrays, which give {key}="):
+            Problem.from_dict({**data, key: wrong})
+
+
+@pytest.mark.parametrize("d,k,T,name", [(0, 1, 1, "d"), (4, 0, 1, "k"), (4, 1, 0, "T")])
+def test_remark_3_1_refuses_non_positive_sizes_first(d, k, T, name):
+    with pytest.raises(ProblemError, match=rf"^{name} must be a positive integer \(> 0\), got 0$"):
+        require_remark_3_1(d, k, T)
+
+
+def test_remark_3_1_boundary_and_full_message():
+    require_remark_3_1(4, 1, 3)  # (T + 1) k = d is allowed
+    with pytest.raises(ProblemError, match=r"Remark 3.1 needs \(T\+1\) k <= d so that the columns of "
+                                           r"U\*_1..U\*_\{T\+1\} can be linearly independent$"):
+        require_remark_3_1(3, 1, 3)

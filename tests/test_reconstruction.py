@@ -201,6 +201,15 @@ def test_minimise_reduced_status_follows_its_table_near_a_minimum(method):
             assert res.status == "converged" and res.iterations <= 6  # BFGS would need about 20
 
 
+def test_minimise_reduced_names_a_stop_without_progress_failed():
+    """At U* with gtol = 1e-30 (below round-off of |grad| ~ 1e-15) the trust region cannot predict an improvement
+    and stops before the iteration cap: status "failed"."""
+    p = Problem.random(d=5, k=1, T=3, seed=0)
+    res = minimise_reduced(p, p.U_star, options=SolveOptions(gtol=1e-30, maxiter=100))
+    assert res.iterations < 100 and res.grad_norm > 1e-30
+    assert res.status == "failed" and not res.success and res.message == STATUS["failed"]
+
+
 def test_minimise_reduced_gtol_is_inclusive_and_seconds_are_wall_time():
     import time
 
