@@ -61,7 +61,16 @@ def test_interval_certified_minimum_contains_U_star_and_encloses_G(seed, eps):
     assert c.margins["hessian_min_eig_mid"] == pytest.approx(lam[0], rel=1e-6)
     step = np.max(np.abs(np.linalg.solve(reduced_hess(x0, p), reduced_grad(x0, p))))
     assert c.margins["newton_step"] == pytest.approx(step, rel=1e-3, abs=1e-14)
-    assert "none (k = 1, T != 2" in c.gauge and c.spurious is False and c.certified
+    assert c.gauge == "none (k = 1, T != 2: the O(1)^T orbit is finite)" and c.spurious is False and c.certified
+    assert c.reason.endswith("U* (column signs flipped to match x0) lies in the box, is a critical point with G = 0, "
+                             "so x* = U* and the minimum is global (proven)")
+
+
+def test_interval_certificate_proves_global_with_flipped_columns():
+    p = Problem.random(4, 1, 3, seed=3)
+    x = p.U_star * np.array([-1.0, 1.0, -1.0])[:, None, None] + 1e-9
+    c = certify_interval(p, x)
+    assert c.verdict == "certified-minimum" and c.minimum_kind == "global" and c.reason.endswith("(proven)")
 
 
 def test_interval_certificate_says_no_to_the_planted_saddle_with_its_curvature():
@@ -135,6 +144,9 @@ def test_k2_certificates_at_U_star_nearby_and_at_zero():
     ce = certify_epsnet(p, x)
     assert ce.verdict == "certified-minimum" and ce.minimum_kind == "global" and "round-off level" in ce.reason
     assert ce.loss[1] <= 1e-12 * (1 + G0) and _in(ce.loss, exact_G(p, x))
+    # 1e-9 off U*: the box's upper bound of G is above 1e-12 but below 1e-12 (1 + G(0)): global up to round-off
+    near = certify_interval(p, p.U_star + 1e-9 * np.random.default_rng(0).standard_normal(p.U_star.shape))
+    assert 1e-12 < near.margins["loss_upper_on_box"] <= 1e-12 * (1 + G0) and near.minimum_kind == "global"
     at = certify_interval(p, p.U_star)
     assert at.minimum_kind == "global" and "cannot prove G(x*) = 0 exactly" in at.reason
     assert at.loss[1] <= 1e-12 * (1 + G0)
@@ -428,6 +440,8 @@ def test_certificate_json_keeps_types_and_copies_its_margins():
                  "minimum_kind": "global", "gauge": "g", "n": 6}
     assert d["margins"]["n"] is not True and type(d["margins"]["n"]) is int and d["margins"]["flags"][0] is True
     assert c.certified and not c.spurious
+    assert Certificate(verdict="inconclusive", method="krawczyk", loss=(0.0, 1.0), radius=0.5, seconds=2.0,
+                       reason="r").to_dict()["radius"] == 0.5
     cl = classify_point(Problem.random(3, 1, 3, seed=0), np.zeros(9))
     assert math.isnan(type(cl)(label="saddle", loss=1.0, grad_norm=0.0, inertia=(0, 0, 0),
                                eigenvalues=np.zeros(0), loss_threshold=1.0, eig_tol=1.0).min_eigenvalue)
