@@ -445,3 +445,52 @@ def test_certificate_json_keeps_types_and_copies_its_margins():
     cl = classify_point(Problem.random(3, 1, 3, seed=0), np.zeros(9))
     assert math.isnan(type(cl)(label="saddle", loss=1.0, grad_norm=0.0, inertia=(0, 0, 0),
                                eigenvalues=np.zeros(0), loss_threshold=1.0, eig_tol=1.0).min_eigenvalue)
+
+
+def test_classify_counts_single_negative_and_single_zero_eigenvalues():
+    """The hand-built saddle has exactly one negative eigenvalue (-52/3, 8/3, 44/3); on the stored spurious minimum
+    an eig_rtol between lambda_1 / lambda_max and lambda_2 / lambda_max puts exactly one eigenvalue in the zero band."""
+    s = classify_point(_d1_saddle(), np.zeros(3))
+    assert s.label == "saddle" and s.inertia == (1, 0, 2)
+    assert np.allclose(s.eigenvalues, [-52 / 3, 8 / 3, 44 / 3], rtol=1e-12)
+    rec = json.loads((INSTANCES / "spurious_d3_k1_T3.json").read_text())
+    q = Problem.from_dict(rec["problem"])
+    lam = np.linalg.eigvalsh(reduced_hess(np.asarray(rec["point"]), q))
+    rtol = np.sqrt(lam[0] * lam[1]) / lam[-1]
+    one = classify_point(q, rec["point"], eig_rtol=rtol)
+    assert one.label == "degenerate" and one.inertia == (0, 1, lam.size - 1)
+    U32 = np.asarray(rec["point"], dtype=np.float32)
+    assert np.array_equal(orbit_invariants(U32), orbit_invariants(U32.astype(np.float64)))
+
+
+def test_dedup_order_tolerances_and_passed_thresholds():
+    p = Problem.random(4, 1, 3, seed=2)
+    U = p.U_star
+    P = np.linalg.norm(orbit_invariants(U))
+    assert P > 1
+    res = [_result(p, U, 1, status="max_iter"), _result(p, U, 2), _result(p, np.sqrt(1 + 0.5e-6) * U, 3),
+           _result(p, np.sqrt(1 + 2e-6) * U, 4)]
+    points, which = dedup(p, res)
+    assert which == [-1, 0, 0, 1]  # a failed solve first does not stop the merging; rtol relative to |P|
+    tiny = 1e-4 * U
+    e = 1.5e-6 / np.linalg.norm(orbit_invariants(tiny))  # |P(V) - P(U)| = 1.5e-6: above rtol * max(1, |P|) = 1e-6
+    assert not same_orbit(tiny, np.sqrt(1 + e) * tiny)
+    assert dedup(p, [_result(p, tiny, 1), _result(p, np.sqrt(1 + e) * tiny, 2)])[1] == [0, 1]
+    loose = dedup(p, [_result(p, np.zeros(12), 0)], eig_rtol=10.0, loss_rtol=1e-12)[0][0]
+    assert loose.classification.label == "degenerate"
+    assert dedup(p, [_result(p, np.zeros(12), 0)], loss_rtol=1.0)[0][0].classification.label == "global_min"
+    assert annotate(p, _result(p, np.zeros(12), 0), eig_rtol=10.0).extra["class"] == "degenerate"
+    q = Problem.random(4, 1, 2, seed=1)  # T = 2: different P_1 - P_2 stay apart
+    assert dedup(q, [_result(q, q.U_star, 1), _result(q, 2.0 * q.U_star, 2)])[1] == [0, 1]
+
+
+def test_critical_point_dict_carries_its_classification():
+    p = Problem.random(4, 1, 3, seed=0)
+    points, _ = dedup(p, [_result(p, np.zeros(12), 3, method="min")])
+    c = points[0].classification
+    assert points[0].to_dict() == {
+        "class": "saddle", "loss": c.loss, "grad_norm": c.grad_norm, "inertia": list(c.inertia),
+        "min_eigenvalue": c.min_eigenvalue, "eigenvalues": c.eigenvalues.tolist(), "loss_threshold": c.loss_threshold,
+        "eig_tol": c.eig_tol, "symmetry": "O(k)^T", "hits": {"min": 1}, "first_seed": 3,
+        "point": np.zeros((3, 4, 1)).tolist()}
+    assert c.loss == pytest.approx(_G0(p), rel=1e-12) and c.loss_threshold == pytest.approx(1e-12 * _G0(p))
