@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from exact_reduced import exact_G
 from landscape import _arb_reduced as ar
+from landscape.certificate import CertificateError
 from landscape.certify_epsnet import certify_epsnet, net_covering_radius
 from landscape.certify_interval import certify_interval
 from landscape.classify import CriticalPoint, annotate, classify_point, dedup, orbit_invariants, same_orbit
@@ -156,6 +157,39 @@ def test_k2_certificates_at_U_star_nearby_and_at_zero():
     far = certify_interval(p, p.U_star + 1e-5 * np.random.default_rng(0).standard_normal(p.U_star.shape))
     if far.verdict == "inconclusive":  # a box that must hold the minimum but is too wide to prove curvature
         assert far.margins["hessian_min_eig_lower"] is None and far.margins["hessian_min_eig_mid"] > 0
+
+
+def test_interval_certificate_at_a_singular_float_hessian():
+    """Three equal tasks (d = k = 1): at u = 0 the Hessian diag(-4 c_t) is exactly zero, so there is no Newton
+    preconditioner; the verdict says so and keeps the loss enclosure and the radius it was given."""
+    p = Problem(A_star=np.zeros((1, 1)), U_star=np.ones((3, 1, 1)))
+    c = certify_interval(p, [0.0, 0.0, 0.0], radius=1e-3)  # a list is accepted (copied into float64)
+    assert c.verdict == "inconclusive" and c.loss == (0.0, 0.0) and c.radius == 1e-3
+    assert c.reason == ("the float Hessian at x0 (on the slice) is singular: no Newton preconditioner, the Krawczyk "
+                        "test cannot pass")
+
+
+def test_interval_gauge_counts_orbit_directions_above_1e_10_max_abs_U():
+    p = Problem.random(6, 2, 3, seed=0)
+    generic = certify_interval(p, p.U_star).gauge
+    assert generic.startswith("slice x = x0 + Q z, Q (36 x 33) the orthogonal complement of the 3-dimensional O(k)^T")
+    assert generic.endswith("(theory.symmetry.symmetry_tangent)")
+    U = p.U_star / np.max(np.abs(p.U_star[:2]))  # max |U0| = 1: the threshold is 1e-10
+    U[2] = 0.0
+    U[2, 0, 0] = U[2, 1, 1] = 1.5e-10 / np.sqrt(2)  # the third block's direction has norm 1.5e-10: counted
+    assert "rank-deficient" not in certify_interval(p, U).gauge
+    U[:2] *= 1e8  # max |U0| = 1e8: the threshold is 1e-2 and the third direction is dropped
+    assert certify_interval(p, U).gauge.endswith("(rank-deficient U_t: the orbit has dimension 2 < 3)")
+
+
+def test_interval_certificate_refuses_bad_points_with_the_count():
+    p = Problem.random(2, 1, 3, seed=0)
+    U = p.U_star.copy()
+    U[0, 0, 0], U[2, 1, 0] = np.nan, -np.inf
+    with pytest.raises(CertificateError, match=r"found 2 non-finite \(NaN or inf\)"):
+        certify_interval(p, U)
+    with pytest.raises(CertificateError, match="got dict"):
+        certify_interval({"d": 2}, p.U_star)
 
 
 def test_interval_certificate_refuses_bad_options_with_the_value():
