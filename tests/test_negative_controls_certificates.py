@@ -47,7 +47,11 @@ def _d1_saddle():
 def test_interval_certified_minimum_contains_U_star_and_encloses_G(seed, eps):
     p = Problem.random(3, 1, 3, seed=seed)
     x0 = p.U_star.ravel() + eps * np.random.default_rng(seed).standard_normal(p.n_reduced)
+    import time
+
+    start = time.perf_counter()
     c = certify_interval(p, x0)
+    assert 0.0 <= c.seconds <= time.perf_counter() - start
     if c.verdict != "certified-minimum":  # an ill-conditioned draw: it may say nothing, but never the opposite
         assert c.verdict == "inconclusive"
         return
@@ -63,6 +67,8 @@ def test_interval_certified_minimum_contains_U_star_and_encloses_G(seed, eps):
     step = np.max(np.abs(np.linalg.solve(reduced_hess(x0, p), reduced_grad(x0, p))))
     assert c.margins["newton_step"] == pytest.approx(step, rel=1e-3, abs=1e-14)
     assert c.gauge == "none (k = 1, T != 2: the O(1)^T orbit is finite)" and c.spurious is False and c.certified
+    assert c.reason.startswith(f"the unique critical point x* of G in the box |z|_inf <= r = {c.radius:.3g} around x0 "
+                               "is a strict local minimum: Krawczyk ratio ")
     assert c.reason.endswith("U* (column signs flipped to match x0) lies in the box, is a critical point with G = 0, "
                              "so x* = U* and the minimum is global (proven)")
 
@@ -82,6 +88,10 @@ def test_interval_certificate_says_no_to_the_planted_saddle_with_its_curvature()
     assert c.margins["hessian_min_eig_lower"] is None and c.margins["newton_step"] == 0.0
     assert _in(c.loss, exact_G(_d1_saddle(), np.zeros(3)))
     assert c.radius == pytest.approx(1e-15, rel=1e-12)  # the smallest radius tried first, at a zero Newton step
+    q = c.margins["negative_curvature_upper"]
+    assert "is not a local minimum: Krawczyk ratio " in c.reason
+    assert c.reason.endswith(f"with v^T H(X) v <= {q:.3g} < 0 over the whole box (midpoint lambda_min "
+                             f"{-52 / 3:.3g})")
 
 
 def test_interval_certificate_says_no_to_a_non_critical_point():
@@ -128,7 +138,8 @@ def test_interval_certificate_at_a_given_radius_and_the_spurious_kind():
     fixed = certify_interval(p, x, radius=c.radius)
     assert fixed.verdict == "certified-minimum" and fixed.margins["radii_tried"] == [c.radius]
     too_big = certify_interval(p, x, radius=0.5)  # a box that holds more than one critical point cannot pass
-    assert too_big.verdict == "inconclusive" and too_big.radius == 0.5
+    assert too_big.verdict == "inconclusive" and too_big.radius == 0.5 and too_big.loss == c.loss
+    assert "(1 radii from 0.5 to 0.5, last ratio " in too_big.reason
 
 
 def test_k2_certificates_at_U_star_nearby_and_at_zero():
@@ -156,7 +167,17 @@ def test_k2_certificates_at_U_star_nearby_and_at_zero():
     assert z.gauge.endswith("(rank-deficient U_t: the orbit has dimension 0 < 3)")
     far = certify_interval(p, p.U_star + 1e-5 * np.random.default_rng(0).standard_normal(p.U_star.shape))
     if far.verdict == "inconclusive":  # a box that must hold the minimum but is too wide to prove curvature
-        assert far.margins["hessian_min_eig_lower"] is None and far.margins["hessian_min_eig_mid"] > 0
+        lam0 = far.margins["hessian_min_eig_mid"]
+        assert far.margins["hessian_min_eig_lower"] is None and lam0 > 0 and far.loss is not None
+        assert far.radius == far.margins["radii_tried"][-1]
+        assert far.reason.startswith("the unique critical point x* of G on the slice in the box |z|_inf <= r = ")
+        assert far.reason.endswith(f"exists, but its interval Hessian is not proven positive definite (midpoint "
+                                   f"lambda_min {lam0:.3g})")
+    assert " is a strict local minimum modulo the orbit: Krawczyk ratio " in at.reason
+    q = Problem.random(3, 1, 2, seed=4)  # T = 2, k = 1: the O(1, 1) slice; the U* shortcut is for k = 1, T != 2 only
+    t2 = certify_interval(q, q.U_star)
+    assert t2.minimum_kind == "global" and "cannot prove G(x*) = 0 exactly" in t2.reason
+    assert certify_interval(p, p.U_star, growth=1.5, max_tries=1).verdict == "certified-minimum"
 
 
 def test_interval_certificate_at_a_singular_float_hessian():
