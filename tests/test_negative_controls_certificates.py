@@ -244,7 +244,8 @@ def test_epsnet_certified_global_minimum_reconstructs_its_region():
     assert "U* (column signs matched) lies inside" in c.reason
     assert _in(c.loss, exact_G(p, p.U_star)) and c.loss[0] <= 0.0
     assert m["radius_x"] == pytest.approx(m["metric_norm"] * c.radius, rel=1e-12)
-    assert any(m["eps"] == net_covering_radius(c.radius, 6, level) for level in range(41))
+    assert m["net_points"] == 12 and m["eps"] == net_covering_radius(c.radius, 6, 0)  # passed on the 2 n face centres
+    assert certify_epsnet(p, p.U_star, max_points=12, batch=1).verdict == "certified-minimum"  # 2 n points suffice
     assert m["net_points"] >= 12 and m["net_margin"] > 0 and m["metric"] == "hessian"
     lam = np.linalg.eigvalsh(reduced_hess(p.U_star, p))
     assert m["hessian_min_eig_mid"] == pytest.approx(lam[0], rel=1e-9)
@@ -318,6 +319,13 @@ def test_epsnet_uniform_net_counts_its_points():
     level = max(0, math.ceil(math.log2(delta * math.sqrt(5) / 1e-7)))
     assert c.verdict == "inconclusive" and c.margins["net_points"] == 12 * 2 ** (level * 5)
     assert f"needs {12 * 2 ** (level * 5)} points" in c.reason and c.margins["metric"] == "euclidean"
+
+
+def test_epsnet_time_limit_is_reported_with_the_points_done():
+    p = Problem.random(2, 1, 3, seed=1)
+    c = certify_epsnet(p, p.U_star, time_limit=1e-9)
+    assert c.verdict == "inconclusive" and c.reason.startswith("time limit 1e-09 s reached after ")
+    assert f"after {c.margins['net_points']} net points" in c.reason
 
 
 def test_epsnet_refuses_bad_options_with_the_value():
