@@ -2,7 +2,7 @@
 
 Usage (from the repository root; docs/mutation.md)::
 
-    python tests/mutation_report.py run                      # every configured module in one mutmut call, then the report
+    python tests/mutation_report.py run                      # every configured module, then the report
     python tests/mutation_report.py run theory.checks        # one module (results add up in mutants/)
     python tests/mutation_report.py run --redo survived      # re-test only the survivors (after adding tests)
     python tests/mutation_report.py run --batch 100 --lock L  # chunks of 100 mutants, each holding the file lock L

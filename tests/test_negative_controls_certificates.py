@@ -274,7 +274,10 @@ def test_epsnet_margins_follow_their_documented_closed_forms(metric):
     c = certify_epsnet(p, p.U_star, metric=metric, max_points=1000)
     m, n, delta = c.margins, 6, c.radius
     lam = np.linalg.eigvalsh(reduced_hess(p.U_star, p))
-    Mn, MF, mu = (lam[0] ** -0.5, math.sqrt(np.sum(1 / lam)), 1.0) if metric == "hessian" else (1.0, math.sqrt(n), lam[0])
+    if metric == "hessian":
+        Mn, MF, mu = lam[0] ** -0.5, math.sqrt(np.sum(1 / lam)), 1.0
+    else:
+        Mn, MF, mu = 1.0, math.sqrt(n), lam[0]
     assert m["metric_norm"] == pytest.approx(Mn, rel=1e-9) and m["radius_x"] == m["metric_norm"] * delta
     assert m["tau"] == pytest.approx(2.02 * (_gamma(n) * MF + (n + 4) * 2.0 ** -53 * Mn) * delta, rel=1e-9)
     a0 = max(np.linalg.norm(Ut) for Ut in p.U_star)
