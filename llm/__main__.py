@@ -123,7 +123,7 @@ def _run_finetune(args) -> int:
     from .checkpoint import atomic_write_text
     from .data import load_tasks
     from .report import json_ready
-    from .train import finetune
+    from .train import finetune_tasks
 
     cfg = _config(args)
     if args.out:
@@ -133,8 +133,9 @@ def _run_finetune(args) -> int:
 
     check_model(resolve_encoder(args.encoder), cfg.freeze_layers)
     tasks = load_tasks(cfg)
-    out = [finetune(cfg, args.encoder, task, rank=args.rank, seed=args.seed, device=args.device,
-                    cache_dir=args.cache_dir, progress=not args.no_progress).to_dict() for task in tasks.test]
+    out = [f.to_dict() for f in finetune_tasks(cfg, args.encoder, list(tasks.test), rank=args.rank, seed=args.seed,
+                                                device=args.device, cache_dir=args.cache_dir,
+                                                progress=not args.no_progress)]
     doc = json_ready({"encoder": args.encoder, "rank": args.rank, "seed": args.seed, "select": cfg.select,
                       "results": out, "average": sum(d["accuracy"] for d in out) / len(out)})
     if args.out:

@@ -97,7 +97,7 @@ class Config:
     in_batch_negatives: bool = field(default=True, metadata={
         "help": "bi: every candidate of a same-task sample in the batch is also a negative"})
     retrain_epochs: int = field(default=3, metadata={"help": "epochs of retraining"})
-    finetune_epochs: int = field(default=4, metadata={"help": "epochs of fine-tuning"})
+    finetune_epochs: int = field(default=3, metadata={"help": "epochs of fine-tuning"})
     select: str = field(default="validation", metadata={
         "help": "epoch selection: 'validation' (validation split), 'heldout' (best epoch on the scored items: "
                 "the paper's, optimistic) or 'last'"})
@@ -106,7 +106,7 @@ class Config:
     lr_meta_default: float = field(default=1e-4, metadata={"help": "Meta-LoRA lr for ranks not in lr_meta"})
     batch_sr: int = field(default=16, metadata={"help": "samples per SR batch"})
     batch_meta: int = field(default=16, metadata={"help": "samples per Meta-LoRA batch"})
-    lr_finetune: float = field(default=1e-3, metadata={"help": "learning rate of fine-tuning"})
+    lr_finetune: float = field(default=2e-3, metadata={"help": "learning rate of fine-tuning"})
     batch_finetune: int = field(default=8, metadata={"help": "samples per fine-tuning batch"})
     meta_ranks: tuple = field(default=(8,), metadata={"help": "ranks r of the Meta-LoRA-r retrainings"})
     finetune_ranks: tuple = field(default=(8,), metadata={"help": "ranks r' of the fine-tuning LoRA"})

@@ -11,8 +11,9 @@ A *task* is one speaker (chitchat) or one persona (ConvAI2): its replies to the 
   conversation; the caps are those of :class:`llm.config.Config`.
 * Negatives: chitchat draws 19 distinct turns of *other* conversations with a generator seeded by
   ``(data_seed, crc32(task name))``; with ``negative_pool = P > 0`` they come from a pool of ``P`` turns of
-  conversations the task's speaker is not in, drawn once per task (items of a task then share their negatives'
-  texts, which makes evaluating a bi-encoder cheap). ConvAI2 uses the file's own candidates (topped up the same
+  conversations the task's speaker is not in, drawn once per task and split (items of a split share their
+  negatives' texts, which makes evaluating a bi-encoder cheap; the three splits' pools are disjoint, so training
+  never sees the negatives of the items it is judged on). ConvAI2 uses the file's own candidates (topped up the same
   way if fewer than 19 distinct ones remain). The 20 candidates are then shuffled with the same generator.
 
 Tokenisation lives in :mod:`llm.tokens`.
@@ -294,9 +295,13 @@ def _build_task(name: str, replies: list[tuple[int, int]], conversations, pool: 
     for ci, ti in replies:
         by_conv.setdefault(ci, []).append(ti)
     conv_ids = sorted(by_conv)
-    task_pool = None
+    pools: dict[str, list[str] | None] = {s: None for s in ("heldout", "validation", "train")}
     if cfg.negative_pool > 0 and conversations[conv_ids[0]].turns[by_conv[conv_ids[0]][0]].candidates is None:
-        task_pool = pool.draw(rng, cfg.negative_pool, set(conv_ids), set(), name)
+        # One pool per split, disjoint: training must never see the negatives of the items it is judged on (it
+        # could learn to reject those texts instead of learning the task).
+        drawn = pool.draw(rng, 3 * cfg.negative_pool, set(conv_ids), set(), name)
+        for i, s in enumerate(pools):
+            pools[s] = drawn[i * cfg.negative_pool:(i + 1) * cfg.negative_pool]
     out: dict[str, list[Sample]] = {s: [] for s in ("heldout", "validation", "train")}
     for j in rng.permutation(len(conv_ids)):
         target = next((s for s in out if len(out[s]) < caps[s]), None)
@@ -307,7 +312,8 @@ def _build_task(name: str, replies: list[tuple[int, int]], conversations, pool: 
         if len(tis) > cfg.per_conversation:
             tis = sorted(rng.choice(tis, size=cfg.per_conversation, replace=False).tolist())
         for ti in tis[:caps[target] - len(out[target])]:
-            out[target].append(_make_sample(rng, pool, task_pool, conversations, ci, ti, cfg.context_turns, name))
+            out[target].append(_make_sample(rng, pool, pools[target], conversations, ci, ti, cfg.context_turns,
+                                            name))
     short = [s for s in out if caps[s] > 0 and not out[s]]
     if short:
         raise LLMError(f"task {name!r} has no {' and no '.join(short)} samples (its replies lie in "

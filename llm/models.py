@@ -309,16 +309,20 @@ class Scorer(nn.Module):
             return torch.einsum("bh,bkh->bk", ctx, feats[batch["cand"]]) / self.temperature
         return (feats[:, 1] - feats[:, 0])[batch["cand"]]
 
-    def loss(self, feats: torch.Tensor, batch: dict, *, in_batch: bool = False) -> torch.Tensor:
-        """Training loss of a batch: per-pair cross-entropy (cross) or softmax cross-entropy over candidates
-        (bi; with ``in_batch`` over every candidate of a same-task sample in the batch)."""
+    def loss(self, feats: torch.Tensor, batch: dict, *, in_batch: bool = False,
+             reduction: str = "mean") -> torch.Tensor:
+        """Training loss of a batch: per-pair cross-entropy (cross; a sample's loss is the mean over its K pairs) or
+        softmax cross-entropy over candidates (bi; with ``in_batch`` over every candidate of a same-task sample in
+        the batch). ``reduction``: ``'mean'`` over samples, or ``'none'`` for the per-sample losses (B,)."""
         if self.kind == "cross":
             logits = feats[batch["cand"]]  # (B, K, 2)
             pair = F.one_hot(batch["labels"], logits.shape[1]).reshape(-1)
-            return F.cross_entropy(logits.reshape(-1, 2), pair)
-        if not in_batch:
-            return F.cross_entropy(self.sample_scores(feats, batch), batch["labels"])
-        scores = feats[batch["ctx"]] @ feats.T / self.temperature  # (B, U)
-        allowed = batch["is_candidate"][None, :] & (batch["seq_tasks"][None, :] == batch["tasks"][:, None])
-        target = batch["cand"][torch.arange(len(batch["labels"]), device=feats.device), batch["labels"]]
-        return F.cross_entropy(scores.masked_fill(~allowed, float("-inf")), target)
+            per = F.cross_entropy(logits.reshape(-1, 2), pair, reduction="none").reshape(logits.shape[:2]).mean(1)
+        elif not in_batch:
+            per = F.cross_entropy(self.sample_scores(feats, batch), batch["labels"], reduction="none")
+        else:
+            scores = feats[batch["ctx"]] @ feats.T / self.temperature  # (B, U)
+            allowed = batch["is_candidate"][None, :] & (batch["seq_tasks"][None, :] == batch["tasks"][:, None])
+            target = batch["cand"][torch.arange(len(batch["labels"]), device=feats.device), batch["labels"]]
+            per = F.cross_entropy(scores.masked_fill(~allowed, float("-inf")), target, reduction="none")
+        return per.mean() if reduction == "mean" else per

@@ -2,8 +2,8 @@
 
 ``table.json`` fields: ``rows`` (one per table row: ``method`` ('none' for the controls, 'SR', 'Meta-LoRA'),
 ``retrain_rank``, ``finetune_rank`` (None: no fine-tuning), ``label``, ``accuracy`` with ``ci95`` (seeds and test
-tasks), ``ci95_seed``, ``per_seed``, ``per_task``, ``epoch_curve`` (held-out accuracy after each fine-tuning epoch,
-epoch 0 = before), ``val_curve``, ``selected_epochs``; ``average`` and ``accuracies`` repeat ``accuracy`` and
+tasks), ``ci95_seed``, ``per_seed``, ``per_task``, ``val_curve`` (validation accuracy of the test tasks before
+fine-tuning and after each epoch, mean over tasks and seeds), ``selected_epochs``; ``average`` and ``accuracies`` repeat ``accuracy`` and
 ``per_task``), ``comparisons`` (``a``, ``b``, ``finetune_rank``, ``delta`` = a - b as a fraction, ``ci95``,
 ``p_value`` (paired t over seeds), ``p_signflip``, ``unit`` = 'seed', ``mde80``, ``ci95_seeds_tasks``,
 ``primary``), ``n_items`` (paired held-out items per seed), ``seeds``, ``tasks``, ``items_per_task``,
@@ -93,8 +93,8 @@ def to_markdown(doc: dict) -> str:
 
 
 def plot_curves(doc: dict, path: str) -> None:
-    """PNG: retraining validation accuracy per epoch (left) and held-out accuracy per fine-tuning epoch (right),
-    means over seeds (and test tasks), integer epoch ticks."""
+    """PNG: retraining validation accuracy per epoch (left) and the test tasks' validation accuracy per
+    fine-tuning epoch (right), means over seeds (and test tasks), integer epoch ticks."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -107,14 +107,16 @@ def plot_curves(doc: dict, path: str) -> None:
                   label="SR" if method[0] == "sr" else f"Meta-LoRA-{method[1]}")
     left.set(xlabel="retraining epoch", ylabel="validation accuracy (retraining tasks)", title="retraining")
     for r in doc["rows"]:
-        ys = r["epoch_curve"]
+        ys = r["val_curve"]
+        if not ys:
+            continue
         if r["finetune_rank"] is None:
             right.axhline(ys[0], color="black", linewidth=1, linestyle="--", label=r["label"])
             continue
         right.plot(range(len(ys)), ys, marker="o", label=r["label"],
                    linestyle="-" if r["method"] == "Meta-LoRA" else "--" if r["method"] == "SR" else ":")
     right.axhline(1 / 20, color="grey", linewidth=0.8, linestyle=":", label="chance (1/20)")
-    right.set(xlabel="fine-tuning epoch (0 = before)", ylabel="held-out accuracy (mean over test tasks)",
+    right.set(xlabel="fine-tuning epoch (0 = before)", ylabel="validation accuracy (mean over test tasks)",
               title=f"fine-tuning, seeds {doc['seeds']}")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

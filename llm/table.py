@@ -30,7 +30,7 @@ from .config import Config, LLMError
 from .data import TaskSet, load_tasks
 from .models import load_hf_model, load_tokenizer
 from .prefix import SplitCache
-from .train import evaluate_base, finetune, make_accelerator, retrain
+from .train import evaluate_base, finetune_tasks, make_accelerator, retrain
 
 __all__ = ["table_rows", "run_table", "row_label", "comparisons_of"]
 
@@ -143,8 +143,8 @@ class _Run:
             self.retraining.append({k: summary[k] for k in ("method", "rank", "seed", "losses", "val_accuracies",
                                                              "best_epoch", "seconds")})
         for i, row in rows:
-            out[i] = [self._read_piece(seed, row, j, identity) or self._compute_piece(seed, row, j, model, identity)
-                      for j in range(len(self.tasks.test))]
+            if any(d is None for d in out[i]) or any(d.get("base") != identity for d in out[i]):
+                out[i] = self._compute_row(seed, row, model, identity)
         return out
 
     def _piece_path(self, seed: int, row: dict, j: int) -> str:
@@ -158,19 +158,23 @@ class _Run:
             and old.get("base") == identity
         return old if ok else None
 
-    def _compute_piece(self, seed: int, row: dict, j: int, base, identity: str) -> dict:
-        task, fr = self.tasks.test[j], row["finetune_rank"]
+    def _compute_row(self, seed: int, row: dict, base, identity: str) -> list[dict]:
+        """Every test task of one row (fine-tuned together, each with its own adapter), each saved as a piece."""
+        fr, tasks = row["finetune_rank"], list(self.tasks.test)
         if fr is None:
-            f = evaluate_base(self.cfg, base, task, seed=seed, device=self.device, cache_dir=self.cache_dir,
-                              splits=self.splits)
+            res = evaluate_base(self.cfg, base, tasks, seed=seed, device=self.device, cache_dir=self.cache_dir,
+                                splits=self.splits)
         else:
-            f = finetune(self.cfg, base, task, rank=fr, seed=seed, device=self.device, cache_dir=self.cache_dir,
-                         progress=self.progress, splits=self.splits)
-        where = self._piece_path(seed, row, j)
-        self.timings[where[len(self.runs) + 1:-5]] = f.seconds
-        doc = {**f.to_dict(), "config": self.cfg.to_dict(), "base": identity}
-        atomic_write_text(where, json.dumps(doc) + "\n")
-        return doc
+            res = finetune_tasks(self.cfg, base, tasks, rank=fr, seed=seed, device=self.device,
+                                 cache_dir=self.cache_dir, progress=self.progress, splits=self.splits)
+        docs = []
+        for j, f in enumerate(res):
+            where = self._piece_path(seed, row, j)
+            self.timings[where[len(self.runs) + 1:-5]] = f.seconds
+            doc = {**f.to_dict(), "config": self.cfg.to_dict(), "base": identity}
+            atomic_write_text(where, json.dumps(doc) + "\n")
+            docs.append(doc)
+        return docs
 
 
 def _identity(summary: dict) -> str:
@@ -242,11 +246,10 @@ def _document(cfg: Config, rows: list[dict], results: dict, tasks: TaskSet, run:
             raise LLMError(f"row {row['label']}: {x.shape[1]} scored items where {groups.size} were expected")
         matrices[row["label"]] = x
         summary = stats.summarise(x, groups)
-        curve = np.mean([[d["heldout_accuracies"] for d in results[(i, s)]] for s in cfg.seeds], axis=(0, 1))
-        val = [d["val_accuracies"] for s in cfg.seeds for d in results[(i, s)] if d["val_accuracies"]]
+        val = np.array([d["val_accuracies"] for s in cfg.seeds for d in results[(i, s)]], dtype=float)
         out_rows.append({**row, **summary, "average": summary["accuracy"], "accuracies": summary["per_task"],
-                         "epoch_curve": np.atleast_1d(curve).tolist(),
-                         "val_curve": np.mean(val, axis=0).tolist() if val else [],
+                         "val_curve": np.nanmean(val, axis=0).tolist() if val.size and not np.isnan(val).all()
+                         else [],
                          "selected_epochs": [d["selected_epoch"] for s in cfg.seeds for d in results[(i, s)]]})
     comps = []
     for a, b, fr, primary in comparisons_of(rows):

@@ -12,8 +12,9 @@ method alike and their outputs computed once (:mod:`llm.prefix`).
   and (cross) one head per task, trained jointly: a task-``t`` sample goes through adapter ``t`` (and head ``t``).
   Schedules: ``sequential`` (peft named adapters, one task per batch: the paper's implementation and the
   reference) or ``batched`` (``llm.multilora``: all tasks in one batch).
-* **Fine-tuning** an unseen task: the retrained encoder frozen, a fresh rank-``r'`` peft LoRA on the same linear
-  layers (and a fresh head, cross) trained on the task's few samples.
+* **Fine-tuning** an unseen task: the retrained encoder frozen, a fresh rank-``r'`` LoRA on the same linear
+  layers (and a fresh head, cross) trained on the task's few samples. The test tasks are fine-tuned together, each
+  with its own adapter and loss (:func:`finetune_tasks`).
 * **Epoch selection**: the retraining epoch with the best validation accuracy on the retraining tasks (their
   ``validation`` split); the fine-tuning epoch by ``cfg.select``: the test task's ``validation`` split (default),
   its scored ``heldout`` items (the paper's choice; optimistic) or the ``last`` epoch. Ties go to the earlier epoch.
@@ -47,7 +48,7 @@ from .tokens import Split
 
 __all__ = ["METHODS", "SCHEDULES", "default_schedule", "RetrainResult", "FinetuneResult", "retrain", "finetune",
            "evaluate", "evaluate_base", "make_accelerator", "build_retrain_model", "build_finetune_model",
-           "select_epoch"]
+           "select_epoch", "finetune_tasks"]
 
 METHODS = ("sr", "meta-lora")
 SCHEDULES = ("sequential", "batched")
@@ -85,8 +86,8 @@ class FinetuneResult:
     rank: int | None  # None: no fine-tuning (the base scored as it is)
     seed: int
     losses: tuple[float, ...]  # mean training loss per epoch
-    val_accuracies: tuple[float, ...]  # validation accuracy after each epoch
-    heldout_accuracies: tuple[float, ...]  # accuracy on the scored items before training (epoch 0) and after each
+    val_accuracies: tuple[float, ...]  # validation accuracy before training (epoch 0) and after each epoch
+    heldout_accuracies: tuple[float, ...]  # select='heldout' only: accuracy on the scored items per epoch 0..E
     selected_epoch: int  # 0 = no fine-tuning
     select: str
     correct: tuple[int, ...]  # 1/0 per scored item at the selected epoch, in the task's heldout order
@@ -143,7 +144,33 @@ class _Batches:
         return len(self._all())
 
 
-def _loader(batches: _Batches):
+class _TaskRounds:
+    """Batches for fine-tuning several tasks at once: step ``s`` of an epoch holds the ``s``-th batch of every task
+    (each task's samples in its own order, seeded by ``(seed, epoch, task)``; a task with fewer batches starts its
+    order again), so every task's adapter gets a gradient at every step."""
+
+    def __init__(self, tasks: torch.Tensor, batch: int, seed: int):
+        self.tasks, self.batch, self.seed = tasks, batch, seed
+        self.epoch = 0
+        self._members = [torch.nonzero(tasks == t).flatten() for t in torch.unique(tasks).tolist()]
+
+    def _all(self) -> list[list[int]]:
+        per_task = []
+        for t, idx in enumerate(self._members):
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_009 + t)
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            per_task.append([idx[i:i + self.batch].tolist() for i in range(0, len(idx), self.batch)])
+        steps = max(len(b) for b in per_task)
+        return [[i for b in per_task for i in b[s % len(b)]] for s in range(steps)]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return max(-(-len(idx) // self.batch) for idx in self._members)
+
+
+def _loader(batches):
     return torch.utils.data.DataLoader(range(len(batches.tasks)), batch_sampler=batches,
                                        collate_fn=lambda idx: torch.tensor(idx, dtype=torch.long))
 
@@ -191,17 +218,21 @@ def evaluate(model: Scorer, split: Split, *, accelerator, batch: int) -> torch.T
     return (scores.argmax(1) == b["labels"]).long()
 
 
-def select_epoch(select: str, val: list[float], held: list[float]) -> int:
-    """1-based epoch chosen by ``select`` from per-epoch accuracies (``held`` without its epoch-0 entry); ties
-    go to the earlier epoch."""
-    if select == "last" or not val and select == "validation":
-        return len(held)
+def select_epoch(select: str, val: list[float], held: list[float], n_epochs: int) -> int:
+    """1-based epoch of ``n_epochs`` chosen by ``select`` from per-epoch accuracies after epochs 1..n (``val``:
+    validation, ``held``: the scored items, used only by ``'heldout'``); ties go to the earlier epoch, and
+    ``'validation'`` without a validation split takes the last epoch."""
+    if select == "last" or (select == "validation" and not [v for v in val if not math.isnan(v)]):
+        return n_epochs
     scores = val if select == "validation" else held
     return max(range(len(scores)), key=lambda i: (scores[i], -i)) + 1
 
 
 def _train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelerator, optimizer, scheduler,
-                 cfg: Config, seed: int, epoch: int, single_task: bool, bar, what: str) -> float:
+                 cfg: Config, seed: int, epoch: int, single_task: bool, bar, what: str,
+                 task_sum: bool = False) -> float:
+    """One epoch; returns the mean training loss. ``task_sum``: the loss of a batch is the sum over its tasks of
+    each task's mean loss, so that every task's adapter gets exactly the gradient of its own fine-tuning."""
     pmodel.train()
     batches.epoch = epoch
     negatives = _negatives(cfg, split)
@@ -214,7 +245,14 @@ def _train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelera
         task = int(b["tasks"][0]) if single_task else None
         with accelerator.autocast():
             feats = pmodel(inputs, b["seq_tasks"], task)
-        loss = raw.loss(feats.float(), b, in_batch=in_batch)
+        if task_sum:
+            per = raw.loss(feats.float(), b, in_batch=in_batch, reduction="none")
+            n = raw.n_tasks
+            sums = torch.zeros(n, device=per.device).index_add(0, b["tasks"], per)
+            counts = torch.zeros(n, device=per.device).index_add(0, b["tasks"], torch.ones_like(per))
+            loss = (sums / counts.clamp(min=1)).sum()
+        else:
+            loss = raw.loss(feats.float(), b, in_batch=in_batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{what}: non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, "
                                      f"step {step + 1}; stopped, the last finished epoch's checkpoint is kept "
@@ -336,7 +374,7 @@ def retrain(cfg: Config, tasks: TaskSet, *, method: str, rank: int | None, seed:
                                    scheduler=scheduler, cfg=cfg, seed=seed, epoch=epoch, single_task=single_task,
                                    bar=bar, what=what))
         accs.append(_accuracy(evaluate(raw, val, accelerator=accelerator, batch=cfg.eval_batch)) if val else math.nan)
-        best = select_epoch("validation", [a for a in accs if not math.isnan(a)], losses)
+        best = select_epoch("validation", accs, [], epoch + 1)
         if accelerator.is_main_process:
             ckpt_mod.save_checkpoint(out_dir, epoch + 1, model=raw, tokenizer=tokenizer, optimizer=optimizer,
                                      scheduler=scheduler, best=best == epoch + 1,
@@ -344,7 +382,7 @@ def retrain(cfg: Config, tasks: TaskSet, *, method: str, rank: int | None, seed:
                                             "best_epoch": best, "meta": meta})
         accelerator.wait_for_everyone()
     bar.close()
-    best = select_epoch("validation", [a for a in accs if not math.isnan(a)], losses)
+    best = select_epoch("validation", accs, [], len(accs))
     return RetrainResult(out_dir, ckpt_mod.best_checkpoint(out_dir) or "", method, rank, schedule, seed,
                          tuple(losses), tuple(accs), best, time.perf_counter() - t0)
 
@@ -359,10 +397,11 @@ def _base_model(cfg: Config, encoder) -> torch.nn.Module:
     return copy.deepcopy(encoder, memo={id(m): m for m in frozen})
 
 
-def build_finetune_model(cfg: Config, encoder, *, rank: int | None, seed: int) -> Scorer:
+def build_finetune_model(cfg: Config, encoder, *, rank: int | None, seed: int, n_tasks: int = 1) -> Scorer:
     """The encoder (a model name / folder, a retraining run folder, or an HF model, copied) frozen, with a fresh
-    rank-``rank`` peft LoRA on the trained blocks' linear layers and a fresh head (cross) trainable; ``rank=None``:
-    no adapter (the base as it is). Raises :class:`LLMError` for a bad rank or an unloadable encoder."""
+    rank-``rank`` LoRA per task on the trained blocks' linear layers (``llm.multilora``, peft's layer for each
+    task) and a fresh head per task (cross) trainable; ``rank=None``: no adapter (the base as it is). Raises
+    :class:`LLMError` for a bad rank or an unloadable encoder."""
     if rank is not None:
         lora_config(rank, cfg.lora_alpha, cfg.lora_dropout)  # validates the rank before loading anything
     hf = _base_model(cfg, encoder)
@@ -370,8 +409,8 @@ def build_finetune_model(cfg: Config, encoder, *, rank: int | None, seed: int) -
     make = None
     if rank is not None:
         targets = _adapter_targets(cfg, hf)
-        make = lambda m: PeftAdapters(m, 1, rank, cfg.lora_alpha, cfg.lora_dropout, targets)  # noqa: E731
-    model = Scorer(hf, kind=cfg.scorer, n_tasks=1, seed=seed, freeze_layers=cfg.freeze_layers,
+        make = lambda m: BatchedAdapters(m, n_tasks, rank, cfg.lora_alpha, cfg.lora_dropout, targets)  # noqa: E731
+    model = Scorer(hf, kind=cfg.scorer, n_tasks=n_tasks, seed=seed, freeze_layers=cfg.freeze_layers,
                    temperature=cfg.temperature, make_adapters=make)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -380,60 +419,103 @@ def build_finetune_model(cfg: Config, encoder, *, rank: int | None, seed: int) -
     return model
 
 
-def _splits_for(cfg: Config, model: Scorer, task: Task, splits: SplitCache | None, cache_dir, device):
+def _splits_for(cfg: Config, model: Scorer, tasks: list[Task], splits: SplitCache | None, cache_dir, device):
     if splits is None:
         path = model.hf.config._name_or_path or cfg.model
         splits = SplitCache(cfg, load_tokenizer(path), cache_dir=cache_dir, device=device)
-    get = lambda which: splits.get([task], which, model.lower) if task.split(which) else None  # noqa: E731
+    get = lambda which: splits.get(tasks, which, model.lower) if all(t.split(which) for t in tasks) else None  # noqa
     return get("train"), get("validation"), get("heldout")
 
 
-def evaluate_base(cfg: Config, encoder, task: Task, *, seed: int, device: str | None = None,
-                  cache_dir: str | None = None, splits: SplitCache | None = None) -> FinetuneResult:
-    """The control without fine-tuning: ``encoder`` scored as it is on ``task``'s held-out items (cross: with a
+def _by_task(correct: torch.Tensor, split: Split, n: int) -> list[torch.Tensor]:
+    return [correct[split.tasks == t] for t in range(n)]
+
+
+def evaluate_base(cfg: Config, encoder, tasks: list[Task], *, seed: int, device: str | None = None,
+                  cache_dir: str | None = None, splits: SplitCache | None = None) -> list[FinetuneResult]:
+    """The control without fine-tuning: ``encoder`` scored as it is on each task's held-out items (cross: with a
     fresh, untrained head, so at chance by construction)."""
     t0 = time.perf_counter()
     _set_threads(cfg)
     model = build_finetune_model(cfg, encoder, rank=None, seed=seed)
     accelerator = make_accelerator(device)
     model.to(accelerator.device)
-    _, _, held = _splits_for(cfg, model, task, splits, cache_dir, accelerator.device)
-    correct = evaluate(model, held, accelerator=accelerator, batch=cfg.eval_batch)
-    acc = _accuracy(correct)
-    return FinetuneResult(task.name, None, seed, (), (), (acc,), 0, cfg.select, tuple(correct.tolist()), acc,
-                          time.perf_counter() - t0)
+    _, val, held = _splits_for(cfg, model, tasks, splits, cache_dir, accelerator.device)
+    n = len(tasks)
+    parts = _by_task(evaluate(model, held, accelerator=accelerator, batch=cfg.eval_batch), held, n)
+    vals = ([_accuracy(c) for c in _by_task(evaluate(model, val, accelerator=accelerator, batch=cfg.eval_batch),
+                                            val, n)] if val is not None else [math.nan] * n)
+    each = (time.perf_counter() - t0) / n
+    return [FinetuneResult(t.name, None, seed, (), (v,), (), 0, cfg.select, tuple(c.tolist()), _accuracy(c), each)
+            for t, c, v in zip(tasks, parts, vals)]
 
 
-def finetune(cfg: Config, encoder, task: Task, *, rank: int, seed: int, device: str | None = None,
-             cache_dir: str | None = None, progress: bool = True, splits: SplitCache | None = None
-             ) -> FinetuneResult:
-    """Fine-tune ``task`` on a frozen ``encoder`` (see :func:`build_finetune_model`) with a fresh rank-``rank``
-    LoRA for ``cfg.finetune_epochs`` epochs on ``task.train``; validation and held-out accuracy after every epoch
-    (held-out also before the first); the epoch chosen by ``cfg.select`` (:func:`select_epoch`)."""
+def finetune_tasks(cfg: Config, encoder, tasks: list[Task], *, rank: int, seed: int, device: str | None = None,
+                   cache_dir: str | None = None, progress: bool = True, splits: SplitCache | None = None
+                   ) -> list[FinetuneResult]:
+    """Fine-tune every task of ``tasks`` on a frozen ``encoder`` (see :func:`build_finetune_model`), each with its
+    own fresh rank-``rank`` LoRA (and head), for ``cfg.finetune_epochs`` epochs on its training samples.
+
+    All tasks train in one run: a step holds a batch of every task (:class:`_TaskRounds`) and its loss is the sum
+    of the tasks' mean losses, so each adapter follows its own task's gradient, as if fine-tuned alone (AdamW
+    works per coordinate). Validation accuracy is measured before training and after every epoch; each task's
+    epoch is chosen by ``cfg.select`` (:func:`select_epoch`) and its scored items are evaluated with the adapters
+    of that epoch (with ``select='heldout'`` they are evaluated after every epoch, as the choice needs).
+    """
     t0 = time.perf_counter()
     _set_threads(cfg)
-    model = build_finetune_model(cfg, encoder, rank=rank, seed=seed)
+    n = len(tasks)
+    model = build_finetune_model(cfg, encoder, rank=rank, seed=seed, n_tasks=n)
     accelerator = make_accelerator(device)
-    train, val, held = _splits_for(cfg, model, task, splits, cache_dir, accelerator.device)
-    batches = _Batches(train.tasks, cfg.batch_finetune, seed, by_task=False)
+    train, val, held = _splits_for(cfg, model, tasks, splits, cache_dir, accelerator.device)
+    batches = _TaskRounds(train.tasks, cfg.batch_finetune, seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = _optimizer(trainable, cfg.lr_finetune, cfg, len(batches) * cfg.finetune_epochs)
     pmodel, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, _loader(batches), scheduler)
     raw = accelerator.unwrap_model(pmodel)
-    what = f"finetune r={rank} {task.name[:8]}"
-    held_correct = [evaluate(raw, held, accelerator=accelerator, batch=cfg.eval_batch)]
-    losses, val_accs = [], []
+    what = f"finetune r={rank} x{n} tasks"
+
+    def scored(split):
+        return _by_task(evaluate(raw, split, accelerator=accelerator, batch=cfg.eval_batch), split, n)
+
+    def accuracies(split):
+        return [_accuracy(c) for c in scored(split)] if split is not None else [math.nan] * n
+
+    val_accs = [accuracies(val)]  # epoch 0: before training
+    held_each = [scored(held)] if cfg.select == "heldout" else None
+    losses, snapshots = [], []
     bar = _progress(cfg.finetune_epochs * len(loader), what, progress)
     for epoch in range(cfg.finetune_epochs):
         losses.append(_train_epoch(pmodel, raw, train, loader, batches, accelerator=accelerator,
                                    optimizer=optimizer, scheduler=scheduler, cfg=cfg, seed=seed, epoch=epoch,
-                                   single_task=True, bar=bar, what=what))
-        if val is not None:
-            val_accs.append(_accuracy(evaluate(raw, val, accelerator=accelerator, batch=cfg.eval_batch)))
-        held_correct.append(evaluate(raw, held, accelerator=accelerator, batch=cfg.eval_batch))
+                                   single_task=False, bar=bar, what=what, task_sum=True) / n)
+        snapshots.append([p.detach().clone() for p in trainable])
+        val_accs.append(accuracies(val))
+        if held_each is not None:
+            held_each.append(scored(held))
     bar.close()
-    held_accs = [_accuracy(c) for c in held_correct]
-    chosen = select_epoch(cfg.select, val_accs, held_accs[1:])
-    return FinetuneResult(task.name, rank, seed, tuple(losses), tuple(val_accs), tuple(held_accs), chosen,
-                          cfg.select, tuple(held_correct[chosen].tolist()), held_accs[chosen],
-                          time.perf_counter() - t0)
+    chosen = [select_epoch(cfg.select, [v[j] for v in val_accs[1:]],
+                           [_accuracy(h[j]) for h in held_each[1:]] if held_each else [], cfg.finetune_epochs)
+              for j in range(n)]
+    at = {}
+    for e in sorted(set(chosen)):
+        if held_each is not None:
+            at[e] = held_each[e]
+            continue
+        with torch.no_grad():
+            for p, v in zip(trainable, snapshots[e - 1]):
+                p.copy_(v)
+        at[e] = scored(held)
+    each = (time.perf_counter() - t0) / n
+    out = []
+    for j, task in enumerate(tasks):
+        correct = at[chosen[j]][j]
+        held_accs = tuple(_accuracy(h[j]) for h in held_each) if held_each else ()
+        out.append(FinetuneResult(task.name, rank, seed, tuple(losses), tuple(v[j] for v in val_accs), held_accs,
+                                  chosen[j], cfg.select, tuple(correct.tolist()), _accuracy(correct), each))
+    return out
+
+
+def finetune(cfg: Config, encoder, task: Task, *, rank: int, seed: int, **kwargs) -> FinetuneResult:
+    """:func:`finetune_tasks` of one task."""
+    return finetune_tasks(cfg, encoder, [task], rank=rank, seed=seed, **kwargs)[0]

@@ -73,7 +73,7 @@ def test_retrain_then_finetune_commands(tiny_bert, chitchat_file, tmp_path, caps
                  "--out", str(res)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc == json.loads(res.read_text())
-    assert len(doc["results"]) == 2 and all(len(d["heldout_accuracies"]) == 3 for d in doc["results"])
+    assert len(doc["results"]) == 2 and all(len(d["val_accuracies"]) == 3 for d in doc["results"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -175,7 +175,7 @@ def test_smoke_on_the_real_packaged_minilm(tmp_path, capsys):
     assert main(["finetune", *common, "--encoder", str(run), "--rank", "8", "--finetune-epochs", "1",
                  "--n-test-tasks", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert all(0 <= a <= 1 for d in doc["results"] for a in d["heldout_accuracies"])
+    assert all(0 <= d["accuracy"] <= 1 and 0 <= d["selected_epoch"] <= 1 for d in doc["results"])
     cfg = json.loads((run / "epoch-001" / "config.json").read_text())
     assert cfg["model_type"] == "bert" and cfg["hidden_size"] == 384 and cfg["num_hidden_layers"] == 6
 

@@ -209,9 +209,12 @@ def test_task_pool_negatives_come_from_conversations_without_the_speaker(chitcha
     for task in ts.retrain + ts.test:
         own = {c.id for c in chitchat if any(t.speaker == task.name for t in c.turns)}
         foreign = {t.text for c in chitchat if c.id not in own for t in c.turns}
-        negs = {c for s in task.train + task.validation + task.heldout
-                for j, c in enumerate(s.candidates) if j != s.label}
-        assert negs <= foreign and len(negs) <= cfg.negative_pool  # one pool per task
+        by_split = [{c for s in task.split(w) for j, c in enumerate(s.candidates) if j != s.label}
+                    for w in ("train", "validation", "heldout")]
+        for negs in by_split:
+            assert negs <= foreign and len(negs) <= cfg.negative_pool  # one pool per task and split
+        # disjoint pools: training never sees the negatives of the items it is judged on
+        assert not by_split[0] & by_split[1] and not by_split[0] & by_split[2] and not by_split[1] & by_split[2]
         for s in task.train + task.validation + task.heldout:
             assert len(set(s.candidates)) == 20
 
