@@ -186,8 +186,8 @@ def test_interval_certificate_at_a_singular_float_hessian():
     p = Problem(A_star=np.zeros((1, 1)), U_star=np.ones((3, 1, 1)))
     c = certify_interval(p, [0.0, 0.0, 0.0], radius=1e-3)  # a list is accepted (copied into float64)
     assert c.verdict == "inconclusive" and c.loss == (0.0, 0.0) and c.radius == 1e-3
-    assert c.reason == ("the float Hessian at x0 (on the slice) is singular: no Newton preconditioner, the Krawczyk "
-                        "test cannot pass")
+    assert c.reason == ("the float Hessian at x0 (on the slice) is singular (a degenerate point): no Newton "
+                        "preconditioner, the Krawczyk test cannot pass")
 
 
 def test_interval_gauge_counts_orbit_directions_above_1e_10_max_abs_U():
