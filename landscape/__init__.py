@@ -1,4 +1,4 @@
-"""Critical points of the Meta-LoRA reduced loss G (DESIGN.md section 1; the paper's Theorem 3.4 and Appendix D.2).
+"""Critical points of the Meta-LoRA reduced loss G (docs/convention.md; the paper's Theorem 3.4 and Appendix D.2).
 
 Search (:mod:`landscape.search`), classification up to the O(k)^T symmetry (:mod:`landscape.classify`), fan-out
 over processes or a Dask cluster (:mod:`landscape.fanout`), JSON-lines results (:mod:`landscape.store`), an

@@ -1,6 +1,6 @@
 """Ball-arithmetic (python-flint ``arb``) versions of the reduced loss G, its gradient and its Hessian (private).
 
-Same closed forms as :mod:`theory.reduced` (DESIGN.md section 1), written over ``flint.arb`` / ``flint.arb_mat`` so
+Same closed forms as :mod:`theory.reduced` (docs/convention.md), written over ``flint.arb`` / ``flint.arb_mat`` so
 that every result is a ball that contains the exact real value for every point of the input balls (outward rounding
 is arb's). theory's float64 versions cannot serve here: a certificate needs enclosures, not approximations, and arb
 has no automatic differentiation, so the three closed forms are written out once more, kept small, and tested
@@ -45,7 +45,7 @@ def balls(x: np.ndarray, radius=0.0) -> list:
 
 
 def U_blocks(xb: list, T: int, d: int, k: int) -> list:
-    """Split a flat list of ``T d k`` balls (DESIGN.md order) into T ``arb_mat`` of shape (d, k)."""
+    """Split a flat list of ``T d k`` balls (docs/convention.md order) into T ``arb_mat`` of shape (d, k)."""
     dk = d * k
     return [arb_mat(d, k, xb[t * dk:(t + 1) * dk]) for t in range(T)]
 

@@ -1,4 +1,4 @@
-"""The result of a certificate on a critical point of the reduced loss G (DESIGN.md section 1; STYLE.md item 6).
+"""The result of a certificate on a critical point of the reduced loss G (docs/convention.md).
 
 A certificate is a proof by computation about the point ``x0 = vec(U0)`` of an instance (``n = T d k``
 coordinates), made by :func:`landscape.certify_interval.certify_interval` (method ``"krawczyk"``) or

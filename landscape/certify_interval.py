@@ -1,7 +1,7 @@
 """Interval-arithmetic certificate of a critical point of the reduced loss G (issue 4, certificate 2).
 
 Everything below is evaluated in python-flint ball arithmetic (``arb``, outward rounding) from the stored instance
-(``A*``, ``U*`` as exact float64 numbers; DESIGN.md section 1); the caller's numbers are never trusted, only its point
+(``A*``, ``U*`` as exact float64 numbers; docs/convention.md); the caller's numbers are never trusted, only its point
 ``x0 = vec(U0)`` (shape ``(T d k,)``, read as exact float64 numbers) is used as the centre.
 
 **Gauge.** For k = 1 and T != 2 the O(1)^T orbit is finite (sign flips), critical points are generically isolated

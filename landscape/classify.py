@@ -1,4 +1,4 @@
-"""Classify converged critical points of G and merge those on one O(k)^T orbit (DESIGN.md section 1).
+"""Classify converged critical points of G and merge those on one O(k)^T orbit (docs/convention.md).
 
 Orbit invariants: ``U_t -> U_t Q_t`` leaves every ``P_t = U_t U_t^T`` (``(T, d, d)``) unchanged, and two points with
 the same ``P_t`` for all t lie on one orbit (``U_t U_t^T = V_t V_t^T`` implies ``V_t = U_t Q_t``), so comparing the

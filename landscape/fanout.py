@@ -3,7 +3,7 @@
 Work items are JSON-ready ``spec`` dicts; :func:`run_spec` turns one into one result record (a pure function of the
 spec: every random number comes from the spec's seed through ``numpy.random.SeedSequence``), so serial, process and
 Dask runs give the same records. Each worker pins BLAS to one thread with ``threadpoolctl``: the products here are
-tiny and oversubscribed OpenBLAS threads made them hundreds of times slower (DESIGN.md section 3).
+tiny and oversubscribed OpenBLAS threads made them hundreds of times slower.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One frozen result per critical-point solve (DESIGN.md, STYLE.md point 6).
+"""One frozen result per critical-point solve.
 
 A :class:`SearchResult` holds the point ``U`` of shape ``(T, d, k)`` the solver stopped at, the reduced loss
 ``G(U)``, the gradient norm ``||grad G(U)||_2``, the inertia of the Hessian on the orthogonal complement of the

@@ -1,6 +1,6 @@
 """Exact rational oracles of the reduced loss G for the certificate tests (no closed-form derivatives).
 
-``G`` is computed straight from its definition (DESIGN.md section 1) in ``fractions.Fraction`` from the float64
+``G`` is computed straight from its definition (docs/convention.md) in ``fractions.Fraction`` from the float64
 inputs, which are exact binary rationals. Derivatives come from G alone: along a direction v, ``phi(t) = G(x + t v)``
 is a polynomial of degree 4, so the five-point stencils are exact:
 ``phi'(0) = (phi(-2h) - 8 phi(-h) + 8 phi(h) - phi(2h)) / (12 h)`` (exact up to degree 4) and

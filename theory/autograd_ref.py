@@ -1,7 +1,7 @@
 """Autograd references through ``torch.func`` for the ``verify`` command and the benchmarks.
 
 Torch is imported inside the functions only (``theory`` never imports torch at module import time). The losses are
-written directly from their definitions in DESIGN.md section 1, in float64, independent of the closed-form
+written directly from their definitions in docs/convention.md, in float64, independent of the closed-form
 derivatives they check.
 """
 

@@ -1,5 +1,5 @@
 """The paper's theorems as computations that can fail: each check returns a :class:`CheckResult` with the measured
-value, the bound it is compared with and a pass flag (DESIGN.md section 1).
+value, the bound it is compared with and a pass flag (docs/convention.md).
 
 >>> from theory.problem import Problem
 >>> theorem_3_1_rank(Problem.random(d=6, k=1, T=3, seed=0)).passed

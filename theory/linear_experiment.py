@@ -1,7 +1,7 @@
 """Finite-sample linear experiments of the paper's Section 4.1 (Figure 1): Meta-LoRA vs standard retraining (SR),
 each followed by LoRA fine-tuning of a held-out task.
 
-Model (DESIGN.md section 1): ``W_t = A* + U*_t U*_t^T``; data of task t are ``x ~ N(0, I_d)``,
+Model (docs/convention.md): ``W_t = A* + U*_t U*_t^T``; data of task t are ``x ~ N(0, I_d)``,
 ``y = W_t x + eps``, ``eps ~ N(0, sigma^2 I_d)`` (sigma is the standard deviation); N samples for each retraining
 task t = 1..T, n samples for the held-out task T+1.
 

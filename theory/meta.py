@@ -1,4 +1,4 @@
-"""Meta-LoRA with symmetric adapters: ``L(A, U) = sum_t ||A + U_t U_t^T - W_t||_F^2`` (DESIGN.md section 1).
+"""Meta-LoRA with symmetric adapters: ``L(A, U) = sum_t ||A + U_t U_t^T - W_t||_F^2`` (docs/convention.md).
 
 Residual ``R_t = A + U_t U_t^T - W_t``; gradient ``dL/dA = 2 sum_t R_t``, ``dL/dU_t = 2 (R_t + R_t^T) U_t``; second
 derivative along ``v = (dA, dU)``:

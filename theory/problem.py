@@ -1,4 +1,4 @@
-"""Problem instances of the linear multi-task model (DESIGN.md section 1, the paper's Section 3).
+"""Problem instances of the linear multi-task model (docs/convention.md, the paper's Section 3).
 
 A problem holds the shared ground truth ``A*`` of shape ``(d, d)``, the task factors ``U*`` of shape ``(T, d, k)``,
 an optional held-out task factor ``U*_{T+1}`` of shape ``(d, k)`` and the noise level ``sigma``. Task matrices are
@@ -222,7 +222,7 @@ def require_remark_3_1(d: int, k: int, T: int) -> None:
 class MetaPoint:
     """A point ``(A, U)`` of the Meta-LoRA loss: ``A`` of shape ``(d, d)``, ``U`` of shape ``(T, d, k)``.
 
-    ``flatten`` gives ``x = [vec(A); vec(U_1); ...; vec(U_T)]`` in NumPy's row-major order (DESIGN.md).
+    ``flatten`` gives ``x = [vec(A); vec(U_1); ...; vec(U_T)]`` in NumPy's row-major order (docs/convention.md).
 
     >>> pt = MetaPoint(np.eye(2), np.ones((3, 2, 1)))
     >>> MetaPoint.unflatten(pt.flatten(), d=2, k=1, T=3).U.shape

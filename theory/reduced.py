@@ -4,7 +4,7 @@ The minimising base is ``A(U) = mean_t (W_t - U_t U_t^T)``; at it the residuals 
 Gradient ``dG/dU_t = 2 (E_t + E_t^T) U_t``; second derivative along ``dU``:
 ``dU^T H dU = 2 sum_t ||dD_t - mean_s dD_s||_F^2 + 4 sum_t <E_t, dU_t dU_t^T>``, ``dD_t = dU_t U_t^T + U_t dU_t^T``.
 This Hessian is exactly the Schur complement ``H_UU - H_UA H_AA^{-1} H_AU`` of the full Hessian at ``(A(U), U)``
-(DESIGN.md section 1). Flat vectors are ``x = [vec(U_1); ...; vec(U_T)]``, ``n = T d k``.
+(docs/convention.md). Flat vectors are ``x = [vec(U_1); ...; vec(U_T)]``, ``n = T d k``.
 
 >>> from theory.problem import Problem
 >>> p = Problem.random(d=3, k=1, T=3, seed=0)

@@ -1,4 +1,4 @@
-"""Standard retraining (SR): ``L_SR(A) = sum_t ||A - W_t||_F^2`` (DESIGN.md section 1).
+"""Standard retraining (SR): ``L_SR(A) = sum_t ||A - W_t||_F^2`` (docs/convention.md).
 
 >>> from theory.problem import Problem
 >>> p = Problem.random(d=3, k=1, T=2, seed=1)

@@ -1,4 +1,4 @@
-"""The O(k)^T symmetry ``U_t -> U_t Q_t`` of L and G, and Hessian inertia on the quotient (DESIGN.md section 1).
+"""The O(k)^T symmetry ``U_t -> U_t Q_t`` of L and G, and Hessian inertia on the quotient (docs/convention.md).
 
 The orbit's tangent space at ``U`` is spanned by ``U_t Omega_t`` with ``Omega_t`` skew-symmetric (k x k): basis
 ``U_t (e_a e_b^T - e_b e_a^T)``, ``a < b``, one block ``t`` at a time, ``T k (k - 1) / 2`` directions (none for
