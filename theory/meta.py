@@ -18,10 +18,7 @@ import numpy as np
 from ._shapes import as_A, as_U, d_outer, outer, sym
 from .problem import MetaPoint, Problem
 
-__all__ = [
-    "meta_residuals", "meta_loss", "meta_grad", "meta_grad_flat", "meta_hvp", "meta_hess",
-    "outer_jacobian_blocks", "gram_matrix", "add_curvature",
-]
+__all__ = ["meta_residuals", "meta_loss", "meta_grad", "meta_grad_flat", "meta_hvp", "meta_hess"]
 
 
 def meta_residuals(A, U, problem: Problem) -> np.ndarray:
@@ -57,7 +54,7 @@ def meta_hvp(A, U, dA, dU, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     return 2.0 * S.sum(axis=0), 2.0 * sym(S) @ U + 2.0 * sym(R) @ dU
 
 
-def outer_jacobian_blocks(U: np.ndarray) -> np.ndarray:
+def _outer_jacobian_blocks(U: np.ndarray) -> np.ndarray:
     """Jacobians ``J_t`` of ``U_t -> U_t U_t^T`` in row-major order, shape ``(T, d^2, d k)``.
 
     ``J_t[(i, j), (p, a)] = delta_ip U_t[j, a] + U_t[i, a] delta_jp``.
@@ -68,7 +65,7 @@ def outer_jacobian_blocks(U: np.ndarray) -> np.ndarray:
     return J.reshape(T, d * d, d * k)
 
 
-def gram_matrix(U: np.ndarray) -> np.ndarray:
+def _gram_matrix(U: np.ndarray) -> np.ndarray:
     """All products ``J_s^T J_t`` in closed form, as one ``(T d k, T d k)`` matrix (row-major ``(t, i, a)``).
 
     ``J_s^T J_t = 2 I_d kron (U_s^T U_t) + 2 N_st`` with ``N_st[(i, a), (j, b)] = U_t[i, b] U_s[j, a]``; cost
@@ -86,7 +83,7 @@ def gram_matrix(U: np.ndarray) -> np.ndarray:
     return out.reshape(n, n)
 
 
-def add_curvature(H: np.ndarray, R: np.ndarray, k: int, offset: int = 0) -> None:
+def _add_curvature(H: np.ndarray, R: np.ndarray, k: int, offset: int = 0) -> None:
     """Add, in place, the blocks ``2 (R_t + R_t^T) kron I_k`` of the term ``4 sum_t <R_t, dU_t dU_t^T>`` to the
     ``U`` part of ``H`` (which starts at row/column ``offset``)."""
     T, d, _ = R.shape
@@ -109,12 +106,12 @@ def meta_hess(A, U, problem: Problem) -> np.ndarray:
     R = meta_residuals(A, U, problem)
     H = np.zeros((problem.n_full, problem.n_full))
     H[:dd, :dd] = 2.0 * T * np.eye(dd)
-    J = outer_jacobian_blocks(U)
-    gram = gram_matrix(U)
+    J = _outer_jacobian_blocks(U)
+    gram = _gram_matrix(U)
     for t in range(T):
         sl = slice(dd + t * dk, dd + (t + 1) * dk)
         H[:dd, sl] = 2.0 * J[t]
         H[sl, :dd] = 2.0 * J[t].T
         H[sl, sl] = 2.0 * gram[sl.start - dd: sl.stop - dd, sl.start - dd: sl.stop - dd]
-    add_curvature(H, R, k, offset=dd)
+    _add_curvature(H, R, k, offset=dd)
     return H

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._shapes import as_U, d_outer, outer, sym
-from .meta import add_curvature, gram_matrix
+from .meta import _add_curvature, _gram_matrix
 from .problem import Problem, ProblemError, require_finite
 
 __all__ = [
@@ -60,17 +60,17 @@ def reduced_hess(U, problem: Problem) -> np.ndarray:
     """Dense Hessian of G, shape ``(T d k, T d k)``.
 
     ``H[s, t] = 2 delta_st J_t^T J_t - (2 / T) J_s^T J_t + delta_st 2 (E_t + E_t^T) kron I_k``, every ``J_s^T J_t``
-    in closed form (:func:`theory.meta.gram_matrix`).
+    in closed form (:func:`theory.meta._gram_matrix`).
     """
     U = as_U(U, problem)
     T, d, k = U.shape
     dk = d * k
-    gram = gram_matrix(U)
+    gram = _gram_matrix(U)
     H = (-2.0 / T) * gram
     for t in range(T):
         sl = slice(t * dk, (t + 1) * dk)
         H[sl, sl] += 2.0 * gram[sl, sl]
-    add_curvature(H, reduced_residuals(U, problem), k)
+    _add_curvature(H, reduced_residuals(U, problem), k)
     return H
 
 
