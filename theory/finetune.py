@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cli_contract import require_int
 from .problem import ProblemError, require_finite
 
 __all__ = ["FinetuneResult", "finetune_optimum", "tail_energy"]
@@ -44,9 +45,7 @@ def finetune_optimum(A, W, r: int) -> FinetuneResult:
     W = require_finite("the task matrix W", W)
     if A.ndim != 2 or A.shape[0] != A.shape[1] or W.shape != A.shape:
         raise ProblemError(f"A and W must be square matrices of the same shape, got {A.shape} and {W.shape}")
-    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
-        raise ProblemError(f"the adapter rank r must be an integer >= 0, got {r!r}")
-    r = min(int(r), A.shape[0])
+    r = min(require_int("the adapter rank r", r, minimum=0), A.shape[0])
     Us, s, Vt = np.linalg.svd(W - A)
     B = Us[:, :r] * s[:r]
     C = Vt[:r].T

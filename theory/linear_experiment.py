@@ -55,6 +55,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from .cli_contract import require_int
 from .finetune import finetune_optimum
 from .problem import Problem, ProblemError, require_remark_3_1
 from .sr import sr_minimiser
@@ -77,12 +78,6 @@ PANEL_FIXED: dict[str, dict[str, int]] = {"k": {"d": 12}}
 DEFAULTS = {"d": 10, "T": 3, "N": 5000, "n": 100, "k": 1, "sigma": 0.1}
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ProblemError(f"{name} must be a positive integer (> 0), got {value!r}")
-    return int(value)
-
-
 def _positive_float(name: str, value) -> float:
     v = float(value)
     if not np.isfinite(v) or v <= 0:
@@ -94,7 +89,7 @@ def _check_field(name: str, value):
     """One :class:`Settings` field checked by its own rule (Remark 3.1, which ties d, k and T, is checked on the
     whole setting); returns the value normalised (int or float)."""
     if name in ("d", "T", "N", "n", "k", "runs", "retrain_iters", "finetune_iters"):
-        return _positive_int(name, value)
+        return require_int(name, value)
     if name == "init_scale":
         return _positive_float(name, value)
     if name in ("sigma", "retrain_gtol"):
@@ -105,8 +100,8 @@ def _check_field(name: str, value):
         if not np.isfinite(v) or v < 0:
             raise ProblemError(f"{name} must be a finite number >= 0, got {value!r}")
         return v
-    if name == "seed" and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
-        raise ProblemError(f"seed must be an integer >= 0, got {value!r}")
+    if name == "seed":
+        require_int("seed", value, minimum=0)
     return value
 
 

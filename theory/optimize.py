@@ -12,6 +12,7 @@ import numpy as np
 import scipy.optimize
 
 from ._shapes import as_U
+from .cli_contract import require_int
 from .problem import Problem, ProblemError
 from .reduced import reduced_grad, reduced_hess, reduced_loss
 
@@ -38,8 +39,7 @@ class SolveOptions:
             raise ProblemError(f"method must be trust-exact, trust-krylov or trust-ncg, got {self.method!r}")
         if not (np.isfinite(self.gtol) and self.gtol > 0):
             raise ProblemError(f"gtol must be a finite number > 0, got {self.gtol!r}")
-        if isinstance(self.maxiter, bool) or not isinstance(self.maxiter, int) or self.maxiter <= 0:
-            raise ProblemError(f"maxiter must be a positive integer, got {self.maxiter!r}")
+        require_int("maxiter", self.maxiter)
 
 
 @dataclass(frozen=True)

@@ -15,19 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cli_contract import require_int
+
 __all__ = ["ProblemError", "Problem", "MetaPoint", "require_remark_3_1", "require_finite", "first_nonfinite"]
 
 
 class ProblemError(ValueError):
     """Bad input: one message naming the value and the rule it breaks."""
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ProblemError(f"{name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ProblemError(f"{name} must be a positive integer (> 0), got {value}")
-    return int(value)
 
 
 def first_nonfinite(arr: np.ndarray) -> str:
@@ -68,11 +62,7 @@ def _describe(value) -> str:
 
 def _seed(value):
     """``None`` or an integer >= 0 (what ``numpy.random.default_rng`` accepts as a plain seed)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ProblemError(f"seed must be an integer >= 0 (or None), got {_describe(value)}")
-    return int(value)
+    return require_int("seed", value, minimum=0, allow_none=True)
 
 
 def _check_scale(name: str, W: np.ndarray) -> None:
@@ -155,7 +145,7 @@ class Problem:
     @classmethod
     def random(cls, d: int, k: int, T: int, seed: int, *, sigma: float = 0.0, with_test: bool = True) -> "Problem":
         """Draw ``A*``, ``U*`` and ``U*_{T+1}`` with i.i.d. N(0, 1) entries (the paper's Section 4.1)."""
-        d, k, T = _positive_int("d", d), _positive_int("k", k), _positive_int("T", T)
+        d, k, T = require_int("d", d), require_int("k", k), require_int("T", T)
         rng = np.random.default_rng(_seed(seed))
         A_star = rng.standard_normal((d, d))
         U_star = rng.standard_normal((T, d, k))
@@ -211,7 +201,7 @@ class Problem:
 def require_remark_3_1(d: int, k: int, T: int) -> None:
     """Refuse sizes that break ``(T + 1) k <= d`` (the paper's Remark 3.1: the ``(T+1) k`` columns of the ``U*_t``
     must be able to be linearly independent), and non-positive sizes."""
-    d, k, T = _positive_int("d", d), _positive_int("k", k), _positive_int("T", T)
+    d, k, T = require_int("d", d), require_int("k", k), require_int("T", T)
     if (T + 1) * k > d:
         raise ProblemError(
             f"(T+1)*k = ({T}+1)*{k} = {(T + 1) * k} exceeds d = {d}: Remark 3.1 needs (T+1) k <= d so that the "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .problem import require_finite
+from .problem import ProblemError, require_finite
 
 __all__ = ["orbit_tangent", "boost_tangent", "symmetry_tangent", "quotient_basis", "Inertia", "inertia", "restricted_inertia"]
 
@@ -51,7 +51,7 @@ def boost_tangent(U: np.ndarray) -> np.ndarray:
     U = np.asarray(U, dtype=np.float64)
     T, d, k = U.shape
     if T != 2:
-        raise ValueError(f"the O(k, k) symmetry of G is a T = 2 property, got T = {T}")
+        raise ProblemError(f"the O(k, k) symmetry of G is a T = 2 property, got T = {T}")
     cols = []
     for a in range(k):
         for b in range(k):
@@ -69,9 +69,9 @@ def symmetry_tangent(U: np.ndarray, *, n_A: int = 0, group: str = "O(k)^T") -> n
         return orbit_tangent(U, n_A=n_A)
     if group == "O(k,k)":
         if n_A:
-            raise ValueError("the O(k, k) quotient is defined for the reduced loss G (n_A = 0)")
+            raise ProblemError("the O(k, k) quotient is defined for the reduced loss G (n_A = 0)")
         return np.hstack([orbit_tangent(U), boost_tangent(U)])
-    raise ValueError(f"group must be 'O(k)^T' or 'O(k,k)', got {group!r}")
+    raise ProblemError(f"group must be 'O(k)^T' or 'O(k,k)', got {group!r}")
 
 
 def quotient_basis(U: np.ndarray, *, n_A: int = 0, rtol: float = 1e-10, group: str = "O(k)^T") -> np.ndarray:
