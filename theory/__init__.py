@@ -4,8 +4,9 @@ Problem instances (:mod:`theory.problem`), the Meta-LoRA loss L and the reduced 
 derivatives (:mod:`theory.meta`, :mod:`theory.reduced`), standard retraining (:mod:`theory.sr`), fine-tuning
 (:mod:`theory.finetune`), the O(k)^T symmetry and Hessian inertia (:mod:`theory.symmetry`), known minimisers
 (:mod:`theory.minima`), a trust-region solver (:mod:`theory.optimize`), the theorem checks (:mod:`theory.checks`,
-:mod:`theory.verify`), the finite-sample experiment of Figure 1 (:mod:`theory.linear_experiment`) and autograd
-references (:mod:`theory.autograd_ref`). The command line is ``python -m theory`` (:mod:`theory.cli_contract`).
+:mod:`theory.verify`), the finite-sample experiment of Figure 1 (:mod:`theory.linear_settings`,
+:mod:`theory.linear_stats`, :mod:`theory.linear_experiment`) and autograd references (:mod:`theory.autograd_ref`).
+The command line is ``python -m theory`` (:mod:`theory.cli_contract`).
 
 Every public name below is imported from its submodule on first use (PEP 562): ``import theory`` imports neither
 NumPy nor torch, so ``python -m theory`` answers a Ctrl-C during its start-up with one line, and torch is imported
@@ -34,9 +35,10 @@ _MODULES = {
                "meta_lora_reduced_loss", "theorem_3_2_rank", "corollary_2_rank_3k_fit", "theorem_3_3_recovery",
                "meta_lora_test_loss", "second_order_stationarity"),
     "verify": ("VerifyReport", "run_verify"),
-    "linear_experiment": ("PANELS", "PANEL_FIXED", "DEFAULTS", "Settings", "Stats", "Instance", "SettingResult",
-                          "sufficient_stats", "empirical_loss", "meta_empirical", "sr_empirical", "lora_empirical",
-                          "draw_instance", "run_setting", "panel_settings", "step_sizes", "settings_dict",
+    "linear_settings": ("PANELS", "PANEL_FIXED", "DEFAULTS", "Settings", "panel_settings", "settings_dict"),
+    "linear_stats": ("Stats", "sufficient_stats", "empirical_loss", "meta_empirical", "sr_empirical",
+                     "lora_empirical"),
+    "linear_experiment": ("Instance", "SettingResult", "draw_instance", "step_sizes", "BATCHED_STEPS", "run_setting",
                           "run_panels", "setting_summary", "summary_rows"),
     "autograd_ref": ("torch_meta_loss", "torch_reduced_loss", "autograd_meta", "autograd_reduced"),
 }
