@@ -229,9 +229,9 @@ def test_minimise_reduced_gtol_is_inclusive_and_seconds_are_wall_time():
     (dict(method="bfgs"), "method must be trust-exact, trust-krylov or trust-ncg, got 'bfgs'"),
     (dict(gtol=0.0), "gtol must be a finite number > 0, got 0.0"),
     (dict(gtol=float("inf")), "gtol must be a finite number > 0, got inf"),
-    (dict(maxiter=0), "maxiter must be a positive integer, got 0"),
-    (dict(maxiter=True), "maxiter must be a positive integer, got True"),
-    (dict(maxiter=2.0), "maxiter must be a positive integer, got 2.0"),
+    (dict(maxiter=0), "maxiter must be a positive integer \\(> 0\\), got 0"),
+    (dict(maxiter=True), "maxiter must be a positive integer \\(> 0\\), got True"),
+    (dict(maxiter=2.0), "maxiter must be a positive integer \\(> 0\\), got 2.0"),
 ])
 def test_solve_options_refused(kwargs, match):
     with pytest.raises(ProblemError, match=match):
