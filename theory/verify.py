@@ -81,7 +81,7 @@ def run_verify(d: int, k: int, T: int, seed: int, *, init_scale: float = 1e-3,
     problem = Problem.random(d, k, T, seed)
     rng = np.random.default_rng([seed, 1])
     solve = minimise_reduced(problem, init_scale * rng.standard_normal((T, d, k)), options=options)
-    U, A = solve.U, optimal_A(solve.U, problem)
+    U, A = solve.point, optimal_A(solve.point, problem)
     out = _derivative_checks(problem, U, rng, derivative_tol)
     out += [checks.theorem_3_1_rank(problem), checks.corollary_1_sr_test_loss(problem, k),
             checks.meta_lora_reduced_loss(problem, U)]
