@@ -40,8 +40,8 @@ import threading
 from contextlib import contextmanager
 
 __all__ = ["EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "EXIT_STOPPED", "EXIT_INTERRUPTED", "EXIT_PIPE", "OneLineParser",
-           "positive_int", "nonneg_int", "require_int", "check_output_file", "check_output_dir", "check_memory", "physical_memory",
-           "deferred_sigint", "run_command"]
+           "positive_int", "nonneg_int", "require_int", "check_output_file", "check_output_dir", "check_memory",
+           "physical_memory", "deferred_sigint", "run_command"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
 

@@ -34,13 +34,31 @@ class FinetuneResult:
 
 
 def tail_energy(singular_values: np.ndarray, r: int) -> float:
-    """``sum_{i > r} s_i^2`` for descending singular values ``s``."""
+    """``sum_{i > r} s_i^2`` for descending singular values ``s``.
+
+    Returns
+    -------
+    float
+        ``>= 0``; ``0.0`` when ``r >= len(s)``.
+    """
     s = np.asarray(singular_values, dtype=np.float64)
     return float(np.sum(s[r:] ** 2))
 
 
 def finetune_optimum(A, W, r: int) -> FinetuneResult:
-    """Best rank-``r`` asymmetric adapter ``B C^T`` for base ``A`` (d, d) on task matrix ``W`` (d, d)."""
+    """Best rank-``r`` asymmetric adapter ``B C^T`` for base ``A`` (d, d) on task matrix ``W`` (d, d).
+
+    Returns
+    -------
+    FinetuneResult
+        The loss (sum of the squared singular values of ``W - A`` beyond the r-th), ``B``, ``C`` of shape
+        ``(d, min(r, d))`` and the singular values.
+
+    Raises
+    ------
+    ProblemError
+        ``A`` or ``W`` not finite, not square or of different shapes, or ``r`` not an integer >= 0.
+    """
     A = require_finite("the base A", A)
     W = require_finite("the task matrix W", W)
     if A.ndim != 2 or A.shape[0] != A.shape[1] or W.shape != A.shape:

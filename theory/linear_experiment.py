@@ -87,7 +87,18 @@ def _run_seed(seed: int, run: int) -> int:
 def draw_instance(s: Settings) -> Instance:
     """Draw ground truth (``Problem.random``), samples and starts for every run of ``s``; samples are reduced to
     their statistics at once and not kept. The ground truth of run j depends only on ``(seed, j, d, k, T)``, so
-    settings that differ only in N, n or sigma share it."""
+    settings that differ only in N, n or sigma share it.
+
+    Returns
+    -------
+    Instance
+        Stacked over the ``R = s.runs`` runs.
+
+    Raises
+    ------
+    ProblemError
+        The sample statistics overflow float64 (a sigma or sizes too large).
+    """
     d, T, k, r = s.d, s.T, s.k, s.rank
     problems, W, W_test, Xs, Ys, Xt, Yt, U0, B0, C0 = [], [], [], [], [], [], [], [], [], []
     for j in range(s.runs):
@@ -131,7 +142,13 @@ def _spec(M: np.ndarray) -> np.ndarray:
 
 
 def step_sizes(inst: Instance) -> dict[str, np.ndarray]:
-    """Per-run retraining step sizes (shape ``(R,)``), by the rules of the module docstring."""
+    """Per-run retraining step sizes (shape ``(R,)``), by the rules of the module docstring.
+
+    Returns
+    -------
+    dict
+        ``{"sr": (R,), "meta": (R,)}``, positive step sizes of the two retraining stages.
+    """
     T = inst.settings.T
     lam = _lam_max(inst.train.Sxx).max(axis=-1)
     s = _spec(inst.train.Syx).max(axis=-1)
@@ -316,8 +333,27 @@ def run_setting(s: Settings, *, instance: Instance | None = None, steps=BATCHED_
 def run_panels(panels, overrides: dict | None = None, *, progress=None):
     """Run every setting of the named panels (see :func:`panel_settings` for ``overrides``). All settings are built
     (and validated) before any work starts.
-    ``progress``: an object with ``update(1)`` (a tqdm bar), called after each setting. Returns
-    ``{panel: [SettingResult, ...]}`` in the order of ``PANELS[panel]``."""
+
+    Parameters
+    ----------
+    panels : iterable of str
+        Keys of ``PANELS``.
+    overrides : dict, optional
+        :class:`Settings` fields to set in every setting.
+    progress : object, optional
+        With ``update(1)`` (a tqdm bar), called after each setting.
+
+    Returns
+    -------
+    dict
+        ``{panel: [SettingResult, ...]}``, each list in the order of ``PANELS[panel]``.
+
+    Raises
+    ------
+    ProblemError
+        A bad panel or override (as :func:`panel_settings`, before any work), or float64 overflow in a run (as
+        :func:`run_setting`).
+    """
     plan = {p: panel_settings(p, overrides) for p in panels}
     out = {}
     for p, settings in plan.items():
@@ -331,7 +367,14 @@ def run_panels(panels, overrides: dict | None = None, *, progress=None):
 
 def setting_summary(panel: str, res: SettingResult) -> dict:
     """JSON-ready summary of one setting: final test losses (median, min, max over runs) of both methods, the
-    Corollary 1 floor and its finite-sample lower bound, and the convergence diagnostics."""
+    Corollary 1 floor and its finite-sample lower bound, and the convergence diagnostics.
+
+    Returns
+    -------
+    dict
+        ``panel``, ``value``, ``settings``, ``{median, min, max}`` of each loss, floor and step size,
+        ``meta_wins_runs``, ``iterations``, ``final_grad_norm_max`` and ``seconds``.
+    """
     s = res.settings
 
     def stats(x):
@@ -354,7 +397,13 @@ def setting_summary(panel: str, res: SettingResult) -> dict:
 
 def summary_rows(results: dict) -> list[dict]:
     """``[{"panel", "value", "meta_lora", "sr_lora", "sr_floor"}]``: medians over runs of the final test losses and
-    of the Corollary 1 floor, one row per panel and value."""
+    of the Corollary 1 floor, one row per panel and value.
+
+    Returns
+    -------
+    list of dict
+        In the order of ``results`` and of each panel's values.
+    """
     rows = []
     for panel, res_list in results.items():
         for res in res_list:

@@ -69,6 +69,13 @@ class Settings:
         norm is below ``retrain_gtol`` times its norm at the start; 0 turns that off)
     finetune_iters : gradient-descent iterations of fine-tuning (always all of them: the plotted curves)
     init_scale : standard deviation of the entries of the random starts of ``U``, ``B``, ``C``
+
+    Raises
+    ------
+    ProblemError
+        A size, ``runs`` or iteration count that is not a positive integer, ``sigma`` or ``retrain_gtol`` not a
+        finite number >= 0, ``init_scale`` not a finite number > 0, a seed that is not an integer >= 0, or
+        ``(T + 1) k > d`` (Remark 3.1).
     """
 
     d: int = DEFAULTS["d"]
@@ -98,9 +105,19 @@ class Settings:
 def panel_settings(panel: str, overrides: dict | None = None) -> list[Settings]:
     """The three settings of a panel: the defaults, then the panel's fixed settings (``PANEL_FIXED``), then
     ``overrides`` (any :class:`Settings` fields the user set), then the panel's parameter at each of its values.
-    Raises :class:`ProblemError` naming the panel and value for an unknown panel or a bad setting (non-positive
-    count, ``(T+1) k > d``), and naming the field for an override that breaks its own rule, also where the panel
-    replaces it (``--vary n --n 0``)."""
+
+    Returns
+    -------
+    list of Settings
+        Three, in the order of ``PANELS[panel]``.
+
+    Raises
+    ------
+    ProblemError
+        An unknown panel or setting name, naming it; a bad setting (non-positive count, ``(T+1) k > d``), naming
+        the panel and value; an override that breaks its own rule, naming the field, also where the panel replaces
+        it (``--vary n --n 0``).
+    """
     if panel not in PANELS:
         raise ProblemError(f"unknown panel {panel!r}; the panels are {', '.join(PANELS)}")
     overrides = dict(overrides or {})
@@ -119,7 +136,13 @@ def panel_settings(panel: str, overrides: dict | None = None) -> list[Settings]:
 
 
 def settings_dict(s: Settings) -> dict:
-    """A JSON-ready record of a setting, with the fine-tuning rank."""
+    """A JSON-ready record of a setting, with the fine-tuning rank.
+
+    Returns
+    -------
+    dict
+        Every :class:`Settings` field by name, and ``"rank"``.
+    """
     out = {f.name: getattr(s, f.name) for f in fields(s)}
     out["rank"] = s.rank
     return out

@@ -37,7 +37,18 @@ class Stats:
 
 
 def sufficient_stats(X: np.ndarray, Y: np.ndarray) -> Stats:
-    """Statistics of samples ``X, Y`` of shape ``(..., m, d)`` (rows are samples)."""
+    """Statistics of samples ``X, Y`` of shape ``(..., m, d)`` (rows are samples).
+
+    Returns
+    -------
+    Stats
+        ``Sxx``, ``Syx`` of shape ``(..., d, d)`` and ``syy`` of shape ``(...)``.
+
+    Raises
+    ------
+    ProblemError
+        ``X`` and ``Y`` of different shapes or with fewer than two axes.
+    """
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     if X.shape != Y.shape or X.ndim < 2:
@@ -52,7 +63,13 @@ def _fro_inner(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
 
 
 def empirical_loss(M: np.ndarray, stats: Stats) -> np.ndarray:
-    """``(1/m) sum_i ||M x_i - y_i||^2 = <M Sxx, M> - 2 <M, Syx> + syy`` for M of shape ``(..., d, d)``."""
+    """``(1/m) sum_i ||M x_i - y_i||^2 = <M Sxx, M> - 2 <M, Syx> + syy`` for M of shape ``(..., d, d)``.
+
+    Returns
+    -------
+    ndarray, shape (...)
+        The mean squared error over the m samples behind ``stats``.
+    """
     return _fro_inner(M @ stats.Sxx, M) - 2.0 * _fro_inner(M, stats.Syx) + stats.syy
 
 
@@ -61,7 +78,13 @@ def meta_empirical(A: np.ndarray, U: np.ndarray, stats: Stats):
 
     ``A``: ``(..., d, d)``; ``U``: ``(..., T, d, k)``; stats of shape ``(..., T, d, d)``. With
     ``M_t = A + U_t U_t^T`` and ``R_t = M_t Sxx_t - Syx_t``: loss ``sum_t <M_t Sxx_t, M_t> - 2 <M_t, Syx_t> +
-    syy_t``, ``dL/dA = 2 sum_t R_t``, ``dL/dU_t = 2 (R_t + R_t^T) U_t``. Returns ``(loss (...), gA, gU)``.
+    syy_t``, ``dL/dA = 2 sum_t R_t``, ``dL/dU_t = 2 (R_t + R_t^T) U_t``.
+
+    Returns
+    -------
+    loss : ndarray, shape (...)
+    gA : ndarray, shape (..., d, d)
+    gU : ndarray, shape (..., T, d, k)
     """
     M = A[..., None, :, :] + U @ np.swapaxes(U, -1, -2)
     MS = M @ stats.Sxx
@@ -75,7 +98,13 @@ def meta_empirical(A: np.ndarray, U: np.ndarray, stats: Stats):
 def sr_empirical(A: np.ndarray, pooled: Stats):
     """SR empirical loss and gradient from the task-summed statistics ``P = sum_t Sxx_t``, ``Q = sum_t Syx_t``,
     ``c = sum_t syy_t`` (shapes ``(..., d, d)``, ``(...)``): loss ``<A P, A> - 2 <A, Q> + c``, gradient
-    ``2 (A P - Q)``. Returns ``(loss (...), gA (..., d, d))``."""
+    ``2 (A P - Q)``.
+
+    Returns
+    -------
+    loss : ndarray, shape (...)
+    gA : ndarray, shape (..., d, d)
+    """
     AP = A @ pooled.Sxx
     return _fro_inner(AP, A) - 2.0 * _fro_inner(A, pooled.Syx) + pooled.syy, 2.0 * (AP - pooled.Syx)
 
@@ -83,7 +112,15 @@ def sr_empirical(A: np.ndarray, pooled: Stats):
 def lora_empirical(A: np.ndarray, B: np.ndarray, C: np.ndarray, stats: Stats):
     """Fine-tuning loss and gradient with A frozen: ``M = A + B C^T``, ``R = M Sxx - Syx``; loss
     ``<M Sxx, M> - 2 <M, Syx> + syy``, ``dL/dB = 2 R C``, ``dL/dC = 2 R^T B``. ``A``: ``(..., d, d)``,
-    ``B, C``: ``(..., d, r)``. Returns ``(loss (...), gB, gC, M)``."""
+    ``B, C``: ``(..., d, r)``.
+
+    Returns
+    -------
+    loss : ndarray, shape (...)
+    gB, gC : ndarray, shape (..., d, r)
+    M : ndarray, shape (..., d, d)
+        The adapted matrix ``A + B C^T``.
+    """
     M = A + B @ np.swapaxes(C, -1, -2)
     MS = M @ stats.Sxx
     loss = _fro_inner(MS, M) - 2.0 * _fro_inner(M, stats.Syx) + stats.syy

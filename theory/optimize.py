@@ -98,7 +98,19 @@ class SolveResult:
 
 
 def minimise_reduced(problem: Problem, U0, *, options: SolveOptions | None = None) -> SolveResult:
-    """Minimise ``G`` from ``U0`` (T, d, k) with a SciPy trust-region method on the analytic derivatives."""
+    """Minimise ``G`` from ``U0`` (T, d, k) with a SciPy trust-region method on the analytic derivatives.
+
+    Returns
+    -------
+    SolveResult
+        The point, its loss and gradient norm, the iterations, the status (a key of :data:`STATUS`) and the
+        seconds.
+
+    Raises
+    ------
+    ProblemError
+        ``U0`` of a wrong shape or not finite.
+    """
     options = options or SolveOptions()
     U0 = as_U(U0, problem)
     if not np.all(np.isfinite(U0)):
