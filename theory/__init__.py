@@ -5,7 +5,8 @@ derivatives (:mod:`theory.meta`, :mod:`theory.reduced`), standard retraining (:m
 (:mod:`theory.finetune`), the O(k)^T symmetry and Hessian inertia (:mod:`theory.symmetry`), known minimisers
 (:mod:`theory.minima`), a trust-region solver (:mod:`theory.optimize`), the theorem checks (:mod:`theory.checks`,
 :mod:`theory.verify`), the finite-sample experiment of Figure 1 (:mod:`theory.linear_settings`,
-:mod:`theory.linear_stats`, :mod:`theory.linear_experiment`) and autograd references (:mod:`theory.autograd_ref`).
+:mod:`theory.linear_stats`, :mod:`theory.linear_experiment`, :mod:`theory.linear_results`) and autograd
+references (:mod:`theory.autograd_ref`).
 The command line is ``python -m theory`` (:mod:`theory.cli_contract`).
 
 Every public name below is imported from its submodule on first use (PEP 562): ``import theory`` imports neither
@@ -38,8 +39,8 @@ _MODULES = {
     "linear_settings": ("PANELS", "PANEL_FIXED", "DEFAULTS", "Settings", "panel_settings", "settings_dict"),
     "linear_stats": ("Stats", "sufficient_stats", "empirical_loss", "meta_empirical", "sr_empirical",
                      "lora_empirical"),
-    "linear_experiment": ("Instance", "SettingResult", "draw_instance", "step_sizes", "BATCHED_STEPS", "run_setting",
-                          "run_panels", "setting_summary", "summary_rows"),
+    "linear_experiment": ("Instance", "draw_instance", "step_sizes", "BATCHED_STEPS", "run_setting", "run_panels"),
+    "linear_results": ("SettingResult", "setting_summary", "summary_rows"),
     "autograd_ref": ("torch_meta_loss", "torch_reduced_loss", "autograd_meta", "autograd_reduced"),
 }
 

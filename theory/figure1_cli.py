@@ -36,7 +36,8 @@ import time
 import numpy as np
 
 from .cli_contract import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, check_memory, check_output_dir, deferred_sigint
-from .linear_experiment import run_panels, setting_summary, summary_rows
+from .linear_experiment import run_panels
+from .linear_results import setting_summary, summary_rows
 from .linear_settings import DEFAULTS, PANELS, Settings, panel_settings, settings_dict
 from .problem import ProblemError
 
