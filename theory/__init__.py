@@ -18,7 +18,7 @@ only by the autograd references, when they run.
 (2, 4, 4)
 """
 
-import importlib
+from ._lazy import lazy_exports
 
 #: submodule -> the public names it defines (its ``__all__``; tests/test_theory_api.py keeps the two equal)
 _MODULES = {
@@ -50,13 +50,4 @@ _EXPORTS = {name: module for module, names in _MODULES.items() for name in names
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
