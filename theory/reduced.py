@@ -32,6 +32,7 @@ def optimal_A(U, problem: Problem) -> np.ndarray:
     Returns
     -------
     ndarray, shape (d, d)
+        The base minimising ``L(., U)``.
 
     Raises
     ------
@@ -80,6 +81,7 @@ def reduced_grad(U, problem: Problem) -> np.ndarray:
     Returns
     -------
     ndarray, shape (T d k,)
+        ``[vec(dG/dU_1); ...; vec(dG/dU_T)]``.
 
     Raises
     ------
@@ -96,6 +98,7 @@ def reduced_hvp(U, dU, problem: Problem) -> np.ndarray:
     Returns
     -------
     ndarray, shape (T d k,)
+        ``H_G vec(dU)``, the product with the Hessian of :func:`reduced_hess`.
 
     Raises
     ------

@@ -39,6 +39,7 @@ def sr_grad(A, problem: Problem) -> np.ndarray:
     Returns
     -------
     ndarray, shape (d, d)
+        ``dL_SR/dA``; zero at :func:`sr_minimiser`.
 
     Raises
     ------
