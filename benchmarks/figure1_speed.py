@@ -24,9 +24,13 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+sys.path.insert(0, _ROOT)
+sys.path.insert(0, os.path.join(_ROOT, "tests"))  # the per-task loop, the tests' oracle, is the baseline here
 
+from linear_reference import LOOP_STEPS  # noqa: E402
 from theory import linear_experiment as le  # noqa: E402
+from theory.linear_settings import PANELS, Settings  # noqa: E402
 from theory.cli_contract import OneLineParser, check_output_file, positive_int, run_command  # noqa: E402
 
 
@@ -62,22 +66,21 @@ def _sample_step(X, Y, eta):
     return step
 
 
-def step_rows(s: le.Settings, repeats: int) -> list[dict]:
+def step_rows(s: Settings, repeats: int) -> list[dict]:
     inst = le.draw_instance(s)
     eta = le.step_sizes(inst)
     A0 = np.zeros((s.runs, s.d, s.d))
-    pooled = le.Stats(inst.train.Sxx.sum(1), inst.train.Syx.sum(1), inst.train.syy.sum(1))
     A2 = np.stack([A0, A0 + 0.1])
     eta2 = np.stack([eta["sr"], eta["sr"]])
     B0 = np.stack([inst.B0, inst.B0])
     C0 = np.stack([inst.C0, inst.C0])
     rows = []
+    (meta_b, sr_b, lora_b), (meta_l, sr_l, lora_l) = le.BATCHED_STEPS, LOOP_STEPS
     cases = {
-        "meta_retrain": ((le._meta_step_batched(inst.train, eta["meta"]), le._meta_step_loop(inst.train, eta["meta"])),
-                         (A0, inst.U0)),
-        "sr_retrain": ((le._sr_step_batched(pooled, eta["sr"]), le._sr_step_loop(inst.train, eta["sr"])), A0),
-        "lora_finetune": ((le._lora_step_batched(A2, inst.test, inst.W_test, eta2),
-                           le._lora_step_loop(A2, inst.test, inst.W_test, eta2)), (B0, C0)),
+        "meta_retrain": ((meta_b(inst.train, eta["meta"]), meta_l(inst.train, eta["meta"])), (A0, inst.U0)),
+        "sr_retrain": ((sr_b(inst.train, eta["sr"]), sr_l(inst.train, eta["sr"])), A0),
+        "lora_finetune": ((lora_b(A2, inst.test, inst.W_test, eta2), lora_l(A2, inst.test, inst.W_test, eta2)),
+                          (B0, C0)),
     }
     for what, ((batched, loop), params) in cases.items():
         tb, tl = _per_step(batched, params, repeats), _per_step(loop, params, repeats)
@@ -86,7 +89,7 @@ def step_rows(s: le.Settings, repeats: int) -> list[dict]:
     return rows
 
 
-def sample_row(s: le.Settings, repeats: int) -> dict:
+def sample_row(s: Settings, repeats: int) -> dict:
     """Statistics vs samples, both batched, for one Meta-LoRA step."""
     rng = np.random.default_rng(0)
     inst = le.draw_instance(s)
@@ -94,7 +97,7 @@ def sample_row(s: le.Settings, repeats: int) -> dict:
     X = rng.standard_normal((s.runs, s.T, s.N, s.d))
     Y = X @ np.swapaxes(inst.W, -1, -2)
     A0 = np.zeros((s.runs, s.d, s.d))
-    ts = _per_step(le._meta_step_batched(inst.train, eta["meta"]), (A0, inst.U0), repeats)
+    ts = _per_step(le.BATCHED_STEPS[0](inst.train, eta["meta"]), (A0, inst.U0), repeats)
     tx = _per_step(_sample_step(X, Y, eta["meta"]), (A0, inst.U0), repeats)
     return {"what": "meta_step_statistics_vs_samples", "d": s.d, "T": s.T, "N": s.N, "runs": s.runs,
             "statistics_s": ts, "samples_s": tx, "speedup": tx / ts}
@@ -120,21 +123,21 @@ def _run(args) -> int:
         log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
         log(f"BLAS pools: {pools}")
         rows = []
-        for s in (le.Settings(runs=args.runs), le.Settings(d=20, T=5, k=3, runs=args.runs)):
+        for s in (Settings(runs=args.runs), Settings(d=20, T=5, k=3, runs=args.runs)):
             rows += step_rows(s, args.repeats)
         for r in rows:
             log(f"per step {r['what']:<14} d={r['d']:<3} T={r['T']} k={r['k']} runs={r['runs']}: batched "
                 f"{r['batched_s'] * 1e6:8.1f} us, loop {r['loop_s'] * 1e6:8.1f} us, ratio {r['speedup']:.1f}x")
-        srow = sample_row(le.Settings(runs=args.runs), args.repeats)
+        srow = sample_row(Settings(runs=args.runs), args.repeats)
         log(f"Meta-LoRA step at N={srow['N']}: statistics {srow['statistics_s'] * 1e6:.1f} us, samples "
             f"{srow['samples_s'] * 1e6:.1f} us, ratio {srow['speedup']:.0f}x")
-        s = le.Settings(runs=args.runs)
+        s = Settings(runs=args.runs)
         inst = le.draw_instance(s)
         t = time.perf_counter()
         a = le.run_setting(s, instance=inst)
         tb = time.perf_counter() - t
         t = time.perf_counter()
-        b = le.run_setting(s, instance=inst, implementation="loop")
+        b = le.run_setting(s, instance=inst, steps=LOOP_STEPS)
         tl = time.perf_counter() - t
         same = bool(np.allclose(a.meta_test, b.meta_test, rtol=1e-9, atol=1e-12))
         setting = {"what": "one_setting_defaults", "runs": args.runs, "batched_s": tb, "loop_s": tl,
@@ -144,7 +147,7 @@ def _run(args) -> int:
         figure = None
         if not args.skip_figure:
             t = time.perf_counter()
-            res = le.run_panels(list(le.PANELS), {"runs": args.runs})
+            res = le.run_panels(list(PANELS), {"runs": args.runs})
             total = time.perf_counter() - t
             figure = {"panels": len(res), "settings": sum(len(v) for v in res.values()), "runs": args.runs,
                       "seconds": total,

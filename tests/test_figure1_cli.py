@@ -12,6 +12,7 @@ import pytest
 
 from theory import figure1_cli
 from theory import linear_experiment as le
+from theory import linear_settings as lset
 
 FAST = ["--runs", "2", "--N", "200", "--n", "50", "--retrain-iters", "300", "--finetune-iters", "40"]
 
@@ -41,7 +42,7 @@ def test_json_rows_files_and_curves(tmp_path, capsys):
     png = (out / "figure1_T.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(png) < 200_000
     # the rows are the medians of the curves' last points, recomputed here from the library
-    res = le.run_setting(le.Settings(T=3, runs=2, N=200, n=50, retrain_iters=300, finetune_iters=40, seed=3))
+    res = le.run_setting(lset.Settings(T=3, runs=2, N=200, n=50, retrain_iters=300, finetune_iters=40, seed=3))
     row = rows[1]
     assert row["meta_lora"] == pytest.approx(float(np.median(res.meta_test[:, -1])), rel=1e-12)
     assert row["sr_lora"] == pytest.approx(float(np.median(res.sr_test[:, -1])), rel=1e-12)
@@ -83,7 +84,7 @@ def test_vary_all_writes_five_panels(tmp_path, capsys):
     assert code == 0
     assert len(json.loads(stdout)["rows"]) == 15
     assert sorted(f for f in os.listdir(out) if f.endswith(".png")) == [
-        f"figure1_{p}.png" for p in sorted(le.PANELS)]
+        f"figure1_{p}.png" for p in sorted(lset.PANELS)]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -15,7 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
+from linear_reference import LOOP_STEPS
 from theory import linear_experiment as le
+from theory import linear_settings as lset
+from theory import linear_stats as ls
 from theory.finetune import finetune_optimum
 from theory.problem import ProblemError
 
@@ -54,20 +57,20 @@ def test_sufficient_statistics_give_the_per_sample_losses_exactly(sizes, seed):
     d, T, k, m = sizes
     rng = np.random.default_rng(seed)
     X, Y = _samples(rng, T, m, d, scale=3.0)
-    stats = le.sufficient_stats(X, Y)
+    stats = ls.sufficient_stats(X, Y)
     A, U = rng.standard_normal((d, d)), rng.standard_normal((T, d, k))
     B, C = rng.standard_normal((d, k)), rng.standard_normal((d, k))
-    meta, _, _ = le.meta_empirical(A, U, stats)
-    pooled = le.Stats(stats.Sxx.sum(0), stats.Syx.sum(0), stats.syy.sum(0))
-    sr, _ = le.sr_empirical(A, pooled)
-    lora = le.lora_empirical(A, B, C, le.Stats(stats.Sxx[0], stats.Syx[0], stats.syy[0]))[0]
+    meta, _, _ = ls.meta_empirical(A, U, stats)
+    pooled = ls.Stats(stats.Sxx.sum(0), stats.Syx.sum(0), stats.syy.sum(0))
+    sr, _ = ls.sr_empirical(A, pooled)
+    lora = ls.lora_empirical(A, B, C, ls.Stats(stats.Sxx[0], stats.Syx[0], stats.syy[0]))[0]
     np.testing.assert_allclose(meta, _naive_meta(A, U, X, Y), rtol=1e-10)
     np.testing.assert_allclose(sr, _naive_sr(A, X, Y), rtol=1e-10)
     np.testing.assert_allclose(lora, _naive_lora(A, B, C, X[0], Y[0]), rtol=1e-10)
     # and for a single predictor on each task
     M = rng.standard_normal((T, d, d))
     per_task = [np.mean(np.sum((X[t] @ M[t].T - Y[t]) ** 2, axis=1)) for t in range(T)]
-    np.testing.assert_allclose(le.empirical_loss(M, stats), per_task, rtol=1e-10)
+    np.testing.assert_allclose(ls.empirical_loss(M, stats), per_task, rtol=1e-10)
 
 
 @settings(max_examples=15, deadline=None)
@@ -77,7 +80,7 @@ def test_gradients_match_torch_autograd_of_the_per_sample_losses(sizes, seed):
     d, T, k, m = sizes
     rng = np.random.default_rng(seed)
     X, Y = _samples(rng, T, m, d, scale=2.0)
-    stats = le.sufficient_stats(X, Y)
+    stats = ls.sufficient_stats(X, Y)
     A, U = rng.standard_normal((d, d)), rng.standard_normal((T, d, k))
     B, C = rng.standard_normal((d, k)), rng.standard_normal((d, k))
     tX, tY = torch.tensor(X), torch.tensor(Y)
@@ -94,14 +97,14 @@ def test_gradients_match_torch_autograd_of_the_per_sample_losses(sizes, seed):
 
     tA, tU, tB, tC = (torch.tensor(v, requires_grad=True) for v in (A, U, B, C))
     gA_ref, gU_ref = torch.autograd.grad(naive_meta(tA, tU), (tA, tU))
-    _, gA, gU = le.meta_empirical(A, U, stats)
+    _, gA, gU = ls.meta_empirical(A, U, stats)
     np.testing.assert_allclose(gA, gA_ref.numpy(), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(gU, gU_ref.numpy(), rtol=1e-9, atol=1e-9)
     (gS_ref,) = torch.autograd.grad(naive_sr(tA), (tA,))
-    pooled = le.Stats(stats.Sxx.sum(0), stats.Syx.sum(0), stats.syy.sum(0))
-    np.testing.assert_allclose(le.sr_empirical(A, pooled)[1], gS_ref.numpy(), rtol=1e-9, atol=1e-9)
+    pooled = ls.Stats(stats.Sxx.sum(0), stats.Syx.sum(0), stats.syy.sum(0))
+    np.testing.assert_allclose(ls.sr_empirical(A, pooled)[1], gS_ref.numpy(), rtol=1e-9, atol=1e-9)
     gB_ref, gC_ref = torch.autograd.grad(naive_lora(tA, tB, tC), (tB, tC))
-    _, gB, gC, _ = le.lora_empirical(A, B, C, le.Stats(stats.Sxx[0], stats.Syx[0], stats.syy[0]))
+    _, gB, gC, _ = ls.lora_empirical(A, B, C, ls.Stats(stats.Sxx[0], stats.Syx[0], stats.syy[0]))
     np.testing.assert_allclose(gB, gB_ref.numpy(), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(gC, gC_ref.numpy(), rtol=1e-9, atol=1e-9)
 
@@ -121,7 +124,7 @@ def test_gradient_descent_on_statistics_equals_descent_on_samples():
     X, Y = _samples(rng, T, m, d)
     A, U = rng.standard_normal((d, d)), 0.3 * rng.standard_normal((T, d, k))
     A1, U1 = A.copy(), U.copy()
-    stats = le.sufficient_stats(X, Y)
+    stats = ls.sufficient_stats(X, Y)
     for _ in range(10):
         gA, gU = np.zeros_like(A), np.zeros_like(U)
         for t in range(T):
@@ -130,7 +133,7 @@ def test_gradient_descent_on_statistics_equals_descent_on_samples():
             gA += G
             gU[t] = (G + G.T) @ U[t]
         A, U = A - eta * gA, U - eta * gU
-        _, gA1, gU1 = le.meta_empirical(A1, U1, stats)
+        _, gA1, gU1 = ls.meta_empirical(A1, U1, stats)
         A1, U1 = A1 - eta * gA1, U1 - eta * gU1
     np.testing.assert_allclose(A1, A, rtol=1e-11, atol=1e-12)
     np.testing.assert_allclose(U1, U, rtol=1e-11, atol=1e-12)
@@ -138,11 +141,11 @@ def test_gradient_descent_on_statistics_equals_descent_on_samples():
 
 @pytest.mark.parametrize("T,k,d", [(3, 1, 5), (2, 1, 6), (3, 2, 9)])
 def test_batched_equals_the_per_task_loop(T, k, d):
-    s = le.Settings(d=d, T=T, k=k, N=60, n=30, runs=3, seed=11, retrain_iters=40, finetune_iters=30,
+    s = lset.Settings(d=d, T=T, k=k, N=60, n=30, runs=3, seed=11, retrain_iters=40, finetune_iters=30,
                     retrain_gtol=0.0)
     inst = le.draw_instance(s)
     a = le.run_setting(s, instance=inst)
-    b = le.run_setting(s, instance=inst, implementation="loop")
+    b = le.run_setting(s, instance=inst, steps=LOOP_STEPS)
     for name in ("meta_test", "sr_test", "meta_retrain", "sr_retrain", "meta_finetune", "sr_finetune", "A_meta",
                  "A_sr"):
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-11, atol=1e-12, err_msg=name)
@@ -152,7 +155,7 @@ def test_batched_equals_the_per_task_loop(T, k, d):
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers():
-    s = le.Settings(d=5, N=100, n=40, runs=2, retrain_iters=30, finetune_iters=10)
+    s = lset.Settings(d=5, N=100, n=40, runs=2, retrain_iters=30, finetune_iters=10)
     a, b = le.run_setting(s), le.run_setting(s)
     c = le.run_setting(replace(s, seed=1))
     np.testing.assert_array_equal(a.meta_test, b.meta_test)
@@ -165,7 +168,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 def test_sigma_zero_meta_lora_recovers_and_fits_the_new_task():
     """sigma = 0 at the defaults (d=10, T=3, N=5000, n=100, k=1): Theorem 3.3 gives A = A*, so rank-k fine-tuning
     fits W_{T+1}: test loss < 1e-6; SR + LoRA stays at its Corollary 1 floor."""
-    s = le.Settings(sigma=0.0)
+    s = lset.Settings(sigma=0.0)
     res = le.run_setting(s)
     assert np.all(res.meta_test[:, -1] < 1e-6), res.meta_test[:, -1]
     assert np.all(res.meta_base_error < 1e-3), res.meta_base_error
@@ -194,7 +197,7 @@ def _check_floor(res):
 
 
 # reduced Figure 1: every panel and value with 3 runs, N capped at 1000 where N is not the varied parameter
-_REDUCED = [(p, s) for p in le.PANELS for s in le.panel_settings(p, {"runs": 3, "seed": 5} | ({} if p == "N" else {"N": 1000}))]
+_REDUCED = [(p, s) for p in lset.PANELS for s in lset.panel_settings(p, {"runs": 3, "seed": 5} | ({} if p == "N" else {"N": 1000}))]
 
 
 @pytest.mark.parametrize("panel,s", [(p, s) for p, s in _REDUCED if s.T >= 3],
@@ -227,9 +230,9 @@ def test_T2_both_methods_reach_the_noise_level():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("panel", list(le.PANELS))
+@pytest.mark.parametrize("panel", list(lset.PANELS))
 def test_full_size_panels(panel):
-    for s in le.panel_settings(panel):
+    for s in lset.panel_settings(panel):
         res = le.run_setting(s)
         _check_convergence(res)
         _check_floor(res)
@@ -239,28 +242,28 @@ def test_full_size_panels(panel):
 
 def test_panels_and_settings_refuse_bad_input():
     with pytest.raises(ProblemError, match="unknown panel 'q'"):
-        le.panel_settings("q")
+        lset.panel_settings("q")
     with pytest.raises(ProblemError, match=r"panel T, T = 5: .*\(T\+1\)\*k = \(5\+1\)\*1 = 6 exceeds d = 5"):
-        le.panel_settings("T", {"d": 5})
+        lset.panel_settings("T", {"d": 5})
     with pytest.raises(ProblemError, match=r"panel k, k = 3: .*exceeds d = 10"):
-        le.panel_settings("k", {"d": 10})
+        lset.panel_settings("k", {"d": 10})
     for name in ("N", "n", "runs", "retrain_iters", "finetune_iters", "d"):
         with pytest.raises(ProblemError, match=f"{name} must be a positive integer"):
-            le.Settings(**{name: 0})
+            lset.Settings(**{name: 0})
     with pytest.raises(ProblemError, match="sigma must be a finite number >= 0, got -0.1"):
-        le.Settings(sigma=-0.1)
+        lset.Settings(sigma=-0.1)
     with pytest.raises(ProblemError, match="unknown settings"):
-        le.panel_settings("d", {"dimension": 3})
-    with pytest.raises(ProblemError, match="implementation"):
-        le.run_setting(le.Settings(d=5, runs=1, retrain_iters=1, finetune_iters=1), implementation="gpu")
+        lset.panel_settings("d", {"dimension": 3})
+    with pytest.raises(ProblemError, match="steps must be a tuple of three step factories"):
+        le.run_setting(lset.Settings(d=5, runs=1, retrain_iters=1, finetune_iters=1), steps="loop")
 
 
 def test_panel_definitions():
-    assert {p: [getattr(s, p) for s in le.panel_settings(p)] for p in le.PANELS} == {
+    assert {p: [getattr(s, p) for s in lset.panel_settings(p)] for p in lset.PANELS} == {
         "d": [5, 10, 20], "T": [2, 3, 5], "N": [100, 1000, 10000], "n": [100, 1000, 10000], "k": [1, 2, 3]}
-    assert [s.rank for s in le.panel_settings("T")] == [3, 1, 1]
-    assert [s.d for s in le.panel_settings("k")] == [12, 12, 12]
-    assert le.panel_settings("k", {"d": 16})[0].d == 16  # a user's d wins over the panel's
+    assert [s.rank for s in lset.panel_settings("T")] == [3, 1, 1]
+    assert [s.d for s in lset.panel_settings("k")] == [12, 12, 12]
+    assert lset.panel_settings("k", {"d": 16})[0].d == 16  # a user's d wins over the panel's
 
 
 def test_finite_sample_floor_is_a_true_lower_bound():

@@ -159,22 +159,22 @@ def test_d1_family_point_at_zero_and_refusals():
 @given(problems(remark_3_1=True, min_T=2, max_d=5), seeds)
 def test_minimise_reduced_returns_what_its_point_gives(p, seed):
     U0 = 1e-2 * np.random.default_rng(seed).standard_normal((p.T, p.d, p.k))
-    res = minimise_reduced(p, U0.ravel(), options=SolveOptions(maxiter=15))
-    assert res.U.shape == (p.T, p.d, p.k)
-    assert res.loss == reduced_loss(res.U, p)
-    assert res.grad_norm == float(np.linalg.norm(reduced_grad(res.U, p)))
-    assert res.success == (res.status == "converged") == (res.grad_norm <= 1e-11)
+    res = minimise_reduced(p, U0.ravel(), options=SolveOptions(max_iter=15))
+    assert res.point.shape == (p.T, p.d, p.k)
+    assert res.loss == reduced_loss(res.point, p)
+    assert res.grad_norm == float(np.linalg.norm(reduced_grad(res.point, p)))
+    assert res.converged == (res.status == "converged") == (res.grad_norm <= 1e-11)
     assert res.message == STATUS[res.status] and 1 <= res.iterations <= 15 and res.seconds >= 0
-    assert (res.status == "maxiter") == (res.grad_norm > 1e-11 and res.iterations == 15)
+    assert (res.status == "max_iter") == (res.grad_norm > 1e-11 and res.iterations == 15)
     assert np.array_equal(U0, 1e-2 * np.random.default_rng(seed).standard_normal((p.T, p.d, p.k)))  # not modified
 
 
 def test_minimise_reduced_reports_the_iteration_cap_and_failures():
     p = Problem.random(d=5, k=1, T=3, seed=0)
     U0 = 1e-3 * np.random.default_rng(1).standard_normal((3, 5, 1))
-    capped = minimise_reduced(p, U0, options=SolveOptions(maxiter=1))
-    assert (capped.status, capped.iterations, capped.success) == ("maxiter", 1, False)
-    assert capped.grad_norm > 1e-11 and capped.message == STATUS["maxiter"]
+    capped = minimise_reduced(p, U0, options=SolveOptions(max_iter=1))
+    assert (capped.status, capped.iterations, capped.converged) == ("max_iter", 1, False)
+    assert capped.grad_norm > 1e-11 and capped.message == STATUS["max_iter"]
     done = minimise_reduced(p, U0, options=SolveOptions(gtol=1e-3))
     assert done.status == "converged" and done.grad_norm <= 1e-3
     # at U = 0 (a critical point, gradient exactly 0) every method stops at once
@@ -183,9 +183,9 @@ def test_minimise_reduced_reports_the_iteration_cap_and_failures():
         assert at_zero.grad_norm == 0.0 and at_zero.status == "converged"
 
 
-def _status(res, gtol, maxiter):
-    """The documented status table: converged iff |grad| <= gtol, else maxiter iff the cap was reached, else failed."""
-    return "converged" if res.grad_norm <= gtol else "maxiter" if res.iterations >= maxiter else "failed"
+def _status(res, gtol, max_iter):
+    """The documented status table: converged iff |grad| <= gtol, else max_iter iff the cap was reached, else failed."""
+    return "converged" if res.grad_norm <= gtol else "max_iter" if res.iterations >= max_iter else "failed"
 
 
 @pytest.mark.parametrize("method", ["trust-exact", "trust-krylov", "trust-ncg"])
@@ -195,7 +195,7 @@ def test_minimise_reduced_status_follows_its_table_near_a_minimum(method):
     for seed in range(3):
         p = Problem.random(d=5, k=1, T=3, seed=seed)
         U0 = p.U_star + 1e-3 * np.random.default_rng(seed).standard_normal(p.U_star.shape)
-        res = minimise_reduced(p, U0, options=SolveOptions(method=method, maxiter=60))
+        res = minimise_reduced(p, U0, options=SolveOptions(method=method, max_iter=60))
         assert res.status == _status(res, 1e-11, 60) and res.message == STATUS[res.status]
         if method == "trust-exact":
             assert res.status == "converged" and res.iterations <= 6  # BFGS would need about 20
@@ -205,9 +205,9 @@ def test_minimise_reduced_names_a_stop_without_progress_failed():
     """At U* with gtol = 1e-30 (below round-off of |grad| ~ 1e-15) the trust region cannot predict an improvement
     and stops before the iteration cap: status "failed"."""
     p = Problem.random(d=5, k=1, T=3, seed=0)
-    res = minimise_reduced(p, p.U_star, options=SolveOptions(gtol=1e-30, maxiter=100))
+    res = minimise_reduced(p, p.U_star, options=SolveOptions(gtol=1e-30, max_iter=100))
     assert res.iterations < 100 and res.grad_norm > 1e-30
-    assert res.status == "failed" and not res.success and res.message == STATUS["failed"]
+    assert res.status == "failed" and not res.converged and res.message == STATUS["failed"]
 
 
 def test_minimise_reduced_gtol_is_inclusive_and_seconds_are_wall_time():
@@ -215,12 +215,12 @@ def test_minimise_reduced_gtol_is_inclusive_and_seconds_are_wall_time():
 
     p = Problem.random(d=4, k=1, T=3, seed=1)
     U0 = p.U_star + 1e-3 * np.random.default_rng(0).standard_normal((3, 4, 1))  # one Newton step lowers |grad|
-    one = minimise_reduced(p, U0, options=SolveOptions(maxiter=1))
-    assert one.iterations == 1 and one.status == "maxiter"
+    one = minimise_reduced(p, U0, options=SolveOptions(max_iter=1))
+    assert one.iterations == 1 and one.status == "max_iter"
     start = time.perf_counter()
-    again = minimise_reduced(p, U0, options=SolveOptions(maxiter=1, gtol=one.grad_norm))
+    again = minimise_reduced(p, U0, options=SolveOptions(max_iter=1, gtol=one.grad_norm))
     elapsed = time.perf_counter() - start
-    assert np.array_equal(again.U, one.U) and again.grad_norm == one.grad_norm
+    assert np.array_equal(again.point, one.point) and again.grad_norm == one.grad_norm
     assert again.status == "converged"  # |grad| <= gtol with equality
     assert 0.0 <= again.seconds <= elapsed
 
@@ -229,9 +229,9 @@ def test_minimise_reduced_gtol_is_inclusive_and_seconds_are_wall_time():
     (dict(method="bfgs"), "method must be trust-exact, trust-krylov or trust-ncg, got 'bfgs'"),
     (dict(gtol=0.0), "gtol must be a finite number > 0, got 0.0"),
     (dict(gtol=float("inf")), "gtol must be a finite number > 0, got inf"),
-    (dict(maxiter=0), "maxiter must be a positive integer, got 0"),
-    (dict(maxiter=True), "maxiter must be a positive integer, got True"),
-    (dict(maxiter=2.0), "maxiter must be a positive integer, got 2.0"),
+    (dict(max_iter=0), "max_iter must be a positive integer \\(> 0\\), got 0"),
+    (dict(max_iter=True), "max_iter must be a positive integer \\(> 0\\), got True"),
+    (dict(max_iter=2.0), "max_iter must be a positive integer \\(> 0\\), got 2.0"),
 ])
 def test_solve_options_refused(kwargs, match):
     with pytest.raises(ProblemError, match=match):

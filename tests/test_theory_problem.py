@@ -7,17 +7,21 @@ import json
 import numpy as np
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from strategies import problems
 from theory.finetune import finetune_optimum
+from theory.cli_contract import require_int
 from theory.problem import MetaPoint, Problem, ProblemError, require_remark_3_1
+from theory.symmetry import boost_tangent, symmetry_tangent
 
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(d=0, k=1, T=3), r"d must be a positive integer \(> 0\), got 0"),
     (dict(d=4, k=-1, T=3), r"k must be a positive integer \(> 0\), got -1"),
     (dict(d=4, k=1, T=0), r"T must be a positive integer \(> 0\), got 0"),
-    (dict(d=4.5, k=1, T=3), r"d must be a positive integer, got 4.5"),
+    (dict(d=4.5, k=1, T=3), r"d must be a positive integer \(> 0\), got 4.5"),
+    (dict(d=4, k=True, T=3), r"k must be a positive integer \(> 0\), got True"),
 ])
 def test_random_refuses_bad_sizes(kwargs, match):
     with pytest.raises(ProblemError, match=match):
@@ -92,3 +96,31 @@ def test_finetune_optimum_refuses_bad_rank_and_shapes():
         finetune_optimum(np.eye(2), np.eye(2), -1)
     with pytest.raises(ProblemError, match="same shape"):
         finetune_optimum(np.eye(2), np.eye(3), 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=st.integers(-10, 10), minimum=st.integers(-2, 3), numpy_int=st.booleans())
+def test_require_int_accepts_exactly_the_integers_at_or_above_minimum(value, minimum, numpy_int):
+    given_value = np.int64(value) if numpy_int else value
+    if value >= minimum:
+        out = require_int("x", given_value, minimum=minimum)
+        assert out == value and type(out) is int
+    else:
+        rule = r"a positive integer \(> 0\)" if minimum == 1 else f"an integer >= {minimum}"
+        with pytest.raises(ProblemError, match=f"^x must be {rule}, got {value}$"):
+            require_int("x", given_value, minimum=minimum)
+
+
+@pytest.mark.parametrize("value", [True, False, 2.0, "3", None, [1]])
+def test_require_int_refuses_bools_floats_text_and_none(value):
+    with pytest.raises(ProblemError, match=r"^n must be an integer >= 0, got "):
+        require_int("n", value, minimum=0)
+    assert require_int("n", None, minimum=0, allow_none=True) is None
+
+
+def test_symmetry_refuses_with_the_error_root():
+    with pytest.raises(ProblemError, match="T = 2 property, got T = 3"):
+        boost_tangent(np.ones((3, 4, 1)))
+    with pytest.raises(ProblemError, match="group must be"):
+        symmetry_tangent(np.ones((2, 4, 1)), group="SO(k)")
+    assert issubclass(ProblemError, ValueError)  # callers catching ValueError keep working

@@ -41,7 +41,18 @@ class CheckResult:
 
 
 def numerical_rank(M: np.ndarray, *, rtol: float = 1e-9, atol: float = 0.0) -> int:
-    """Number of singular values of ``M`` above ``max(rtol * s_max, atol)``."""
+    """Number of singular values of ``M`` above ``max(rtol * s_max, atol)``.
+
+    Returns
+    -------
+    int
+        ``0`` for an empty or zero matrix.
+
+    Raises
+    ------
+    ProblemError
+        ``M`` not finite.
+    """
     s = np.linalg.svd(require_finite("M", M), compute_uv=False)
     if s.size == 0 or s[0] == 0.0:
         return 0
@@ -49,7 +60,18 @@ def numerical_rank(M: np.ndarray, *, rtol: float = 1e-9, atol: float = 0.0) -> i
 
 
 def theorem_3_1_rank(problem: Problem, *, rtol: float = 1e-9) -> CheckResult:
-    """Theorem 3.1: ``rank(A_SR - A*) = T k`` (needs ``T k <= d``; the ``U*_t`` columns generically independent)."""
+    """Theorem 3.1: ``rank(A_SR - A*) = T k`` (needs ``T k <= d``; the ``U*_t`` columns generically independent).
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'theorem_3_1_rank', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``T k > d``.
+    """
     d, k, T = problem.d, problem.k, problem.T
     if T * k > d:
         raise ProblemError(f"Theorem 3.1 needs T*k <= d, got T*k = {T * k} > d = {d}")
@@ -61,7 +83,18 @@ def theorem_3_1_rank(problem: Problem, *, rtol: float = 1e-9) -> CheckResult:
 def corollary_1_sr_test_loss(problem: Problem, r: int | None = None, *, rtol: float = 1e-10) -> CheckResult:
     """Corollary 1: the test loss of SR after the best rank-r LoRA on task T+1 is the tail singular-value sum of
     ``W_{T+1} - A_SR`` beyond r, and is > 0 for ``r < rank(W_{T+1} - A_SR)`` (generically ``(T+1) k``).
-    The bound is ``rtol * ||W_{T+1} - A_SR||_F^2``: the value must exceed it (relative round-off level)."""
+    The bound is ``rtol * ||W_{T+1} - A_SR||_F^2``: the value must exceed it (relative round-off level).
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'corollary_1_sr_test_loss', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``problem`` without a held-out task, or ``r`` not an integer >= 0.
+    """
     r = problem.k if r is None else r
     res = finetune_optimum(sr_minimiser(problem), problem.W_test, r)
     bound = rtol * float(np.sum(res.singular_values ** 2))
@@ -74,7 +107,18 @@ def corollary_1_sr_test_loss(problem: Problem, r: int | None = None, *, rtol: fl
 
 
 def meta_lora_reduced_loss(problem: Problem, U, *, tol: float = 1e-12) -> CheckResult:
-    """The reduced loss reached: ``G(U) < tol``."""
+    """The reduced loss reached: ``G(U) < tol``.
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'meta_lora_reduced_loss', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` of a shape other than ``(T, d, k)`` or ``(T d k,)``.
+    """
     G = reduced_loss(U, problem)
     return CheckResult("meta_lora_reduced_loss", G < tol, G, tol, "G(U) = min_A L(A, U) at the solver's point")
 
@@ -87,6 +131,16 @@ def theorem_3_2_rank(problem: Problem, A, U, *, rtol: float = 1e-8) -> CheckResu
     (2k+1)-th singular value is at most ``||R_t||_2 <= sqrt(L)`` (Weyl), below the threshold once ``sqrt(L)`` is.
     (No tolerance may grow with ``sqrt(L)``: by the same bound the check could then never fail.) At a point with
     ``L > 0`` the theorem says nothing, and a rank above 2k there is reported as a failure.
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'theorem_3_2_rank', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``A`` not finite or not of shape ``(d, d)``, or ``U`` of a wrong shape.
     """
     A = require_finite("A", A)
     shift = A - problem.A_star
@@ -97,7 +151,18 @@ def theorem_3_2_rank(problem: Problem, A, U, *, rtol: float = 1e-8) -> CheckResu
 
 def corollary_2_rank_3k_fit(problem: Problem, A, *, rtol: float = 1e-8) -> CheckResult:
     """Corollary 2: a rank-3k adapter fits the new task exactly from any zero-loss base; bound
-    ``rtol * ||W_{T+1} - A||_F^2``."""
+    ``rtol * ||W_{T+1} - A||_F^2``.
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'corollary_2_rank_3k_fit', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``problem`` without a held-out task, or ``A`` not finite or not of shape ``(d, d)``.
+    """
     res = finetune_optimum(A, problem.W_test, 3 * problem.k)
     bound = rtol * float(np.sum(res.singular_values ** 2))
     return CheckResult("corollary_2_rank_3k_fit", res.loss <= bound, res.loss, bound,
@@ -106,7 +171,20 @@ def corollary_2_rank_3k_fit(problem: Problem, A, *, rtol: float = 1e-8) -> Check
 
 def theorem_3_3_recovery(problem: Problem, A, U, *, tol: float = 1e-6) -> CheckResult:
     """Theorem 3.3 (T >= 3): zero loss forces ``A = A*`` and ``U_t U_t^T = U*_t U*_t^T``. Value: the largest relative
-    error ``max(||A - A*|| / ||A*||, max_t ||U_t U_t^T - U*_t U*_t^T|| / ||U*_t U*_t^T||)`` (Frobenius)."""
+    error ``max(||A - A*|| / ||A*||, max_t ||U_t U_t^T - U*_t U*_t^T|| / ||U*_t U*_t^T||)`` (Frobenius).
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'theorem_3_3_recovery', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``T < 3``, or ``A`` or ``U`` of a wrong shape.
+    ValueError
+        ``U`` whose size is not ``T d k`` (it is reshaped to ``(T, d, k)``).
+    """
     if problem.T < 3:
         raise ProblemError(f"Theorem 3.3 needs T >= 3, got T = {problem.T}")
     A = np.asarray(A, dtype=np.float64)
@@ -121,7 +199,19 @@ def theorem_3_3_recovery(problem: Problem, A, U, *, tol: float = 1e-6) -> CheckR
 
 def meta_lora_test_loss(problem: Problem, A, r: int, *, rtol: float = 1e-8) -> CheckResult:
     """Best rank-r LoRA loss on the held-out task from the retrained ``A`` (Corollary 3 for ``r = k``, ``T >= 3``;
-    Corollary 2 for ``r = 3k``); bound ``rtol * ||W_{T+1}||_F^2``."""
+    Corollary 2 for ``r = 3k``); bound ``rtol * ||W_{T+1}||_F^2``.
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'meta_lora_test_loss', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``problem`` without a held-out task, ``A`` not finite or not of shape ``(d, d)``, or ``r`` not an integer
+        >= 0.
+    """
     res = finetune_optimum(A, problem.W_test, r)
     bound = rtol * float(np.sum(problem.W_test ** 2))
     return CheckResult("meta_lora_test_loss", res.loss <= bound, res.loss, bound,
@@ -130,7 +220,18 @@ def meta_lora_test_loss(problem: Problem, A, r: int, *, rtol: float = 1e-8) -> C
 
 def second_order_stationarity(problem: Problem, U, *, gtol: float = 1e-8, rtol: float = 1e-8) -> CheckResult:
     """Second-order stationarity of G at ``U``: gradient norm <= ``gtol`` and no negative eigenvalue of the Hessian
-    restricted to the orthogonal complement of the O(k)^T orbit (relative tolerance ``rtol``)."""
+    restricted to the orthogonal complement of the O(k)^T orbit (relative tolerance ``rtol``).
+
+    Returns
+    -------
+    CheckResult
+        ``name`` 'second_order_stationarity', the measured ``value``, the ``bound`` and whether it ``passed``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` not finite or of a shape other than ``(T, d, k)`` or ``(T d k,)``.
+    """
     g = float(np.linalg.norm(reduced_grad(U, problem)))
     ine = restricted_inertia(reduced_hess(U, problem), np.asarray(U).reshape(problem.T, problem.d, problem.k),
                              rtol=rtol)

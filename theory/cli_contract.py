@@ -20,13 +20,18 @@ folder, and a place where nothing can be created, naming the value given on the 
 ``theory`` is :class:`theory.problem.ProblemError`; ``landscape`` raises the same root (its
 ``CertificateError`` derives from it), and :func:`run_command` turns it into exit status 2.
 
->>> positive_int("3"), nonneg_int("0")
-(3, 0)
+The integer rules are written once, in :func:`require_int` (values given in Python: an integer, ``numbers.Integral``
+such as ``numpy.int64``, but not ``bool``) and in :func:`positive_int` / :func:`nonneg_int` (the same rules for text
+given on the command line), with the same wording.
+
+>>> positive_int("3"), nonneg_int("0"), require_int("runs", 5)
+(3, 0, 5)
 """
 
 from __future__ import annotations
 
 import argparse
+import numbers
 import os
 import signal
 import sys
@@ -35,8 +40,8 @@ import threading
 from contextlib import contextmanager
 
 __all__ = ["EXIT_OK", "EXIT_FAIL", "EXIT_USAGE", "EXIT_STOPPED", "EXIT_INTERRUPTED", "EXIT_PIPE", "OneLineParser",
-           "positive_int", "nonneg_int", "check_output_file", "check_output_dir", "check_memory", "physical_memory",
-           "deferred_sigint", "run_command"]
+           "positive_int", "nonneg_int", "require_int", "check_output_file", "check_output_dir", "check_memory",
+           "physical_memory", "deferred_sigint", "run_command"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 3, 130, 141
 
@@ -54,24 +59,72 @@ def _refuse(message: str):
     return ProblemError(message)
 
 
-def _int(text: str, rule: str, ok) -> int:
+def _int_rule(minimum: int) -> str:
+    return "a positive integer (> 0)" if minimum == 1 else f"an integer >= {minimum}"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def require_int(name: str, value, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """``value`` as a Python ``int`` after checking that it is an integer (``numbers.Integral``, so NumPy integers
+    too, but not ``bool``) and at least ``minimum``; ``None`` passes through when ``allow_none``.
+
+    Parameters
+    ----------
+    name : str
+        What the value is, for the message (``"d"``, ``"the adapter rank r"``).
+    value : object
+        The value to check.
+    minimum : int, optional
+        The smallest allowed value (default 1: a positive integer).
+    allow_none : bool, optional
+        Whether ``None`` is allowed (and returned as is).
+
+    Returns
+    -------
+    int or None
+        ``int(value)``, or ``None`` when ``value is None`` and ``allow_none``.
+
+    Raises
+    ------
+    ProblemError
+        ``"<name> must be a positive integer (> 0), got <value>"`` (or ``an integer >= <minimum>``, with ``(or
+        None)`` when ``allow_none``) for a non-integer, a ``bool`` or a value below ``minimum``.
+
+    >>> require_int("seed", None, minimum=0, allow_none=True) is None
+    True
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        rule = _int_rule(minimum) + (" (or None)" if allow_none else "")
+        shown = int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else _shown(value)
+        raise _refuse(f"{name} must be {rule}, got {shown}")
+    return int(value)
+
+
+def _int(text: str, minimum: int) -> int:
+    rule = _int_rule(minimum)
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
-    if not ok(v):
+    if v < minimum:
         raise argparse.ArgumentTypeError(f"must be {rule}, got {v}")
     return v
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer > 0."""
-    return _int(text, "a positive integer (> 0)", lambda v: v > 0)
+    """argparse type: an integer > 0 (the rule of :func:`require_int` for command-line text)."""
+    return _int(text, 1)
 
 
 def nonneg_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _int(text, "an integer >= 0", lambda v: v >= 0)
+    """argparse type: an integer >= 0 (the rule of :func:`require_int` with ``minimum=0``)."""
+    return _int(text, 0)
 
 
 def _probe(option: str, value: str, folder: str) -> None:

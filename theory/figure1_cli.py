@@ -36,8 +36,9 @@ import time
 import numpy as np
 
 from .cli_contract import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, check_memory, check_output_dir, deferred_sigint
-from .linear_experiment import (DEFAULTS, PANELS, Settings, panel_settings, run_panels, setting_summary,
-                                settings_dict, summary_rows)
+from .linear_experiment import run_panels
+from .linear_results import setting_summary, summary_rows
+from .linear_settings import DEFAULTS, PANELS, Settings, panel_settings, settings_dict
 from .problem import ProblemError
 
 __all__ = ["add_parser", "run"]

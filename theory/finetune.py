@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cli_contract import require_int
 from .problem import ProblemError, require_finite
 
 __all__ = ["FinetuneResult", "finetune_optimum", "tail_energy"]
@@ -33,20 +34,36 @@ class FinetuneResult:
 
 
 def tail_energy(singular_values: np.ndarray, r: int) -> float:
-    """``sum_{i > r} s_i^2`` for descending singular values ``s``."""
+    """``sum_{i > r} s_i^2`` for descending singular values ``s``.
+
+    Returns
+    -------
+    float
+        ``>= 0``; ``0.0`` when ``r >= len(s)``.
+    """
     s = np.asarray(singular_values, dtype=np.float64)
     return float(np.sum(s[r:] ** 2))
 
 
 def finetune_optimum(A, W, r: int) -> FinetuneResult:
-    """Best rank-``r`` asymmetric adapter ``B C^T`` for base ``A`` (d, d) on task matrix ``W`` (d, d)."""
+    """Best rank-``r`` asymmetric adapter ``B C^T`` for base ``A`` (d, d) on task matrix ``W`` (d, d).
+
+    Returns
+    -------
+    FinetuneResult
+        The loss (sum of the squared singular values of ``W - A`` beyond the r-th), ``B``, ``C`` of shape
+        ``(d, min(r, d))`` and the singular values.
+
+    Raises
+    ------
+    ProblemError
+        ``A`` or ``W`` not finite, not square or of different shapes, or ``r`` not an integer >= 0.
+    """
     A = require_finite("the base A", A)
     W = require_finite("the task matrix W", W)
     if A.ndim != 2 or A.shape[0] != A.shape[1] or W.shape != A.shape:
         raise ProblemError(f"A and W must be square matrices of the same shape, got {A.shape} and {W.shape}")
-    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:
-        raise ProblemError(f"the adapter rank r must be an integer >= 0, got {r!r}")
-    r = min(int(r), A.shape[0])
+    r = min(require_int("the adapter rank r", r, minimum=0), A.shape[0])
     Us, s, Vt = np.linalg.svd(W - A)
     B = Us[:, :r] * s[:r]
     C = Vt[:r].T

@@ -26,7 +26,13 @@ __all__ = ["random_orthogonal", "global_minimiser", "d1_family_point"]
 
 
 def random_orthogonal(k: int, T: int, seed) -> np.ndarray:
-    """``T`` Haar-random matrices of O(k), shape ``(T, k, k)`` (SciPy's ``ortho_group``)."""
+    """``T`` Haar-random matrices of O(k), shape ``(T, k, k)`` (SciPy's ``ortho_group``).
+
+    Returns
+    -------
+    ndarray, shape (T, k, k)
+        For ``k = 1``, random signs ``+-1``.
+    """
     if k == 1:
         rng = np.random.default_rng(seed)
         return rng.choice([-1.0, 1.0], size=(T, 1, 1))
@@ -34,7 +40,13 @@ def random_orthogonal(k: int, T: int, seed) -> np.ndarray:
 
 
 def global_minimiser(problem: Problem, *, seed=None) -> MetaPoint:
-    """``A = A*``, ``U_t = U*_t Q_t`` (``Q_t = I`` when ``seed`` is None, else Haar-random from the seed)."""
+    """``A = A*``, ``U_t = U*_t Q_t`` (``Q_t = I`` when ``seed`` is None, else Haar-random from the seed).
+
+    Returns
+    -------
+    MetaPoint
+        With ``L(A, U) = 0``; fresh arrays (``problem`` is not changed).
+    """
     U = problem.U_star.copy()
     if seed is not None:
         U = U @ random_orthogonal(problem.k, problem.T, seed)
@@ -42,7 +54,18 @@ def global_minimiser(problem: Problem, *, seed=None) -> MetaPoint:
 
 
 def d1_family_point(problem: Problem, s: float) -> MetaPoint:
-    """The Appendix D.1 global minimum at hyperbolic parameter ``s`` (T = 2 only); ``s = 0`` gives ``(A*, U*)``."""
+    """The Appendix D.1 global minimum at hyperbolic parameter ``s`` (T = 2 only); ``s = 0`` gives ``(A*, U*)``.
+
+    Returns
+    -------
+    MetaPoint
+        With ``L(A, U) = 0``.
+
+    Raises
+    ------
+    ProblemError
+        ``T != 2``, ``s`` not finite, or ``s`` so large that the point overflows float64.
+    """
     if problem.T != 2:
         raise ProblemError(f"the Appendix D.1 family exists for T = 2, got T = {problem.T}")
     s = float(s)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cli_contract import require_int
+
 __all__ = ["ProblemError", "Problem", "MetaPoint", "require_remark_3_1", "require_finite", "first_nonfinite"]
 
 
@@ -22,16 +24,19 @@ class ProblemError(ValueError):
     """Bad input: one message naming the value and the rule it breaks."""
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ProblemError(f"{name} must be a positive integer, got {value!r}")
-    if value <= 0:
-        raise ProblemError(f"{name} must be a positive integer (> 0), got {value}")
-    return int(value)
-
-
 def first_nonfinite(arr: np.ndarray) -> str:
-    """``"<value> at [i, j, ...]"`` for the first non-finite entry of ``arr`` (row-major), for error messages."""
+    """``"<value> at [i, j, ...]"`` for the first non-finite entry of ``arr`` (row-major), for error messages.
+
+    Returns
+    -------
+    str
+        The entry's value and its index, e.g. ``"nan at [0, 2]"``.
+
+    Raises
+    ------
+    IndexError
+        ``arr`` has no non-finite entry (call it only after a finiteness check failed).
+    """
     idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
     return f"{float(arr[idx])!r} at {list(idx)}"
 
@@ -41,6 +46,16 @@ def require_finite(name: str, value) -> np.ndarray:
 
     The guard in front of every linear-algebra routine (SVD, eigendecompositions, Cholesky), which would otherwise
     fail with ``LinAlgError`` or return garbage on such input.
+
+    Returns
+    -------
+    ndarray
+        ``value`` as float64, same shape (a view when it already is float64).
+
+    Raises
+    ------
+    ProblemError
+        A NaN or infinite entry, naming ``name``, the count and the first one.
     """
     arr = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
@@ -68,11 +83,7 @@ def _describe(value) -> str:
 
 def _seed(value):
     """``None`` or an integer >= 0 (what ``numpy.random.default_rng`` accepts as a plain seed)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ProblemError(f"seed must be an integer >= 0 (or None), got {_describe(value)}")
-    return int(value)
+    return require_int("seed", value, minimum=0, allow_none=True)
 
 
 def _check_scale(name: str, W: np.ndarray) -> None:
@@ -154,8 +165,19 @@ class Problem:
 
     @classmethod
     def random(cls, d: int, k: int, T: int, seed: int, *, sigma: float = 0.0, with_test: bool = True) -> "Problem":
-        """Draw ``A*``, ``U*`` and ``U*_{T+1}`` with i.i.d. N(0, 1) entries (the paper's Section 4.1)."""
-        d, k, T = _positive_int("d", d), _positive_int("k", k), _positive_int("T", T)
+        """Draw ``A*``, ``U*`` and ``U*_{T+1}`` with i.i.d. N(0, 1) entries (the paper's Section 4.1).
+
+        Returns
+        -------
+        Problem
+            ``A*`` (d, d), ``U*`` (T, d, k), ``U*_{T+1}`` (d, k) when ``with_test``, the given sigma and seed.
+
+        Raises
+        ------
+        ProblemError
+            ``d``, ``k`` or ``T`` not a positive integer, ``seed`` not an integer >= 0, or a bad ``sigma``.
+        """
+        d, k, T = require_int("d", d), require_int("k", k), require_int("T", T)
         rng = np.random.default_rng(_seed(seed))
         A_star = rng.standard_normal((d, d))
         U_star = rng.standard_normal((T, d, k))
@@ -194,7 +216,19 @@ class Problem:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Problem":
-        """Rebuild from :meth:`to_dict` output, refusing missing keys or inconsistent sizes."""
+        """Rebuild from :meth:`to_dict` output.
+
+        Returns
+        -------
+        Problem
+            Equal, array for array, to the one that wrote ``data``.
+
+        Raises
+        ------
+        ProblemError
+            ``data`` not a dict, a missing ``A_star`` or ``U_star``, sizes ``d``, ``k``, ``T`` that disagree with
+            the arrays, or anything :class:`Problem` refuses.
+        """
         if not isinstance(data, dict):
             raise ProblemError(f"a problem must be a JSON object, got {type(data).__name__}")
         for key in ("A_star", "U_star"):
@@ -210,8 +244,18 @@ class Problem:
 
 def require_remark_3_1(d: int, k: int, T: int) -> None:
     """Refuse sizes that break ``(T + 1) k <= d`` (the paper's Remark 3.1: the ``(T+1) k`` columns of the ``U*_t``
-    must be able to be linearly independent), and non-positive sizes."""
-    d, k, T = _positive_int("d", d), _positive_int("k", k), _positive_int("T", T)
+    must be able to be linearly independent), and non-positive sizes.
+
+    Returns
+    -------
+    None
+
+    Raises
+    ------
+    ProblemError
+        A size that is not a positive integer, or ``(T + 1) k > d``.
+    """
+    d, k, T = require_int("d", d), require_int("k", k), require_int("T", T)
     if (T + 1) * k > d:
         raise ProblemError(
             f"(T+1)*k = ({T}+1)*{k} = {(T + 1) * k} exceeds d = {d}: Remark 3.1 needs (T+1) k <= d so that the "
@@ -233,10 +277,28 @@ class MetaPoint:
     U: np.ndarray
 
     def flatten(self) -> np.ndarray:
+        """``x = [vec(A); vec(U_1); ...; vec(U_T)]``.
+
+        Returns
+        -------
+        ndarray, shape (d^2 + T d k,)
+        """
         return np.concatenate([np.ravel(self.A), np.ravel(self.U)])
 
     @classmethod
     def unflatten(cls, x: np.ndarray, d: int, k: int, T: int) -> "MetaPoint":
+        """Split a flat ``x`` of shape ``(d^2 + T d k,)`` into ``A`` (d, d) and ``U`` (T, d, k).
+
+        Returns
+        -------
+        MetaPoint
+            Views of ``x`` (as float64).
+
+        Raises
+        ------
+        ProblemError
+            ``x`` not of shape ``(d^2 + T d k,)``.
+        """
         x = np.asarray(x, dtype=np.float64)
         if x.shape != (d * d + T * d * k,):
             raise ProblemError(f"x must have shape ({d * d + T * d * k},) for d={d}, k={k}, T={T}, got {x.shape}")

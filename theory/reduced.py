@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._shapes import as_U, d_outer, outer, sym
-from .meta import add_curvature, gram_matrix
+from .meta import _add_curvature, _gram_matrix
 from .problem import Problem, ProblemError, require_finite
 
 __all__ = [
@@ -27,29 +27,84 @@ __all__ = [
 
 
 def optimal_A(U, problem: Problem) -> np.ndarray:
-    """``A(U) = mean_t (W_t - U_t U_t^T)``, shape ``(d, d)``."""
+    """``A(U) = mean_t (W_t - U_t U_t^T)``, shape ``(d, d)``.
+
+    Returns
+    -------
+    ndarray, shape (d, d)
+        The base minimising ``L(., U)``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` of a shape other than ``(T, d, k)`` or ``(T d k,)``.
+    """
     return (problem.W - outer(as_U(U, problem))).mean(axis=0)
 
 
 def reduced_residuals(U, problem: Problem) -> np.ndarray:
-    """``E_t = D_t - mean_s D_s`` with ``D_t = U_t U_t^T - W_t``, shape ``(T, d, d)``."""
+    """``E_t = D_t - mean_s D_s`` with ``D_t = U_t U_t^T - W_t``, shape ``(T, d, d)``.
+
+    Returns
+    -------
+    ndarray, shape (T, d, d)
+        The ``E_t``; they sum to zero over t.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` of a shape other than ``(T, d, k)`` or ``(T d k,)``.
+    """
     D = outer(as_U(U, problem)) - problem.W
     return D - D.mean(axis=0, keepdims=True)
 
 
 def reduced_loss(U, problem: Problem) -> float:
-    """``G(U) = sum_t ||E_t||_F^2``; ``U`` of shape ``(T, d, k)`` or flat ``(T d k,)``."""
+    """``G(U) = sum_t ||E_t||_F^2``; ``U`` of shape ``(T, d, k)`` or flat ``(T d k,)``.
+
+    Returns
+    -------
+    float
+        ``G(U) >= 0``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` of a shape other than ``(T, d, k)`` or ``(T d k,)``.
+    """
     return float(np.sum(reduced_residuals(U, problem) ** 2))
 
 
 def reduced_grad(U, problem: Problem) -> np.ndarray:
-    """``dG/dU_t = 2 (E_t + E_t^T) U_t``, flat, shape ``(T d k,)``."""
+    """``dG/dU_t = 2 (E_t + E_t^T) U_t``, flat, shape ``(T d k,)``.
+
+    Returns
+    -------
+    ndarray, shape (T d k,)
+        ``[vec(dG/dU_1); ...; vec(dG/dU_T)]``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` of a shape other than ``(T, d, k)`` or ``(T d k,)``.
+    """
     U = as_U(U, problem)
     return (2.0 * sym(reduced_residuals(U, problem)) @ U).ravel()
 
 
 def reduced_hvp(U, dU, problem: Problem) -> np.ndarray:
-    """``H_G dU = 2 (dE_t + dE_t^T) U_t + 2 (E_t + E_t^T) dU_t`` with ``dE_t = dD_t - mean_s dD_s``; flat ``(T d k,)``."""
+    """``H_G dU = 2 (dE_t + dE_t^T) U_t + 2 (E_t + E_t^T) dU_t`` with ``dE_t = dD_t - mean_s dD_s``; flat ``(T d k,)``.
+
+    Returns
+    -------
+    ndarray, shape (T d k,)
+        ``H_G vec(dU)``, the product with the Hessian of :func:`reduced_hess`.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` or ``dU`` of a shape other than ``(T, d, k)`` or ``(T d k,)``.
+    """
     U, dU = as_U(U, problem), as_U(dU, problem)
     dD = d_outer(U, dU)
     dE = dD - dD.mean(axis=0, keepdims=True)
@@ -60,17 +115,27 @@ def reduced_hess(U, problem: Problem) -> np.ndarray:
     """Dense Hessian of G, shape ``(T d k, T d k)``.
 
     ``H[s, t] = 2 delta_st J_t^T J_t - (2 / T) J_s^T J_t + delta_st 2 (E_t + E_t^T) kron I_k``, every ``J_s^T J_t``
-    in closed form (:func:`theory.meta.gram_matrix`).
+    in closed form (:func:`theory.meta._gram_matrix`).
+
+    Returns
+    -------
+    ndarray, shape (T d k, T d k)
+        Symmetric, in the order ``[vec(U_1); ...; vec(U_T)]``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` of a shape other than ``(T, d, k)`` or ``(T d k,)``.
     """
     U = as_U(U, problem)
     T, d, k = U.shape
     dk = d * k
-    gram = gram_matrix(U)
+    gram = _gram_matrix(U)
     H = (-2.0 / T) * gram
     for t in range(T):
         sl = slice(t * dk, (t + 1) * dk)
         H[sl, sl] += 2.0 * gram[sl, sl]
-    add_curvature(H, reduced_residuals(U, problem), k)
+    _add_curvature(H, reduced_residuals(U, problem), k)
     return H
 
 
@@ -78,6 +143,17 @@ def schur_complement(H: np.ndarray, n_A: int) -> np.ndarray:
     """``H_UU - H_UA H_AA^{-1} H_AU`` from a dense Hessian whose first ``n_A`` coordinates are the eliminated block.
 
     Solved with a Cholesky factor of ``H_AA`` (SciPy), which must be positive definite.
+
+    Returns
+    -------
+    ndarray, shape (n - n_A, n - n_A)
+
+    Raises
+    ------
+    ProblemError
+        ``H`` not square or not finite, or ``n_A`` outside ``1..n-1``.
+    numpy.linalg.LinAlgError
+        ``H_AA`` is not positive definite (from the Cholesky factorisation).
     """
     from scipy.linalg import cho_factor, cho_solve
 

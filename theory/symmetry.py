@@ -23,14 +23,20 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from .problem import require_finite
+from .problem import ProblemError, require_finite
 
 __all__ = ["orbit_tangent", "boost_tangent", "symmetry_tangent", "quotient_basis", "Inertia", "inertia", "restricted_inertia"]
 
 
 def orbit_tangent(U: np.ndarray, *, n_A: int = 0) -> np.ndarray:
     """Unnormalised tangent directions of the orbit at ``U`` (T, d, k), as columns of a ``(n_A + T d k, m)``
-    matrix, ``m = T k (k - 1) / 2``; the first ``n_A`` rows (a leading ``vec(A)`` block) are zero."""
+    matrix, ``m = T k (k - 1) / 2``; the first ``n_A`` rows (a leading ``vec(A)`` block) are zero.
+
+    Returns
+    -------
+    ndarray, shape (n_A + T d k, T k (k - 1) / 2)
+        One column per direction ``U_t (e_a e_b^T - e_b e_a^T)``, ``a < b``, block t outermost.
+    """
     U = np.asarray(U, dtype=np.float64)
     T, d, k = U.shape
     cols = []
@@ -47,11 +53,21 @@ def orbit_tangent(U: np.ndarray, *, n_A: int = 0) -> np.ndarray:
 
 def boost_tangent(U: np.ndarray) -> np.ndarray:
     """T = 2 only: the ``k^2`` boost directions ``(dU_1, dU_2) = (U_2 B^T, U_1 B)``, ``B = e_a e_b^T``, of the
-    O(k, k) symmetry of G, as columns of a ``(2 d k, k^2)`` matrix; ``d(U_1 U_1^T - U_2 U_2^T) = 0`` along each."""
+    O(k, k) symmetry of G, as columns of a ``(2 d k, k^2)`` matrix; ``d(U_1 U_1^T - U_2 U_2^T) = 0`` along each.
+
+    Returns
+    -------
+    ndarray, shape (2 d k, k^2)
+
+    Raises
+    ------
+    ProblemError
+        ``U`` with ``T != 2``.
+    """
     U = np.asarray(U, dtype=np.float64)
     T, d, k = U.shape
     if T != 2:
-        raise ValueError(f"the O(k, k) symmetry of G is a T = 2 property, got T = {T}")
+        raise ProblemError(f"the O(k, k) symmetry of G is a T = 2 property, got T = {T}")
     cols = []
     for a in range(k):
         for b in range(k):
@@ -64,14 +80,25 @@ def boost_tangent(U: np.ndarray) -> np.ndarray:
 
 def symmetry_tangent(U: np.ndarray, *, n_A: int = 0, group: str = "O(k)^T") -> np.ndarray:
     """Tangent directions of the chosen symmetry orbit at ``U``: ``"O(k)^T"`` (:func:`orbit_tangent`, any T) or
-    ``"O(k,k)"`` (T = 2, reduced loss only: adds :func:`boost_tangent`)."""
+    ``"O(k,k)"`` (T = 2, reduced loss only: adds :func:`boost_tangent`).
+
+    Returns
+    -------
+    ndarray, shape (n_A + T d k, m)
+        ``m = T k (k - 1) / 2`` for ``"O(k)^T"``, ``m = k (k - 1) + k^2`` for ``"O(k,k)"``.
+
+    Raises
+    ------
+    ProblemError
+        An unknown ``group``, or ``"O(k,k)"`` with ``n_A != 0`` or ``T != 2``.
+    """
     if group == "O(k)^T":
         return orbit_tangent(U, n_A=n_A)
     if group == "O(k,k)":
         if n_A:
-            raise ValueError("the O(k, k) quotient is defined for the reduced loss G (n_A = 0)")
+            raise ProblemError("the O(k, k) quotient is defined for the reduced loss G (n_A = 0)")
         return np.hstack([orbit_tangent(U), boost_tangent(U)])
-    raise ValueError(f"group must be 'O(k)^T' or 'O(k,k)', got {group!r}")
+    raise ProblemError(f"group must be 'O(k)^T' or 'O(k,k)', got {group!r}")
 
 
 def quotient_basis(U: np.ndarray, *, n_A: int = 0, rtol: float = 1e-10, group: str = "O(k)^T") -> np.ndarray:
@@ -80,6 +107,16 @@ def quotient_basis(U: np.ndarray, *, n_A: int = 0, rtol: float = 1e-10, group: s
 
     Directions shorter than ``rtol * max(1, ||U||)`` are dropped first: they carry no symmetry (at ``U = 0`` the
     orbit is a point), and a purely relative cutoff would count them at a tiny ``U``.
+
+    Returns
+    -------
+    ndarray, shape (n, n - m')
+        Orthonormal columns, ``n = n_A + T d k``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` not finite, or a bad ``group`` (as :func:`symmetry_tangent`).
     """
     U = require_finite("U", U)
     Z = symmetry_tangent(U, n_A=n_A, group=group)
@@ -111,7 +148,19 @@ class Inertia:
 
 
 def inertia(H: np.ndarray, *, rtol: float = 1e-8) -> Inertia:
-    """Inertia of a symmetric matrix (symmetrised first) with relative tolerance ``rtol``."""
+    """Inertia of a symmetric matrix (symmetrised first) with relative tolerance ``rtol``.
+
+    Returns
+    -------
+    Inertia
+
+    Raises
+    ------
+    ProblemError
+        ``H`` not finite.
+    ValueError
+        ``H`` not a square matrix (``numpy.linalg.LinAlgError``, a ``ValueError``, for one that is not 2-D).
+    """
     H = require_finite("the Hessian H", H)
     lam = np.linalg.eigvalsh(0.5 * (H + H.T))
     tol = rtol * max(1.0, float(np.max(np.abs(lam))) if lam.size else 1.0)
@@ -123,6 +172,19 @@ def inertia(H: np.ndarray, *, rtol: float = 1e-8) -> Inertia:
 def restricted_inertia(H: np.ndarray, U: np.ndarray, *, n_A: int = 0, rtol: float = 1e-8,
                        group: str = "O(k)^T") -> Inertia:
     """Inertia of ``Q^T H Q``, ``Q`` = :func:`quotient_basis` at ``U``; ``H`` is the reduced Hessian (``n_A = 0``)
-    or the full one with its ``vec(A)`` block first (``n_A = d^2``); ``group`` as in :func:`symmetry_tangent`."""
+    or the full one with its ``vec(A)`` block first (``n_A = d^2``); ``group`` as in :func:`symmetry_tangent`.
+
+    Returns
+    -------
+    Inertia
+        Of the ``(n - m') x (n - m')`` matrix ``Q^T H Q``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` or ``H`` not finite, or a bad ``group``.
+    ValueError
+        ``H`` not of shape ``(n_A + T d k, n_A + T d k)`` (a matrix-product shape mismatch).
+    """
     Q = quotient_basis(U, n_A=n_A, group=group)
     return inertia(Q.T @ np.asarray(H, dtype=np.float64) @ Q, rtol=rtol)

@@ -76,12 +76,24 @@ def _derivative_checks(problem: Problem, U: np.ndarray, rng: np.random.Generator
 
 def run_verify(d: int, k: int, T: int, seed: int, *, init_scale: float = 1e-3,
                options: SolveOptions | None = None, derivative_tol: float = 1e-10) -> VerifyReport:
-    """Run the whole pipeline on ``Problem.random(d, k, T, seed)``; refuses ``(T+1) k > d`` (Remark 3.1)."""
+    """Run the whole pipeline on ``Problem.random(d, k, T, seed)``; refuses ``(T+1) k > d`` (Remark 3.1).
+
+    Returns
+    -------
+    VerifyReport
+        The problem, the solve (:class:`theory.optimize.SolveResult`) and the checks, in the order of the module
+        docstring; ``report.passed`` is whether all passed.
+
+    Raises
+    ------
+    ProblemError
+        Sizes that are not positive integers, ``(T + 1) k > d``, or a seed that is not an integer >= 0.
+    """
     require_remark_3_1(d, k, T)
     problem = Problem.random(d, k, T, seed)
     rng = np.random.default_rng([seed, 1])
     solve = minimise_reduced(problem, init_scale * rng.standard_normal((T, d, k)), options=options)
-    U, A = solve.U, optimal_A(solve.U, problem)
+    U, A = solve.point, optimal_A(solve.point, problem)
     out = _derivative_checks(problem, U, rng, derivative_tol)
     out += [checks.theorem_3_1_rank(problem), checks.corollary_1_sr_test_loss(problem, k),
             checks.meta_lora_reduced_loss(problem, U)]
