@@ -24,7 +24,8 @@ from landscape.classify import classify_point
 from landscape.search import solve_critical
 from strategies import problems
 from theory import checks, finetune, minima, reduced, symmetry
-from theory.linear_experiment import Settings, run_setting
+from theory.linear_experiment import run_setting
+from theory.linear_settings import Settings
 from theory.problem import Problem, ProblemError
 
 
