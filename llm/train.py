@@ -228,40 +228,64 @@ def select_epoch(select: str, val: list[float], held: list[float], n_epochs: int
     return max(range(len(scores)), key=lambda i: (scores[i], -i)) + 1
 
 
+# Samples per forward pass when the tasks of a step are summed (task_sum): a step of many tasks runs in pieces of
+# whole tasks, each piece's loss backpropagated at once, so the activations of only one piece are alive at a time.
+# The loss is a sum over tasks and a sample's negatives come from its own task, so the gradient is the same.
+_PIECE_SAMPLES = 64
+
+
+def _task_pieces(idx: torch.Tensor, tasks: torch.Tensor) -> list[torch.Tensor]:
+    """``idx`` (B,) cut into runs of whole tasks of at most ``_PIECE_SAMPLES`` samples (a larger task alone)."""
+    t = tasks[idx]
+    starts = [0] + [i for i in range(1, len(idx)) if t[i] != t[i - 1]] + [len(idx)]
+    pieces, begin = [], 0
+    for a, b in zip(starts[:-1], starts[1:]):
+        if b - begin > _PIECE_SAMPLES and a > begin:
+            pieces.append(idx[begin:a])
+            begin = a
+    pieces.append(idx[begin:])
+    return pieces
+
+
 def _train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelerator, optimizer, scheduler,
                  cfg: Config, seed: int, epoch: int, single_task: bool, bar, what: str,
                  task_sum: bool = False) -> float:
     """One epoch; returns the mean training loss. ``task_sum``: the loss of a batch is the sum over its tasks of
-    each task's mean loss, so that every task's adapter gets exactly the gradient of its own fine-tuning."""
+    each task's mean loss, so that every task's adapter gets exactly the gradient of its own fine-tuning (computed
+    in pieces of whole tasks, :func:`_task_pieces`)."""
     pmodel.train()
     batches.epoch = epoch
     negatives = _negatives(cfg, split)
     in_batch = cfg.scorer == "bi" and cfg.in_batch_negatives
     total, count = 0.0, 0
     for step, idx in enumerate(loader):
-        b = split.batch(idx.cpu(), negatives=negatives, generator=_step_generator(seed, epoch, step))
-        inputs = _to(split.store.inputs(b["seqs"]), accelerator.device)
-        b = _to(b, accelerator.device)
-        task = int(b["tasks"][0]) if single_task else None
-        with accelerator.autocast():
-            feats = pmodel(inputs, b["seq_tasks"], task)
-        if task_sum:
-            per = raw.loss(feats.float(), b, in_batch=in_batch, reduction="none")
-            n = raw.n_tasks
-            sums = torch.zeros(n, device=per.device).index_add(0, b["tasks"], per)
-            counts = torch.zeros(n, device=per.device).index_add(0, b["tasks"], torch.ones_like(per))
-            loss = (sums / counts.clamp(min=1)).sum()
-        else:
-            loss = raw.loss(feats.float(), b, in_batch=in_batch)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{what}: non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, "
-                                     f"step {step + 1}; stopped, the last finished epoch's checkpoint is kept "
-                                     "(try a smaller lr)")
-        accelerator.backward(loss)
+        generator = _step_generator(seed, epoch, step)
+        loss = 0.0
+        for part in (_task_pieces(idx.cpu(), split.tasks) if task_sum else [idx.cpu()]):
+            b = split.batch(part, negatives=negatives, generator=generator)
+            inputs = _to(split.store.inputs(b["seqs"]), accelerator.device)
+            b = _to(b, accelerator.device)
+            task = int(b["tasks"][0]) if single_task else None
+            with accelerator.autocast():
+                feats = pmodel(inputs, b["seq_tasks"], task)
+            if task_sum:
+                per = raw.loss(feats.float(), b, in_batch=in_batch, reduction="none")
+                n = raw.n_tasks
+                sums = torch.zeros(n, device=per.device).index_add(0, b["tasks"], per)
+                counts = torch.zeros(n, device=per.device).index_add(0, b["tasks"], torch.ones_like(per))
+                part_loss = (sums / counts.clamp(min=1)).sum()
+            else:
+                part_loss = raw.loss(feats.float(), b, in_batch=in_batch)
+            if not torch.isfinite(part_loss):
+                raise NonFiniteLossError(f"{what}: non-finite loss ({float(part_loss.detach())}) at epoch "
+                                         f"{epoch + 1}, step {step + 1}; stopped, the last finished epoch's "
+                                         "checkpoint is kept (try a smaller lr)")
+            accelerator.backward(part_loss)
+            loss += float(part_loss.detach())
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        total += float(loss.detach())
+        total += loss
         count += 1
         bar.update(1)
     return total / max(count, 1)

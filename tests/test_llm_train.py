@@ -6,6 +6,8 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -409,3 +411,52 @@ def test_joint_finetuning_gives_each_adapter_its_own_tasks_gradient(tiny_bert, t
                 assert torch.allclose(p.grad[t], got[n][t], atol=1e-6), n
             elif n.startswith(f"heads.heads.{t}."):
                 assert torch.allclose(p.grad, got[n], atol=1e-6), n
+
+
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=8), st.integers(1, 12))
+@settings(max_examples=60, deadline=None)
+def test_task_pieces_cut_a_step_into_whole_tasks(sizes, limit):
+    """Pieces concatenate to the step, never split a task, and stay within the limit unless one task exceeds it."""
+    import llm.train as train_mod
+
+    tasks = torch.tensor([t for t, n in enumerate(sizes) for _ in range(n)])
+    idx = torch.arange(len(tasks))
+    old, train_mod._PIECE_SAMPLES = train_mod._PIECE_SAMPLES, limit
+    try:
+        pieces = train_mod._task_pieces(idx, tasks)
+    finally:
+        train_mod._PIECE_SAMPLES = old
+    assert torch.equal(torch.cat(pieces), idx)
+    owner = [{int(tasks[i]) for i in p} for p in pieces]
+    assert all(not (a & b) for j, a in enumerate(owner) for b in owner[j + 1:])  # a task lies in one piece
+    assert all(len(p) <= limit or len(o) == 1 for p, o in zip(pieces, owner))
+    # greedy: a piece ends only where adding the next task would pass the limit
+    for p, nxt in zip(pieces[:-1], owner[1:]):
+        first_next = sizes[min(nxt)]
+        assert len(p) + first_next > limit
+
+
+def test_joint_finetuning_in_pieces_equals_one_pass(tiny_bert, tasks, monkeypatch, tmp_path):
+    """Fine-tuning many tasks with each step cut into pieces of one task gives the same losses, adapters and scores
+    as one forward pass per step (all negatives used and the encoder's dropout off, so no random draw depends on
+    the cut)."""
+    import shutil
+
+    import llm.train as train_mod
+
+    model = str(tmp_path / "no_dropout")
+    shutil.copytree(tiny_bert, model)
+    with open(os.path.join(model, "config.json")) as fh:
+        config = json.load(fh)
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    with open(os.path.join(model, "config.json"), "w") as fh:
+        json.dump(config, fh)
+    cfg = _cfg(model, freeze_layers=1, train_negatives=19, finetune_epochs=2)
+    test = list(tasks.test)
+    runs = []
+    for limit in (1, 10_000):
+        monkeypatch.setattr(train_mod, "_PIECE_SAMPLES", limit)
+        runs.append(train_mod.finetune_tasks(cfg, model, test, rank=4, seed=3, progress=False))
+    for a, b in zip(*runs):
+        assert len(a.losses) == 2 and all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in zip(a.losses, b.losses))
+        assert a.val_accuracies == b.val_accuracies and a.correct == b.correct
