@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         bundle = None
     if bundle is not None and hasattr(bundle, "add_parser"):
         bundle.add_parser(sub)
+    from . import planted_cli  # `planted`: llm/planted_cli.py (docs/planted.md)
+    planted_cli.add_parser(sub)
     return parser
 
 
