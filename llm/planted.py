@@ -321,8 +321,10 @@ def run_planted(cfg: PlantedConfig, *, log=print, progress: bool = False) -> dic
     tokenizer = load_tokenizer(cfg.model)
     T_max, n_max = max(T for T, _ in cfg.settings), max(cfg.n_values)
     size = cfg.heldout_turns + n_max + T_max * cfg.retrain_turns
+    why = (f"--heldout-turns {cfg.heldout_turns} + largest n {n_max} + largest T {T_max} x --retrain-turns "
+           f"{cfg.retrain_turns}")
     pool = build_pool(model, tokenizer, names, size=size, min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens,
-                      data_seed=cfg.data_seed)
+                      data_seed=cfg.data_seed, why=why)
     log(f"pool: {size} turns, {pool.cache.token_mask.sum()} real tokens, cached at block {pool.cache.block} stage "
         f"{pool.cache.stage} ({time.perf_counter() - start:.0f} s)")
     ctx = _Context(cfg, model, names, pool)

@@ -59,7 +59,8 @@ class Pool:
         return self.row_offsets[turns + 1] - self.row_offsets[turns]
 
 
-def _select(texts: list[str], tokenizer, size: int, min_tokens: int, max_tokens: int, data_seed: int) -> list[str]:
+def _select(texts: list[str], tokenizer, size: int, min_tokens: int, max_tokens: int, data_seed: int,
+            why: str) -> list[str]:
     order = np.random.default_rng(data_seed).permutation(len(texts))
     out: list[str] = []
     chunk = max(4 * size, 1024)
@@ -70,8 +71,8 @@ def _select(texts: list[str], tokenizer, size: int, min_tokens: int, max_tokens:
         out += [b for b, n in zip(batch, lengths) if min_tokens <= n <= max_tokens]
         if len(out) >= size:
             return out[:size]
-    raise LLMError(f"only {len(out)} chitchat turns have {min_tokens}..{max_tokens} tokens, {size} are needed; "
-                   "lower the sizes or widen the token range")
+    raise LLMError(f"only {len(out)} chitchat turns have {min_tokens}..{max_tokens} tokens, {size} are needed"
+                   f"{f' ({why})' if why else ''}; lower the sizes or widen the token range")
 
 
 def _concat(caches: list[Cache]) -> Cache:
@@ -89,9 +90,12 @@ def _concat(caches: list[Cache]) -> Cache:
 
 
 def build_pool(model, tokenizer, names: tuple[str, ...], *, size: int, min_tokens: int, max_tokens: int,
-               data_seed: int, chunk: int = 256) -> Pool:
-    """Tokenise ``size`` turns and cache their activations at the chosen layers' resume point (module docstring)."""
-    texts = _select(read_turns(), tokenizer, size, min_tokens, max_tokens, data_seed)
+               data_seed: int, chunk: int = 256, why: str = "") -> Pool:
+    """Tokenise ``size`` turns and cache their activations at the chosen layers' resume point (module docstring).
+
+    Raises LLMError when fewer than ``size`` turns fit the token range; ``why`` (how ``size`` was counted) is added
+    to its message."""
+    texts = _select(read_turns(), tokenizer, size, min_tokens, max_tokens, data_seed, why)
     enc = tokenizer(texts, padding="max_length", max_length=max_tokens, truncation=True, return_tensors="pt")
     parts = [build_cache(model, enc["input_ids"][i:i + chunk], enc["attention_mask"][i:i + chunk], names)
              for i in range(0, size, chunk)]

@@ -252,30 +252,93 @@ def test_config_refuses_bad_values(change, word):
 def _cli(argv, capsys):
     from llm.__main__ import main
 
-    rc = main(["planted", *argv])
+    try:
+        rc = main(["planted", *argv])
+    except SystemExit as exc:  # argparse refuses a malformed option by exiting
+        rc = exc.code
     out = capsys.readouterr()
     return rc, out.out, out.err
 
 
-@pytest.mark.parametrize("argv, word", [(["--T", "1"], "T must be"), (["--k", "0", "2"], "k must be"),
-                                        (["--threshold", "0"], "threshold"), (["--seeds", "3", "3"], "seeds"),
-                                        (["--layers", "("], "not a valid regular expression"),
-                                        (["--layers", r"pooler\.dense"], "matches no linear layer")])
+@pytest.mark.parametrize("argv, word", [
+    (["--T", "1"], "argument --T: must be an integer >= 2, got 1"),
+    (["--k", "0", "2"], "argument --k: must be an integer >= 1, got 0"),
+    (["--T", "x"], "argument --T: must be an integer, got 'x'"),
+    (["--seeds", "-1"], "argument --seeds: must be an integer >= 0, got -1"),
+    (["--seeds", "3", "3"], "seeds must be distinct"),
+    (["--retrain-turns", "0"], "argument --retrain-turns: must be an integer >= 1, got 0"),
+    (["--threads", "-2"], "argument --threads: must be an integer >= 0, got -2"),
+    (["--n-sweep", "0"], "argument --n-sweep: must be an integer >= 1, got 0"),
+    (["--threshold", "0"], "argument --threshold: must be a finite number > 0 and <= 1, got 0"),
+    (["--threshold", "1.5"], "argument --threshold: must be a finite number > 0 and <= 1, got 1.5"),
+    (["--shift-scale", "nan"], "argument --shift-scale: must be a finite number >= 0, got nan"),
+    (["--delta-scale", "0"], "argument --delta-scale: must be a finite number > 0, got 0"),
+    (["--delta-scale", "inf"], "argument --delta-scale: must be a finite number > 0, got inf"),
+    (["--target", "x"], "argument --target: invalid choice: 'x'"),
+    (["--preset", "big"], "argument --preset: invalid choice: 'big'"),
+    (["--model", "./no/such/model"], "model path './no/such/model' does not exist"),
+    (["--layers", "("], "not a valid regular expression"),
+    (["--layers", r"pooler\.dense"], "matches no linear layer"),
+    (["--T", "200", "--k", "2"], "(T+1) k = 402 exceeds min(d_out, d_in) = 384"),
+    pytest.param(["--heldout-turns", "100000"], "100056 are needed (--heldout-turns 100000 + largest n 8 + "
+                 "largest T 2 x --retrain-turns 24)", marks=pytest.mark.slow),  # tokenises every chitchat turn
+])
 def test_cli_bad_input_is_one_message_and_exit_2(argv, word, tmp_path, capsys):
     out = tmp_path / "out"
     rc, stdout, err = _cli(["--preset", "smoke", "--out", str(out), *argv], capsys)
     assert rc == 2 and word in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("python -m llm planted: error: ") and stdout == ""
     assert not out.exists()
+
+
+def test_cli_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys, monkeypatch):
+    import llm.planted
+
+    monkeypatch.setattr(llm.planted, "run_planted", lambda *a, **kw: pytest.fail("work started"))
+    out = tmp_path / "results"
+    out.write_text("keep me")
+    rc, _, err = _cli(["--preset", "smoke", "--out", str(out)], capsys)
+    assert rc == 2 and f"--out {str(out)!r} is an existing file" in err and len(err.strip().splitlines()) == 1
+    assert out.read_text() == "keep me"
+
+
+def _interrupt(*a, **kw):
+    raise KeyboardInterrupt
 
 
 def test_cli_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     import llm.planted
 
-    def interrupted(*a, **kw):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(llm.planted, "run_planted", interrupted)
+    monkeypatch.setattr(llm.planted, "run_planted", _interrupt)
     rc, _, err = _cli(["--preset", "smoke", "--out", str(tmp_path / "o")], capsys)
-    assert rc == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err
+    assert rc == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "interrupted before writing; nothing was written" in err and not (tmp_path / "o").exists()
+
+
+def test_cli_ctrl_c_while_writing_leaves_no_half_written_file(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while the second file is being renamed into place: one line, exit 130, the first file whole, no
+    temporary file left."""
+    import llm.checkpoint
+    import llm.planted
+
+    result = _synthetic_result(sr_k=[4, 5], meta_k=[1, 2], sr_top=[1, 1], meta_top=[1, 2],
+                               sr_sv=[[3, 3, 2, 0.5]] * 2, meta_sv=[[0.5, 0.2, 0.1, 0.1]] * 2)
+    monkeypatch.setattr(llm.planted, "run_planted", lambda *a, **kw: result)
+    real_replace, done = os.replace, []
+
+    def replace_then_interrupt(src, dst):
+        if done:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+        done.append(dst)
+    monkeypatch.setattr(llm.checkpoint.os, "replace", replace_then_interrupt)
+    out = tmp_path / "o"
+    rc, _, err = _cli(["--preset", "smoke", "--out", str(out)], capsys)
+    monkeypatch.undo()
+    assert rc == 130 and len(err.strip().splitlines()) == 1 and "interrupted while writing" in err
+    assert sorted(os.listdir(out)) == [os.path.basename(done[0])]
+    header = (out / os.path.basename(done[0])).read_text().splitlines()[0]
+    assert header.startswith("T,k,")
 
 
 @pytest.fixture(scope="module")
@@ -303,9 +366,16 @@ def test_smoke_run_prints_the_schema_and_writes_every_file(smoke_run):
             for m in ("sr", "meta-lora", "none")}
     assert {(r["T"], r["k"], r["finetune_rank"], r["method"]) for r in doc["rows"]} == want
     for r in doc["rows"]:
-        assert np.isfinite(r["test_loss"]) and r["test_loss"] > 0
-        assert r["seeds"] == list(cfg.seeds) and len(r["per_seed"]) == len(cfg.seeds)
-        assert r["range"][0] <= r["test_loss"] <= r["range"][1]
+        assert set(r) == {"T", "k", "finetune_rank", "method", "test_loss", "seeds"}
+        assert [s["seed"] for s in r["seeds"]] == list(cfg.seeds)
+        per_seed = [s["test_loss"] for s in r["seeds"]]
+        assert all(np.isfinite(v) and v > 0 for v in per_seed) and r["test_loss"] == np.median(per_seed)
+    csv_rows = (out / "finetune_rank.csv").read_text().splitlines()
+    for r in doc["rows"]:  # the printed numbers are the files' numbers
+        for s in r["seeds"]:
+            line = f"{r['T']},{r['k']},{cfg.finetune_turns},{r['finetune_rank']},{r['method']},{s['seed']},"
+            assert sum(x.startswith(line) for x in csv_rows) == 1
+            assert float(next(x for x in csv_rows if x.startswith(line)).split(",")[6]) == s["test_loss"]
     assert {s["method"] for s in doc["spectra"]} == {"sr", "meta-lora", "none", "linear-prediction"}
     for name in ("summary.json", "command.txt", "finetune_rank.csv", "finetune_curve.csv", "retrain_curve.csv",
                  "spectra.csv", "pooled_loss.csv", "rank.png", "steps.png", "spectra.png"):
