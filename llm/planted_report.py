@@ -157,9 +157,20 @@ def summarise(result: dict) -> dict:
             "absorption": [_absorption(records, T, k) for T, k in settings]}
 
 
-def json_view(summary: dict) -> dict:
-    """What ``--json`` prints: ``{"rows": [...], "spectra": [...]}``."""
-    return {"rows": summary["rows"], "spectra": summary["spectra"]}
+def json_view(summary: dict, n: int) -> dict:
+    """What ``--json`` prints: ``{"rows": [...], "spectra": [...]}``.
+
+    ``rows``: one per (T, k, finetune_rank, method) at the main number ``n`` of training turns of the new task,
+    with exactly the keys ``T, k, finetune_rank, method, test_loss, seeds``: ``test_loss`` the median over seeds
+    of the final held-out loss, ``seeds`` a list of ``{"seed": s, "test_loss": loss of seed s}`` (the range is
+    their min and max). The n sweep's rows are in ``summary.json`` and ``finetune_rank.csv``. ``spectra``: the
+    rows of :func:`spectra_table`.
+    """
+    keys = ("T", "k", "finetune_rank", "method", "test_loss")
+    rows = [{**{key: r[key] for key in keys},
+             "seeds": [{"seed": s, "test_loss": v} for s, v in zip(r["seeds"], r["per_seed"])]}
+            for r in summary["rows"] if r["n"] == n]
+    return {"rows": rows, "spectra": summary["spectra"]}
 
 
 # ----------------------------------------------------------------------------------------------------- files
