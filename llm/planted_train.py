@@ -13,11 +13,12 @@ What is trained (everything else is frozen, including the chosen layers' biases)
 * **Fine-tuning** the new task: a fresh peft LoRA of rank r (``lora_alpha = r``, so ``s = 1``; no dropout) on the
   chosen layers of a frozen base (SR's, Meta-LoRA's, or the pretrained ``W0``), from its n training inputs.
 
-Both retraining methods use one Adam optimiser (torch defaults besides the learning rate) on full batches (every
-input of every task in each step), the same steps, learning rate, inputs and targets; fine-tuning likewise with its
-own learning rate and steps. A run's own LoRA initialisation comes from ``torch.manual_seed(seed)`` inside
-``torch.random.fork_rng`` (the caller's generator state is left alone). Since everything is full-batch and
-deterministic given the seed, a seed reproduces a run's numbers on the same machine.
+Both retraining methods use one Adam optimiser (torch defaults besides the learning rate, cosine decay) on the same
+batches (``per_task`` rows of every task in each step, drawn from the seed; every row when ``per_task`` is 0), the
+same steps, learning rate, inputs and targets; fine-tuning is full-batch L-BFGS with its own budget. A run's own
+LoRA initialisation comes from ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the caller's
+generator state is left alone). Since the batches and initialisations are drawn from the seed, a seed reproduces
+a run's numbers on the same machine.
 
 Spectra (Theorems 3.1 and 3.3): for each chosen layer, the singular values of ``(W - A*) Sigma^{1/2}``, where
 ``Sigma`` is the second moment ``(1/M) sum_i x_i x_i^T`` of the layer's inputs over the M real tokens of the
