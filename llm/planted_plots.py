@@ -45,6 +45,18 @@ def _band(ax, x, per_seed, method, style="-", label=True):
     ax.fill_between(x, v.min(axis=1), v.max(axis=1), color=COLORS[method], alpha=0.15, lw=0)
 
 
+def _finish(fig, where, xlabel: str, ylabel: str, title: str):
+    """Log y axis and labels on every panel, the legend on the first, the title; returns ``fig``."""
+    for ax in where.values():
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    next(iter(where.values())).legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _rank_plot(summary, n, settings):
     fig, where = _grid(settings)
     for (T, k), ax in where.items():
@@ -53,13 +65,8 @@ def _rank_plot(summary, n, settings):
                           key=lambda r: r["finetune_rank"])
             _band(ax, [r["finetune_rank"] for r in rows], [r["per_seed"] for r in rows], method)
         ax.axvline((T + 1) * k, color="0.7", ls=":", lw=1)
-        ax.set_yscale("log")
-        ax.set_xlabel("fine-tuning rank r")
-        ax.set_ylabel("test loss (MSE)")
-    next(iter(where.values())).legend(fontsize=7)
-    fig.suptitle(f"new-task test loss after rank-r LoRA fine-tuning (n = {n} turns; dotted: r = (T+1)k)", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, where, "fine-tuning rank r", "test loss (MSE)",
+                   f"new-task test loss after rank-r LoRA fine-tuning (n = {n} turns; dotted: r = (T+1)k)")
 
 
 def _step_plot(records, n, settings):
@@ -72,13 +79,8 @@ def _step_plot(records, n, settings):
                         if (f["n"], f["rank"], f["method"]) == (n, r_, method)]
                 steps = fits[0]["steps"]
                 _band(ax, steps, np.array([f["test_loss"] for f in fits]).T, method, style, label=r_ == k)
-        ax.set_yscale("log")
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("test loss (MSE)")
-    next(iter(where.values())).legend(fontsize=7)
-    fig.suptitle(f"test loss during fine-tuning (solid r = k, dashed r = (T+1)k; n = {n})", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, where, "fine-tuning step", "test loss (MSE)",
+                   f"test loss during fine-tuning (solid r = k, dashed r = (T+1)k; n = {n})")
 
 
 def _spectra_plot(summary, settings):
@@ -93,14 +95,8 @@ def _spectra_plot(summary, settings):
             tau = float(np.median(row["threshold"]))
         ax.axhline(tau, color="0.4", ls=":", lw=1)
         ax.axvline(T * k + 0.5, color="0.8", lw=1)
-        ax.set_yscale("log")
-        ax.set_xlabel("index i")
-        ax.set_ylabel("sigma_i((W - A*) Sigma^1/2)")
-    next(iter(where.values())).legend(fontsize=7)
-    fig.suptitle(f"{layer}: spectra of the retrained weights minus A* (dotted: rank threshold; line at Tk)",
-                 fontsize=9)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, where, "index i", "sigma_i((W - A*) Sigma^1/2)",
+                   f"{layer}: spectra of the retrained weights minus A* (dotted: rank threshold; line at Tk)")
 
 
 def _n_plot(summary, setting):
