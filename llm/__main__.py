@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import bundle
 
     bundle.add_parser(sub)
+    from . import planted_cli  # `planted`: llm/planted_cli.py (docs/planted.md)
+
+    planted_cli.add_parser(sub)
     return parser
 
 
