@@ -406,6 +406,7 @@ def retrain(cfg: Config, tasks: TaskSet, *, method: str, rank: int | None, seed:
                                             "best_epoch": best, "meta": meta})
         accelerator.wait_for_everyone()
     bar.close()
+    accelerator.free_memory()  # accelerate's advice between two trainings: drop its references to model, optimizer
     best = select_epoch("validation", accs, [], len(accs))
     return RetrainResult(out_dir, ckpt_mod.best_checkpoint(out_dir) or "", method, rank, schedule, seed,
                          tuple(losses), tuple(accs), best, time.perf_counter() - t0)
@@ -530,6 +531,7 @@ def finetune_tasks(cfg: Config, encoder, tasks: list[Task], *, rank: int, seed: 
             for p, v in zip(trainable, snapshots[e - 1]):
                 p.copy_(v)
         at[e] = scored(held)
+    accelerator.free_memory()  # as after retraining: a table fine-tunes many times in one process
     each = (time.perf_counter() - t0) / n
     out = []
     for j, task in enumerate(tasks):
