@@ -41,7 +41,7 @@ from . import _batched
 from .result import SearchResult
 
 __all__ = ["SolverOptions", "problem_scale", "solve_critical", "solve_batch", "gradient_descent", "random_start", "search_instance",
-           "start_seed", "solve_batch", "gradient_descent_batch"]
+           "start_seed", "solve_batch", "gradient_descent_batch", "descent_arrived"]
 
 _METHODS = ("newton", "min")
 
@@ -312,6 +312,13 @@ def instance_seed(seed: int, instance: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def descent_arrived(result: SearchResult, steps: int) -> bool:
+    """Whether a gradient-descent run (:func:`gradient_descent_batch`) ended at a critical point: it stopped before
+    using its ``steps`` (gradient below tolerance), or the Newton polish moved its end point by at most
+    ``1e-6 max(1, scale)``. Otherwise it did not "end" anywhere: the polish jumped to the nearest critical point."""
+    return result.extra["gd_iterations"] < steps or result.extra["moved"] <= 1e-6 * max(1.0, result.scale)
+
+
 def search_record(problem: Problem, *, starts: int, seed: int, instance: int, scales=(0.1, 0.5, 1.0, 2.0),
                   gd_runs: int = 2, options: SolverOptions | None = None) -> dict:
     """Search one instance and summarise it as a JSON-ready record (one line of the results file).
@@ -334,9 +341,7 @@ def search_record(problem: Problem, *, starts: int, seed: int, instance: int, sc
     steps = (options or SolverOptions()).gd_steps
     for r, w in zip(gd, which[len(solves):]):
         near = points[w].classification.label if w >= 0 else None
-        # descent that used all its steps without reaching a critical point did not "end" anywhere: the polish
-        # jumped to the nearest critical point, recorded as ``near``
-        arrived = r.extra["gd_iterations"] < steps or r.extra["moved"] <= 1e-6 * max(1.0, r.scale)
+        arrived = descent_arrived(r, steps)
         gd_rows.append({"status": r.status, "class": near if (near and arrived) else "unconverged", "near": near,
                         "loss": r.loss, "point_index": w, "seed": r.seed, **r.extra})
     return {"index": int(instance), "problem": problem.to_dict(),
