@@ -45,28 +45,32 @@ def _init_worker():
 
 
 def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None,
-            connect_timeout: float = 10.0) -> Iterator[dict]:
+            connect_timeout: float = 10.0, fn=None) -> Iterator[dict]:
     """Yield the record of every spec as it finishes (completion order, not spec order).
+
+    ``fn``: the function applied to each spec (default :func:`run_spec`; another module-level function such as
+    :func:`landscape.census.run_chunk`, so that processes and Dask workers can import it).
 
     ``scheduler``: address of a Dask scheduler (``tcp://host:port``) or a ``dask.distributed.Client`` /
     ``LocalCluster`` object; ``workers``: local processes (``None``: ``os.cpu_count()``; ``0`` or ``1``: in this
     process, serially); ``connect_timeout``: seconds to wait for a scheduler given by address.
     """
     specs = list(specs)
+    fn = run_spec if fn is None else fn
     if not specs:
         return
     if scheduler is not None:
-        yield from _run_dask(specs, scheduler, connect_timeout)
+        yield from _run_dask(specs, scheduler, connect_timeout, fn)
         return
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ProblemError(f"workers must be an integer >= 0, got {workers!r}")
     if workers in (0, 1):
         for s in specs:
-            yield run_spec(s)
+            yield fn(s)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (tqdm, dask)
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(run_spec, s) for s in specs]
+        futures = [pool.submit(fn, s) for s in specs]
         try:
             for fut in cf.as_completed(futures):
                 yield fut.result()
@@ -75,7 +79,7 @@ def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None
                 fut.cancel()
 
 
-def _run_dask(specs: list[dict], scheduler, connect_timeout: float) -> Iterator[dict]:
+def _run_dask(specs: list[dict], scheduler, connect_timeout: float, fn=run_spec) -> Iterator[dict]:
     from dask.distributed import Client, as_completed
 
     own = False
@@ -91,7 +95,7 @@ def _run_dask(specs: list[dict], scheduler, connect_timeout: float) -> Iterator[
         client = Client(scheduler)
         own = True
     try:
-        futures = client.map(run_spec, specs, pure=False)
+        futures = client.map(fn, specs, pure=False)
         for fut in as_completed(futures):
             yield fut.result()
     finally:
