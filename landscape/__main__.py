@@ -22,6 +22,8 @@ import numpy as np
 
 from theory.problem import Problem, ProblemError
 
+from . import census_cli
+
 __all__ = ["main", "build_parser"]
 
 
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("results", help="results file of `search`")
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.add_argument("--png", default=None, help="write a PNG of loss values and Hessian spectra here")
+    census_cli.add_parsers(sub)
     return ap
 
 
@@ -239,7 +242,7 @@ def _cmd_summary(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits with status 2 on malformed arguments
-    handlers = {"search": _cmd_search, "certify": _cmd_certify, "summary": _cmd_summary}
+    handlers = {"search": _cmd_search, "certify": _cmd_certify, "summary": _cmd_summary, **census_cli.HANDLERS}
     try:
         return handlers[args.command](args)
     except (_Refused, ProblemError) as exc:
