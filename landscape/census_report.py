@@ -142,8 +142,8 @@ def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
     ks = sorted({c["k"] for c in cells})
     ds = sorted({c["d"] for c in cells})
     Ts = sorted({c["T"] for c in cells})
-    fig, axes = plt.subplots(1, len(ks), figsize=(1.1 * len(ds) * len(ks) + 1.5, 0.7 * len(Ts) + 1.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(ks), figsize=(0.75 * len(ds) * len(ks) + 2.0, 0.75 * len(Ts) + 1.6),
+                             squeeze=False, layout="constrained")
     vmax = max([_get(c, key)["fraction"] or 0.0 for c in cells if _get(c, key)] + [1e-3])
     for ax, k in zip(axes[0], ks):
         grid = np.full((len(Ts), len(ds)), np.nan)
@@ -152,7 +152,8 @@ def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
             if c["k"] == k and fr and fr["n"]:
                 i, j = Ts.index(c["T"]), ds.index(c["d"])
                 grid[i, j] = fr["fraction"]
-                ax.text(j, i, f"{fr['k']}/{fr['n']}", ha="center", va="center", fontsize=7)
+                ax.text(j, i, f"{fr['k']}/{fr['n']}", ha="center", va="center", fontsize=7,
+                        color="white" if fr["fraction"] < 0.5 * vmax else "black")
             elif c["k"] == k:
                 ax.text(ds.index(c["d"]), Ts.index(c["T"]), "not run", ha="center", va="center", fontsize=6)
         cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
