@@ -28,18 +28,6 @@ from theory.problem import ProblemError
 __all__ = ["add_parsers", "HANDLERS", "census_command"]
 
 
-def _int(low: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {v}")
-        return v
-    return parse
-
-
 def _seconds(text: str) -> float:
     try:
         v = float(text)
@@ -50,18 +38,10 @@ def _seconds(text: str) -> float:
     return v
 
 
-def _scales(text: str) -> tuple:
-    try:
-        vals = tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
-    if not vals or any(not (math.isfinite(v) and v > 0) for v in vals):
-        raise argparse.ArgumentTypeError(f"must be comma-separated finite numbers > 0, got {text!r}")
-    return vals
-
-
 def add_parsers(sub) -> None:
     """Add ``census`` and ``census-summary`` to the subparsers ``sub`` of ``python -m landscape``."""
+    from .__main__ import _nonneg_int, _positive_int, _scales  # the package's own option types
+
     c = sub.add_parser("census", help="how common are certified spurious minima, and does gradient descent find "
                                       "them: a grid of (d, k, T) cells, many instances each",
                        description="Search many i.i.d. N(0, 1) instances per (d, k, T) cell, certify every "
@@ -69,27 +49,27 @@ def add_parsers(sub) -> None:
     c.add_argument("--grid", default="default",
                    help='cells, e.g. "d=3,4,5;k=1,2;T=3,4" (default: d=3,4,5,6,8,10,16;k=1,2;T=3,4,5,8)')
     c.add_argument("--out", required=True, help="census folder (an existing one is resumed)")
-    c.add_argument("--instances", type=_int(1), default=500, help="instances per cell where the budget allows "
+    c.add_argument("--instances", type=_positive_int, default=500, help="instances per cell where the budget allows "
                                                                    "(default 500)")
-    c.add_argument("--starts", type=_int(1), default=64, help="Newton-type solves per instance (default 64)")
-    c.add_argument("--seed", type=_int(0), default=0, help="seed of everything random (default 0)")
-    c.add_argument("--gd-runs", type=_int(0), default=2,
+    c.add_argument("--starts", type=_positive_int, default=64, help="Newton-type solves per instance (default 64)")
+    c.add_argument("--seed", type=_nonneg_int, default=0, help="seed of everything random (default 0)")
+    c.add_argument("--gd-runs", type=_nonneg_int, default=2,
                    help="gradient descent on G from small starts, runs per instance (default 2)")
-    c.add_argument("--figure1-runs", type=_int(0), default=2,
+    c.add_argument("--figure1-runs", type=_nonneg_int, default=2,
                    help="gradient descent on L(A, U) from Figure 1's initialisation, runs per instance (default 2)")
-    c.add_argument("--gd-steps", type=_int(1), default=20000, help="steps of each descent (default 20000)")
-    c.add_argument("--scales", type=_scales, default=(0.1, 0.5, 1.0, 2.0),
+    c.add_argument("--gd-steps", type=_positive_int, default=20000, help="steps of each descent (default 20000)")
+    c.add_argument("--scales", type=_scales, default=[0.1, 0.5, 1.0, 2.0],
                    help="start scales relative to sqrt(max_t ||W_t - mean W||_2) (default 0.1,0.5,1,2)")
     c.add_argument("--budget", type=_seconds, default=6000.0,
                    help="planned core-seconds for the whole grid; cells too slow for it are skipped "
                         "(default 6000)")
-    c.add_argument("--min-instances", type=_int(1), default=20,
+    c.add_argument("--min-instances", type=_positive_int, default=20,
                    help="skip a cell the budget gives fewer instances (default 20)")
     c.add_argument("--chunk-seconds", type=_seconds, default=20.0,
                    help="planned core-seconds of one work item, a chunk of instances in lock-step (default 20)")
-    c.add_argument("--epsnet-max-n", type=_int(0), default=12,
+    c.add_argument("--epsnet-max-n", type=_nonneg_int, default=12,
                    help="also run the eps-net certificate where T d k <= this (default 12)")
-    c.add_argument("--workers", type=_int(0), default=None,
+    c.add_argument("--workers", type=_nonneg_int, default=None,
                    help="local worker processes (default: all cores; 0 or 1: in this process)")
     c.add_argument("--scheduler", default=None, help="address of a Dask scheduler, e.g. tcp://10.0.0.1:8786")
     c.add_argument("--dry-run", action="store_true", help="print the plan (cells, instances, skips) and stop")

@@ -37,7 +37,7 @@ import numpy as np
 from theory.problem import Problem, ProblemError
 
 from . import _batched
-from .search import _METHODS, SolverOptions, _tolerance, problem_scale
+from .search import _METHODS, SolverOptions, _solver_state, _tolerance, problem_scale
 
 __all__ = ["solve_rows", "descend_rows", "figure1_descent", "FIGURE1_INIT_SCALE"]
 
@@ -93,11 +93,7 @@ def solve_rows(problems: list[Problem], inst, X0, *, method="newton", options: S
         raise ProblemError(f"each start must have T*d*k = {int(np.prod(R.shape))} entries, got {X.shape[1]}")
     is_newton = np.array([m == "newton" for m in methods], dtype=bool)
     f, g = R.loss_grad(X, np.arange(B))
-    mu = np.full(B, np.nan)
-    polish = np.full(B, opts.polish)
-    iters = np.zeros(B, dtype=int)
-    status = np.array(["max_iter"] * B, dtype=object)
-    active = np.ones(B, dtype=bool)
+    mu, polish, iters, status, active = _solver_state(B, opts)
     for _ in range(opts.max_iter):
         idx = np.flatnonzero(active)
         gn = np.linalg.norm(g[idx], axis=1)

@@ -117,6 +117,13 @@ def solve_critical(problem: Problem, U0, *, method: str = "newton", options: Sol
     return solve_batch(problem, x.reshape(1, -1), method=method, options=options, seeds=[seed], scales=[scale])[0]
 
 
+def _solver_state(B: int, opts: SolverOptions):
+    """Per-start state of a lock-step Newton-type solve: damping ``mu`` (NaN: not set yet), polish steps left,
+    iterations, status (``"max_iter"`` until decided) and whether the start is still active."""
+    return (np.full(B, np.nan), np.full(B, opts.polish), np.zeros(B, dtype=int),
+            np.array(["max_iter"] * B, dtype=object), np.ones(B, dtype=bool))
+
+
 def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions | None = None,
                 seeds=None, scales=None) -> list[SearchResult]:
     """Solve from every row of ``X0`` (shape ``(B, T d k)`` or ``(B, T, d, k)``) in lock-step, one batched dense
@@ -145,11 +152,7 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
     gtol, bound = _tolerance(problem, opts)
     t0 = time.perf_counter()
     f, g = _batched.loss_grad(X.reshape(B, *shape), problem)
-    mu = np.full(B, np.nan)
-    polish = np.full(B, opts.polish)
-    iters = np.zeros(B, dtype=int)
-    status = np.array(["max_iter"] * B, dtype=object)
-    active = np.ones(B, dtype=bool)
+    mu, polish, iters, status, active = _solver_state(B, opts)
     for _ in range(opts.max_iter):
         gn = np.linalg.norm(g, axis=1)
         bad = active & ~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))

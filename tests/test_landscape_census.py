@@ -287,7 +287,7 @@ def test_resume_after_a_kill_mid_write_loses_nothing_finished(full_run, tmp_path
 
 @pytest.mark.parametrize("extra,match", [
     (["--grid", "d=3;k=x"], "grid values of k must be integers"),
-    (["--instances", "0"], "--instances: must be an integer >= 1, got 0"),
+    (["--instances", "0"], "--instances: must be a positive integer (> 0), got 0"),
     (["--budget", "nan"], "--budget: must be a finite number of seconds > 0"),
     (["--scheduler", "tcp://h:1"], "either --workers"),
 ])
