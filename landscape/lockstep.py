@@ -219,14 +219,15 @@ def _damped_steps(R, X, f, g, mu, status, active, s_idx, lmax, nw, step):
     (``||grad G||^2`` for ``"newton"``, G for ``"min"``) decreases, at most 60 trials; ``mu / 5`` (floored at
     ``1e-14 lmax``, squared for ``"newton"``) after an accepted step (:func:`landscape.search.solve_batch`'s rule).
 
-    After two rounds the few rows still rejected try their next 8 dampings ``mu 4^j`` at once and keep the first that
-    decreases the merit: the same step as trying them one by one (``mu 4^j`` is exact), in one pass instead of up
-    to eight of NumPy's per-call overhead."""
+    At n <= 12, after two rounds the few rows still rejected try their next 4 dampings ``mu 4^j`` at once and keep
+    the first that decreases the merit: the same step as trying them one by one (``mu 4^j`` is exact), in one pass
+    of NumPy's per-call overhead instead of up to four; at larger n the extra solves would cost more than that."""
     merit = np.where(nw, np.einsum("bi,bi->b", g[s_idx], g[s_idx]), f[s_idx])
     pending = np.arange(s_idx.size)
+    block = 4 if X.shape[1] <= 12 else 1
     tried = 0
     while tried < 60 and pending.size:
-        K = 1 if tried < 2 else min(8, 60 - tried)
+        K = 1 if tried < 2 else min(block, 60 - tried)
         rep = np.repeat(pending, K)
         m = np.repeat(mu[s_idx[pending]], K) * np.tile(4.0 ** np.arange(K), pending.size)
         Xn = X[s_idx[rep]] - step(rep, m)

@@ -321,6 +321,10 @@ def test_summary_counts_agree_with_the_records(full_run, tmp_path, capsys):
         assert (fr["k"], fr["n"]) == (hit, 3) and fr["low"] <= fr["fraction"] <= fr["high"]
         small = [g for r in mine for g in r["gd"] if g["init"] == "small"]
         assert cell["gd_small"]["runs"] == len(small) == 3
+        heading = sum(g["outcome"] == "unconverged" and any(c["certified"] and c["point_index"] == g["point_index"]
+                                                            for c in r["critical_points"])
+                      for r in mine for g in r["gd"] if g["init"] == "small")
+        assert cell["gd_small"]["unconverged_heading_to_certified"] == heading
         assert sum(cell["gd_small"]["outcomes"].values()) == 3
         assert cell["converged"] == sum(r["solves"].get("converged", 0) for r in mine)
     assert out["command"].startswith('python -m landscape census --grid "d=3,4;k=1;T=3" --instances 3')
