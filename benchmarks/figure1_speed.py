@@ -14,7 +14,6 @@ BLAS is pinned with threadpoolctl (``--threads``, default 1), and the pools are 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from theory import linear_experiment as le  # noqa: E402
+from theory.cli_contract import OneLineParser, check_output_file, positive_int, run_command  # noqa: E402
 
 
 def _per_step(step, params, repeats: int, min_time: float = 0.2) -> float:
@@ -101,14 +101,20 @@ def sample_row(s: le.Settings, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
+    ap = OneLineParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--runs", type=int, default=5, help="runs per setting (default 5)")
-    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
-    ap.add_argument("--repeats", type=int, default=5, help="repeats of each per-step timing (best kept)")
+    ap.add_argument("--runs", type=positive_int, default=5, help="runs per setting (default 5)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (default 1)")
+    ap.add_argument("--repeats", type=positive_int, default=5, help="repeats of each per-step timing (best kept)")
     ap.add_argument("--skip-figure", action="store_true", help="skip the whole-figure timing")
     ap.add_argument("--out", default=None, help="also write the JSON object to this file")
-    args = ap.parse_args(argv)
+    return run_command(_run, ap.parse_args(argv))
+
+
+def _run(args) -> int:
+    if args.out is not None:
+        check_output_file("--out", args.out)
     with threadpool_limits(limits=args.threads):
         pools = [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads")} for p in threadpool_info()]
         log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print

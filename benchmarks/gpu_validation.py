@@ -4,10 +4,10 @@
    parameters), bf16 autocast, T = 10 tasks, 2 samples x 20 candidates x 128 tokens per task per round: SR,
    Meta-LoRA batched (``llm.multilora``), Meta-LoRA sequential (peft, one task per step). On running out of GPU
    memory the samples per task are halved and the measurement repeated (recorded).
-2. The ``mini`` comparison of ``llm table`` at GPU size on the bundled MiniLM and chitchat tasks
-   (``python -m llm bundle --out bundle``; sizes: ``llm.bundle.GPU_OVERRIDES``: 8 retraining speakers x 48
-   samples, 4 test speakers x 16 fine-tuning + 16 held-out samples, 64 tokens per pair, 9 negatives per training
-   sample, 3 retraining epochs, 5 fine-tuning epochs, seeds 0, 1, 2).
+2. The comparison of ``llm table`` (the ``cpu`` preset's protocol: bi-encoder, controls, validation-selected
+   epochs, seed-level statistics) at GPU size on the bundled MiniLM and chitchat tasks (``python -m llm bundle
+   --out bundle``; sizes: ``llm.bundle.GPU_OVERRIDES``: the whole encoder trained, 8 retraining speakers x 96
+   samples, 32 test speakers x 16 fine-tuning + 8 validation + 24 scored items, 10 seeds).
 
 Writes ``gpu_validation.json`` (everything: card, library versions, seeds, sizes, timings, ratios, the table),
 ``gpu_validation.md`` (a short report), and the table's ``table.md`` / ``table.json`` / ``accuracy.png``.
@@ -44,6 +44,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(HERE, os.pardir)))
 sys.path.insert(0, HERE)
 
 import llm_speed  # noqa: E402
+
+from theory.cli_contract import OneLineParser, check_output_dir, nonneg_int, run_command  # noqa: E402
 
 BUDGET_S = 8 * 60
 
@@ -103,23 +105,23 @@ def _bundle_for(args, work: str) -> str:
 
 
 def run_comparison(args, work: str) -> dict:
-    from llm.bundle import bundle_config, load_bundle_tasks, use_bundle
+    from llm.bundle import bundle_config, bundle_splits, load_bundle_tasks, verify_bundle
     from llm.table import run_table
 
     bundle = _bundle_for(args, work)
-    with use_bundle(bundle) as manifest:
-        preset = manifest["preset"]
-        if preset != ("smoke" if args.smoke else "gpu"):
-            raise SystemExit(f"gpu_validation: the bundle at {bundle} holds the {preset!r} task set; "
-                             f"{'--smoke' if args.smoke else 'the GPU run'} needs "
-                             f"{'smoke' if args.smoke else 'gpu'} (python -m llm bundle --preset ...)")
-        cfg = bundle_config(preset).replace(model=os.path.join(os.path.abspath(bundle), "model"),
-                                            seeds=tuple(args.seeds) if args.seeds else bundle_config(preset).seeds)
-        tasks = load_bundle_tasks(bundle)
-        t0 = time.perf_counter()
-        doc = run_table(cfg, os.path.join(work, "table"), tasks=tasks, device=args.device, progress=False,
-                        log=lambda *a: print(*a, file=sys.stderr, flush=True))
-        doc["wall_s"] = time.perf_counter() - t0
+    manifest = verify_bundle(bundle)
+    preset = manifest["preset"]
+    if preset != ("smoke" if args.smoke else "gpu"):
+        raise SystemExit(f"gpu_validation: the bundle at {bundle} holds the {preset!r} task set; "
+                         f"{'--smoke' if args.smoke else 'the GPU run'} needs "
+                         f"{'smoke' if args.smoke else 'gpu'} (python -m llm bundle --preset ...)")
+    cfg = bundle_config(preset).replace(model=os.path.join(os.path.abspath(bundle), "model"),
+                                        seeds=tuple(args.seeds) if args.seeds else bundle_config(preset).seeds)
+    t0 = time.perf_counter()
+    doc = run_table(cfg, os.path.join(work, "table"), tasks=load_bundle_tasks(bundle), device=args.device,
+                    progress=False, splits=bundle_splits(bundle, cfg, device=args.device),
+                    log=lambda *a: print(*a, file=sys.stderr, flush=True))
+    doc["wall_s"] = time.perf_counter() - t0
     doc["bundle"] = {"path": os.path.abspath(bundle), "preset": preset, "mib": manifest["total_bytes"] / 2**20}
     return doc
 
@@ -144,16 +146,16 @@ def _markdown(res: dict) -> str:
         lines += [f"- targets: {th['targets']}; met: {th['meets_targets']}", ""]
     tb = res.get("table")
     if tb:
-        from llm.table import to_markdown
+        from llm.report import to_markdown
 
         c = tb["config"]
-        lines += [f"## Table 1 at {'smoke' if res['smoke'] else 'GPU'} size (bundled MiniLM, chitchat; "
+        lines += [f"## The comparison at {'smoke' if res['smoke'] else 'GPU'} size (bundled MiniLM, chitchat; "
                   f"Meta-LoRA schedule {tb['schedule']})", "",
                   f"{len(tb['retrain_tasks'])} retraining tasks x {c['retrain_samples']} samples, "
-                  f"{len(tb['tasks'])} test tasks x {c['test_train_samples']} + {c['heldout_samples']} held-out, "
-                  f"{c['max_length']} tokens, {c['train_negatives']} negatives, {c['retrain_epochs']} retraining "
-                  f"and {c['finetune_epochs']} fine-tuning epochs, seeds {tb['seeds']}; "
-                  f"{tb['wall_s']:.0f} s.", "", to_markdown(tb)]
+                  f"{len(tb['tasks'])} test tasks x {c['test_train_samples']} fine-tuning + {c['validation_samples']} "
+                  f"validation + {c['heldout_samples']} scored items, {c['retrain_epochs']} retraining and "
+                  f"{c['finetune_epochs']} fine-tuning epochs, seeds {tb['seeds']}; {tb['wall_s']:.0f} s.", "",
+                  to_markdown(tb)]
     return "\n".join(lines) + "\n"
 
 
@@ -165,28 +167,34 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT"), help="result folder (default: $OUT)")
     p.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (for the CPU try-out and the test)")
     p.add_argument("--bundle", default=None, help="bundle folder (default: ./bundle if it holds the right preset, "
                                                   "else one is made in --work)")
     p.add_argument("--work", default=None, help="scratch folder for checkpoints (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the throughput benchmark")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the table's seeds")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the throughput benchmark")
+    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=None, help="override the table's seeds")
     p.add_argument("--skip", choices=["throughput", "table"], action="append", default=[],
                    help="leave a part out")
     return p
 
 
 def main(argv=None) -> int:
+    """Exit status 0, 2 on bad input (before any work), 130 on Ctrl-C (theory.cli_contract)."""
+    return run_command(_main, parser().parse_args(argv))
+
+
+def _main(args) -> int:
     import torch
 
-    args = parser().parse_args(argv)
     if not args.out:
         print("gpu_validation: no --out and $OUT is not set", file=sys.stderr)
         return 2
+    check_output_dir("--out", args.out)
+    if args.work is not None:
+        check_output_dir("--work", args.work)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -220,14 +228,16 @@ def main(argv=None) -> int:
     finally:
         res["wall_s"] = time.perf_counter() - t0
         res["within_budget"] = res["wall_s"] <= BUDGET_S
-        _atomic_write(os.path.join(args.out, "gpu_validation.json"), json.dumps(res, indent=1, default=str) + "\n")
+        from llm.report import json_ready
+
+        _atomic_write(os.path.join(args.out, "gpu_validation.json"),
+                      json.dumps(json_ready(res), indent=1, default=str) + "\n")
         _atomic_write(os.path.join(args.out, "gpu_validation.md"), _markdown(res))
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"out": os.path.abspath(args.out), "wall_s": round(res["wall_s"], 1),
                       "ratios": res.get("throughput", {}).get("ratios"),
-                      "table_average": {f"{r['method']}-{r['retrain_rank']}->{r['finetune_rank']}": r["average"]
-                                        for r in res.get("table", {}).get("rows", [])}}))
+                      "table_accuracy": {r["label"]: r["accuracy"] for r in res.get("table", {}).get("rows", [])}}))
     return 0
 
 

@@ -18,7 +18,6 @@ finishes in a minute.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -27,6 +26,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, pinned_threads, write_json  # noqa: E402
+
+from theory.cli_contract import OneLineParser, check_output_file, nonneg_int, positive_int, run_command  # noqa: E402
 
 SEED = 0
 SIZES = [(2, 1, 3), (3, 1, 3), (4, 1, 3), (6, 1, 3), (8, 1, 3), (12, 1, 3), (16, 1, 3), (20, 1, 3), (8, 2, 3),
@@ -103,16 +104,19 @@ def _table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
+    ap = OneLineParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--out", help="also write the JSON to this file (atomically)")
-    ap.add_argument("--repeat", type=int, default=3, help="best of this many runs per certificate (default 3)")
-    ap.add_argument("--euclidean-max-n", type=int, default=9,
+    ap.add_argument("--repeat", type=positive_int, default=3, help="best of this many runs per certificate (default 3)")
+    ap.add_argument("--euclidean-max-n", type=nonneg_int, default=9,
                     help="run the paper's Euclidean sphere up to this n (default 9; 60 s limit each)")
-    args = ap.parse_args(argv)
-    if args.repeat < 1:
-        print(f"error: --repeat must be >= 1, got {args.repeat}", file=sys.stderr)
-        return 2
+    return run_command(_run, ap.parse_args(argv))
+
+
+def _run(args) -> int:
+    if args.out is not None:
+        check_output_file("--out", args.out)
     with pinned_threads(1) as pin:
         import flint
 

@@ -11,7 +11,6 @@ Target: at least 200 converged solves per second at (3, 1, 3) on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing
@@ -21,6 +20,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, pinned_threads, write_json  # noqa: E402
+
+from theory.cli_contract import OneLineParser, check_output_file, positive_int, run_command  # noqa: E402
 
 SEED = 0
 CASES = [{"d": 3, "k": 1, "T": 3, "instances": 16, "starts": 64}, {"d": 10, "k": 2, "T": 3, "instances": 4,
@@ -93,11 +94,17 @@ def _row(case, mode, procs, out, seconds):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--out", help="also write the JSON to this file")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes of batched_procs (default 2)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--workers", type=positive_int, default=2, help="worker processes of batched_procs (default 2)")
+    return run_command(_run, ap.parse_args(argv))
+
+
+def _run(args) -> int:
+    if args.out is not None:
+        check_output_file("--out", args.out)
     with pinned_threads(1) as threads:
         rows = [row for case in CASES for row in measure(case, args.workers)]
     ratios = []

@@ -11,12 +11,13 @@ no padding: the worst case of a batch). The schedules process the same round:
 
 Throughput is pairs ("examples") per second over the round, median over ``--rounds`` timed rounds after
 ``--warmup`` rounds; the schedules are interleaved round by round so a noisy shared machine slows them alike.
-The models come from ``llm.models`` (``CrossEncoder`` with ``BatchedAdapters`` / ``PeftAdapters``) and the loss
-from ``llm.train.pair_loss``: what ``python -m llm retrain`` runs.
+The models come from ``llm.models`` (the cross-encoder ``Scorer`` with ``BatchedAdapters`` / ``PeftAdapters``) and
+the loss from ``Scorer.loss``: what ``python -m llm retrain --scorer cross --freeze-layers 0`` runs.
 
 Data pipeline (``--pipeline``): 10,000 samples of 20 candidates built from chitchat turns (seeded), tokenised by
-``llm.data.tokenise`` (``datasets`` map, cold cache) and collated in batches by ``TokenisedSplit.collate``
-(vectorised) and by a naive per-element Python collation written here as the baseline.
+``llm.tokens.tokenise`` (cross-encoder pairs; ``datasets`` map, cold cache) and collated in batches by
+``Split.batch`` + ``SequenceStore.inputs`` (vectorised) and by a naive per-element Python collation written here as
+the baseline.
 
 Examples::
 
@@ -42,6 +43,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
+
+from theory.cli_contract import (OneLineParser, check_output_file, nonneg_int, positive_int,  # noqa: E402
+                                 run_command)
+from theory.problem import ProblemError  # noqa: E402
 
 SCHEDULES = ("sr", "meta-batched", "meta-sequential")
 # Not a Meta-LoRA schedule: one peft adapter for all examples, one step per round. The cost floor of a LoRA on
@@ -105,7 +110,9 @@ def _hf_model(model: str, seed: int):
 
 def _encoder_parameters(net) -> int:
     """Parameters of the encoder (no heads, no LoRA tensors)."""
-    return sum(p.numel() for n, p in net.hf.base_model.named_parameters() if "lora_" not in n)
+    from llm.config import LORA_PREFIX
+
+    return sum(p.numel() for n, p in net.hf.base_model.named_parameters() if LORA_PREFIX not in n)
 
 
 def _model_config(model: str):
@@ -122,19 +129,20 @@ def _model_config(model: str):
 
 def build(schedule: str, *, model: str, n_tasks: int, rank: int, alpha: float, dropout: float, seed: int,
           device: str, mode: str | None = None):
-    """The ``CrossEncoder`` of one schedule, every parameter trainable, on ``device``; and its AdamW."""
+    """The cross-encoder ``Scorer`` of one schedule, every parameter trainable, on ``device``; and its AdamW."""
     import torch
 
-    from llm.models import BatchedAdapters, CrossEncoder, PeftAdapters
+    from llm.models import BatchedAdapters, PeftAdapters, Scorer
 
     hf = _hf_model(model, seed)
+    common = dict(kind="cross", seed=seed)
     if schedule == "sr":
-        net = CrossEncoder(hf, 1, seed=seed)
+        net = Scorer(hf, n_tasks=1, **common)
     elif schedule == "peft-one-adapter":
-        net = CrossEncoder(hf, 1, seed=seed, make_adapters=lambda m: PeftAdapters(m, 1, rank, alpha, dropout))
+        net = Scorer(hf, n_tasks=1, make_adapters=lambda m: PeftAdapters(m, 1, rank, alpha, dropout), **common)
     else:
         cls = BatchedAdapters if schedule == "meta-batched" else PeftAdapters
-        net = CrossEncoder(hf, n_tasks, seed=seed, make_adapters=lambda m: cls(m, n_tasks, rank, alpha, dropout))
+        net = Scorer(hf, n_tasks=n_tasks, make_adapters=lambda m: cls(m, n_tasks, rank, alpha, dropout), **common)
     for p in net.parameters():
         p.requires_grad_(True)
     if isinstance(net.adapters, PeftAdapters):
@@ -175,11 +183,15 @@ def _concat(batches: list[dict]) -> dict:
 
 
 def _step(net, opt, batch: dict, *, single_task: bool, autocast):
-    from llm.train import forward_batch, pair_loss
+    """One optimiser step of the per-pair loss over a batch of ``B`` samples x ``K`` pairs (true pair first)."""
+    import torch
 
+    b, k = batch["tasks"].shape[0], batch["input_ids"].shape[0] // batch["tasks"].shape[0]
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
     with autocast():
-        logits = forward_batch(net, batch, single_task=single_task)
-    loss = pair_loss(logits, batch["pair_labels"])
+        feats = net(inputs, batch["tasks"].repeat_interleave(k), int(batch["tasks"][0]) if single_task else None)
+    cand = torch.arange(b * k, device=feats.device).reshape(b, k)
+    loss = net.loss(feats.float(), {"cand": cand, "labels": torch.zeros(b, dtype=torch.long, device=feats.device)})
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -371,46 +383,52 @@ def naive_collate(rows: list[list[int]], type_rows: list[list[int]] | None, pad_
 def pipeline(args) -> dict:
     import torch
 
-    from llm.data import Task, tokenise
+    from llm.data import Task
     from llm.models import load_tokenizer
+    from llm.tokens import tokenise
 
     n = args.pipeline_samples
     samples = _pipeline_samples(n, args.seed)
     task = Task("bench", tuple(samples), ())
     tok = load_tokenizer("minilm")
+    kw = dict(scorer="cross", max_length=args.pipeline_length, candidate_length=args.pipeline_length // 2,
+              split="train")
     with tempfile.TemporaryDirectory() as cache:
         t0 = time.perf_counter()
-        split = tokenise([task], tok, args.pipeline_length, split="train", cache_dir=cache)
+        split = tokenise([task], tok, cache_dir=cache, **kw)
         t_tok = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tokenise([task], tok, args.pipeline_length, split="train", cache_dir=cache)
+        tokenise([task], tok, cache_dir=cache, **kw)
         t_tok_warm = time.perf_counter() - t0
     pairs = n * 20
     bs = args.pipeline_batch
     order = torch.arange(n)
+    store = split.store
     t0 = time.perf_counter()
     vec = None
     for i in range(0, n, bs):
-        vec = split.collate(order[i:i + bs])
+        b = split.batch(order[i:i + bs])
+        vec = store.inputs(b["seqs"][b["cand"].reshape(-1)])
     t_vec = time.perf_counter() - t0
     # the naive collation starts from Python lists of token ids per pair (what a per-example Dataset yields)
-    ids_list = split.ids.tolist()
-    types_list = split.types.tolist() if split.types is not None else None
-    offs = split.offsets.tolist()
-    rows = [ids_list[offs[p]:offs[p + 1]] for p in range(pairs)]
-    type_rows = [types_list[offs[p]:offs[p + 1]] for p in range(pairs)] if types_list is not None else None
+    ids_list = store.ids.tolist()
+    types_list = store.types.tolist() if store.types is not None else None
+    offs = store.offsets.tolist()
+    seq_of = split.candidates.reshape(-1).tolist()
+    rows = [ids_list[offs[s]:offs[s + 1]] for s in seq_of]
+    type_rows = [types_list[offs[s]:offs[s + 1]] for s in seq_of] if types_list is not None else None
     t0 = time.perf_counter()
     naive = None
     for i in range(0, n, bs):
         sl = slice(i * 20, min(i + bs, n) * 20)
-        naive = naive_collate(rows[sl], type_rows[sl] if type_rows else None, split.pad_id)
+        naive = naive_collate(rows[sl], type_rows[sl] if type_rows else None, store.pad_id)
     t_naive = time.perf_counter() - t0
     last = order[(n - 1) // bs * bs:]
     same = bool(torch.equal(vec["input_ids"], naive["input_ids"])
                 and torch.equal(vec["attention_mask"], naive["attention_mask"]))
     assert len(last) * 20 == vec["input_ids"].shape[0]
     return {"samples": n, "candidates": 20, "pairs": pairs, "tokens_per_pair_max": args.pipeline_length,
-            "batch_samples": bs, "collation": "llm.data.TokenisedSplit.collate",
+            "batch_samples": bs, "collation": "llm.tokens.Split.batch + SequenceStore.inputs",
             "tokenise_s": t_tok, "tokenise_cached_s": t_tok_warm, "tokenise_examples_per_s": pairs / t_tok,
             "collate_vectorised_examples_per_s": pairs / t_vec, "collate_naive_examples_per_s": pairs / t_naive,
             "collate_speedup": t_naive / t_vec, "collate_outputs_equal": same,
@@ -421,24 +439,24 @@ def pipeline(args) -> dict:
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--model", default=None, help="'minilm' (packaged; CPU default) or 'roberta-large-random' "
                                                  "(roberta-large shapes, random weights; GPU default) or a path")
-    p.add_argument("--tasks", type=int, default=None, help="T (8 for minilm, 10 for roberta-large-random)")
-    p.add_argument("--samples", type=int, default=None, help="samples per task per round (default 2 / 2)")
-    p.add_argument("--pairs", type=int, default=None, help="pairs per sample (1 true + negatives; default 5 / 20)")
-    p.add_argument("--length", type=int, default=None, help="tokens per pair (default 40 / 128)")
-    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--tasks", type=positive_int, default=None, help="T (8 for minilm, 10 for roberta-large-random)")
+    p.add_argument("--samples", type=positive_int, default=None, help="samples per task per round (default 2 / 2)")
+    p.add_argument("--pairs", type=positive_int, default=None,
+                   help="pairs per sample (1 true + negatives; default 5 / 20)")
+    p.add_argument("--length", type=positive_int, default=None, help="tokens per pair (default 40 / 128)")
+    p.add_argument("--rank", type=positive_int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="autocast dtype (default bf16 on cuda)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds per schedule (median reported)")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--rounds", type=positive_int, default=3, help="timed rounds per schedule (median reported)")
+    p.add_argument("--warmup", type=nonneg_int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="CPU threads for torch and BLAS, pinned (default 1: the 2-core build machine is shared)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--schedules", nargs="+", choices=SCHEDULES + EXTRA_SCHEDULES, default=list(SCHEDULES),
                    help="schedules to time (peft-one-adapter: one peft LoRA for all examples, the LoRA cost floor)")
     p.add_argument("--compare-modes", action="store_true", help="also time every llm.multilora mode")
@@ -446,9 +464,9 @@ def parser() -> argparse.ArgumentParser:
                    help="run the data-pipeline benchmark (default)")
     p.add_argument("--no-pipeline", dest="pipeline", action="store_false")
     p.add_argument("--no-throughput", dest="throughput", action="store_false", default=True)
-    p.add_argument("--pipeline-samples", type=int, default=10_000)
-    p.add_argument("--pipeline-length", type=int, default=64)
-    p.add_argument("--pipeline-batch", type=int, default=8, help="samples per collated batch")
+    p.add_argument("--pipeline-samples", type=positive_int, default=10_000)
+    p.add_argument("--pipeline-length", type=positive_int, default=64)
+    p.add_argument("--pipeline-batch", type=positive_int, default=8, help="samples per collated batch")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
     p.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
     return p
@@ -470,11 +488,11 @@ def _fill_defaults(args) -> None:
             setattr(args, k, v)
     for k in ("tasks", "samples", "pairs", "length", "rounds", "threads", "pipeline_samples", "pipeline_batch"):
         if getattr(args, k) <= 0:
-            raise SystemExit(f"llm_speed: --{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
+            raise ProblemError(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
     if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise SystemExit(f"llm_speed: --device must be cpu or cuda[:N], got {args.device!r}")
+        raise ProblemError(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if gpu and not torch.cuda.is_available():
-        raise SystemExit("llm_speed: --device cuda but CUDA is not available")
+        raise ProblemError("--device cuda but CUDA is not available")
 
 
 def run(args) -> dict:
@@ -522,7 +540,16 @@ def format_text(res: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
+    return run_command(_main, parser().parse_args(argv))
+
+
+def _main(args) -> int:
+    if args.out is not None:
+        check_output_file("--out", args.out)
+    if not (0.0 <= args.dropout < 1.0) or not (args.alpha > 0 and args.alpha < float("inf")):
+        raise ProblemError(f"--dropout must lie in [0, 1) and --alpha be a finite number > 0, got {args.dropout} "
+                         f"and {args.alpha}")
     res = run(args)
     text = json.dumps(res, indent=2)
     if args.out:

@@ -10,7 +10,6 @@ point from a fixed seed, best of 5 repeats, BLAS and torch pinned to ``--threads
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,6 +18,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import best_time, environment, pinned_threads, write_json  # noqa: E402
+
+from theory.cli_contract import OneLineParser, check_output_file, positive_int, run_command  # noqa: E402
 
 SIZES = [(10, 1, 3), (20, 2, 5), (50, 2, 5)]
 SEED = 0
@@ -49,11 +50,17 @@ def measure(d: int, k: int, T: int, seed: int = SEED) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--out", help="also write the JSON to this file")
-    ap.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--threads", type=positive_int, default=1, help="BLAS and torch threads (default 1)")
+    return run_command(_run, ap.parse_args(argv))
+
+
+def _run(args) -> int:
+    if args.out is not None:
+        check_output_file("--out", args.out)
     with pinned_threads(args.threads) as threads:
         rows = [row for size in SIZES for row in measure(*size)]
     result = {"rows": rows, "seed": SEED, "threads": threads, "environment": environment()}

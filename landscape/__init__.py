@@ -7,10 +7,27 @@ certificates (:mod:`landscape.certify_interval`, :mod:`landscape.certify_epsnet`
 :mod:`theory`.
 """
 
-from .classify import classify_point, dedup, orbit_invariants, same_orbit
-from .result import CLASSES, STATUS_MESSAGES, SearchResult
-from .search import SolverOptions, gradient_descent, search_instance, search_record, solve_critical
+import importlib
 
-__all__ = ["CLASSES", "STATUS_MESSAGES", "SearchResult", "SolverOptions", "classify_point", "dedup",
-           "gradient_descent", "orbit_invariants", "same_orbit", "search_instance", "search_record",
-           "solve_critical"]
+#: public name -> the submodule defining it; imported on first use (PEP 562), so that ``python -m landscape`` starts
+#: without NumPy and can answer a Ctrl-C during its start-up with one line (theory.cli_contract)
+_EXPORTS = {
+    "classify_point": "classify", "dedup": "classify", "orbit_invariants": "classify", "same_orbit": "classify",
+    "CLASSES": "result", "STATUS_MESSAGES": "result", "SearchResult": "result",
+    "SolverOptions": "search", "gradient_descent": "search", "search_instance": "search", "search_record": "search",
+    "solve_critical": "search",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

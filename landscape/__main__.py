@@ -6,7 +6,10 @@ Examples::
     python -m landscape certify runs/t3.jsonl --method krawczyk --json
     python -m landscape summary runs/t3.jsonl --json --png runs/t3.png
 
-Bad input is refused with one message naming the value and the rule, exit status 2.
+Bad input is refused with one message naming the value and the rule, exit status 2, before any work (results and
+instance files are read and checked before anything is computed); Ctrl-C gives one line and exit status 130
+(``search`` says how many instances are saved; the same command resumes); a dead worker process stops ``search``
+with one line and exit status 3 (finished instances kept). See :mod:`theory.cli_contract` and docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -14,41 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 
-import numpy as np
-
-from theory.problem import Problem, ProblemError
-
-from . import census_cli
+# only the standard library at import time: NumPy and the rest are imported inside the handlers, where a Ctrl-C
+# during start-up is caught like any other (theory.cli_contract.run_command)
+from theory.cli_contract import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, OneLineParser, check_memory,
+                                 check_output_file, deferred_sigint, nonneg_int, positive_int, run_command)
 
 __all__ = ["main", "build_parser"]
-
-
-class _Refused(Exception):
-    """Bad input from the command line (exit status 2)."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (> 0), got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v}")
-    return v
 
 
 def _scales(text: str) -> list[float]:
@@ -62,26 +39,27 @@ def _scales(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m landscape",
-                                 description="Critical points of the Meta-LoRA reduced loss G: search, certify, "
-                                             "summarise.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = OneLineParser(prog="python -m landscape",
+                       description="Critical points of the Meta-LoRA reduced loss G: search, certify, summarise. "
+                                   "Exit status 0 done, 2 bad input, 3 search stopped by a dead worker (rerun to "
+                                   "resume), 130 interrupted.")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     s = sub.add_parser("search", help="search instances for critical points of G; results as JSON lines")
-    s.add_argument("--d", type=_positive_int, required=True, help="dimension d")
-    s.add_argument("--k", type=_positive_int, required=True, help="adapter rank k")
-    s.add_argument("--T", type=_positive_int, required=True, help="number of tasks T")
-    s.add_argument("--instances", type=_positive_int, required=True, help="instances (adversarial: chains)")
-    s.add_argument("--starts", type=_positive_int, default=64, help="Newton-type solves per instance (default 64)")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of everything random (default 0)")
+    s.add_argument("--d", type=positive_int, required=True, help="dimension d")
+    s.add_argument("--k", type=positive_int, required=True, help="adapter rank k")
+    s.add_argument("--T", type=positive_int, required=True, help="number of tasks T")
+    s.add_argument("--instances", type=positive_int, required=True, help="instances (adversarial: chains)")
+    s.add_argument("--starts", type=positive_int, default=64, help="Newton-type solves per instance (default 64)")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="seed of everything random (default 0)")
     s.add_argument("--out", required=True, help="results file (JSON lines; an existing one is resumed)")
-    s.add_argument("--workers", type=_nonneg_int, default=None,
+    s.add_argument("--workers", type=nonneg_int, default=None,
                    help="local worker processes (default: all cores; 0 or 1: in this process)")
     s.add_argument("--scheduler", default=None, help="address of a Dask scheduler, e.g. tcp://10.0.0.1:8786")
     s.add_argument("--adversarial", action="store_true",
                    help="hill-climb over ground truths U* towards spurious minima (each instance is one chain)")
-    s.add_argument("--rounds", type=_nonneg_int, default=8, help="hill-climb rounds per chain (default 8)")
-    s.add_argument("--gd-runs", type=_nonneg_int, default=2,
+    s.add_argument("--rounds", type=nonneg_int, default=8, help="hill-climb rounds per chain (default 8)")
+    s.add_argument("--gd-runs", type=nonneg_int, default=2,
                    help="plain gradient-descent runs from small starts per instance (default 2)")
     s.add_argument("--scales", type=_scales, default=[0.1, 0.5, 1.0, 2.0],
                    help="start scales, relative to sqrt(max_t ||W_t - mean W||_2) (default 0.1,0.5,1,2)")
@@ -89,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("certify", help="certify the spurious-minimum candidates (and a sample of other points)")
     c.add_argument("results", help="results file of `search`, or an instance file (landscape/instances/*.json)")
     c.add_argument("--method", choices=("krawczyk", "epsnet"), default="krawczyk")
-    c.add_argument("--sample", type=_nonneg_int, default=3,
+    c.add_argument("--sample", type=nonneg_int, default=3,
                    help="saddles and global minima certified per class, drawn at random (default 3)")
-    c.add_argument("--max-candidates", type=_nonneg_int, default=None,
+    c.add_argument("--max-candidates", type=nonneg_int, default=None,
                    help="certify at most this many spurious candidates (smallest G first; default all)")
-    c.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the sample (default 0)")
+    c.add_argument("--seed", type=nonneg_int, default=0, help="seed of the sample (default 0)")
     c.add_argument("--json", action="store_true", help="print one JSON object {\"rows\": [...]}")
     c.add_argument("--out", default=None, help="also write the JSON object to this file")
 
@@ -101,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("results", help="results file of `search`")
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.add_argument("--png", default=None, help="write a PNG of loss values and Hessian spectra here")
+    from . import census_cli  # `census`, `census-summary` (docs/census.md)
+
     census_cli.add_parsers(sub)
     return ap
 
@@ -108,12 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_search(args) -> int:
     from tqdm import tqdm
 
+    from theory.problem import ProblemError
+
     from . import adversarial, fanout, store
 
     if args.scheduler is not None and args.workers is not None:
-        raise _Refused("give either --workers (local processes) or --scheduler (a Dask cluster), not both")
+        raise ProblemError("give either --workers (local processes) or --scheduler (a Dask cluster), not both")
     if args.scheduler is not None and not args.scheduler.strip():
-        raise _Refused("--scheduler must be an address such as tcp://host:8786, got an empty string")
+        raise ProblemError("--scheduler must be an address such as tcp://host:8786, got an empty string")
+    check_output_file("--out", args.out)
+    size, batch = args.T * args.d * args.k, max(args.starts, args.gd_runs)
+    # the largest arrays: one batch of stacked dense Hessians with their eigenvectors, and the list of work items
+    check_memory(f"--starts {args.starts} / --gd-runs {args.gd_runs} at T d k = {size} ({batch} stacked {size} x "
+                 f"{size} Hessians) and --instances {args.instances}",
+                 3 * 8 * batch * size * size + 2048 * args.instances)
     config = {"d": args.d, "k": args.k, "T": args.T, "seed": args.seed, "starts": args.starts,
               "scales": list(args.scales), "gd_runs": args.gd_runs,
               "adversarial": ({**adversarial.DEFAULTS, "rounds": args.rounds} if args.adversarial else None)}
@@ -121,19 +109,34 @@ def _cmd_search(args) -> int:
     todo = [{"index": i, **config} for i in range(args.instances) if i not in done]
     t0 = time.perf_counter()
     n = 0
-    with tqdm(total=len(todo), desc="instances", unit="inst", disable=None) as bar:
-        for rec in fanout.run_all(todo, workers=args.workers, scheduler=args.scheduler):
-            store.append(args.out, rec)
-            n += 1
-            bar.update(1)
+    runs = fanout.run_all(todo, workers=args.workers, scheduler=args.scheduler)
+    try:
+        with tqdm(total=len(todo), desc="instances", unit="inst", disable=None) as bar:
+            for rec in runs:
+                with deferred_sigint():  # a record is appended and counted whole, or not at all
+                    store.append(args.out, rec)
+                    n += 1
+                bar.update(1)
+    except KeyboardInterrupt:
+        print(f"interrupted; {len(done) + n} instances saved to {args.out}; rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except fanout.WorkerLost as exc:
+        print(f"error: {exc}; {len(done) + n} instances saved to {args.out}; rerun the same command to resume",
+              file=sys.stderr)
+        return EXIT_STOPPED
+    finally:
+        runs.close()  # stops the workers at once if the loop ended early
     print(json.dumps({"out": args.out, "finished": n, "skipped": len(done & set(range(args.instances))),
                       "seconds": round(time.perf_counter() - t0, 3)}))
-    return 0
+    return EXIT_OK
 
 
 def _candidates(records, sample: int, seed: int, max_candidates):
     """(record, point index) pairs: every spurious minimum (smallest G first), then ``sample`` random saddles and
     ``sample`` random global minima."""
+    import numpy as np
+
     spurious, others = [], {"saddle": [], "global_min": []}
     for rec in records:
         for i, c in enumerate(rec["critical_points"]):
@@ -155,10 +158,16 @@ def _candidates(records, sample: int, seed: int, max_candidates):
 
 
 def _cmd_certify(args) -> int:
+    import numpy as np
     from tqdm import tqdm
 
-    from . import store
+    from theory.problem import Problem
 
+    from . import store
+    from .certificate import _json_number
+
+    if args.out is not None:
+        check_output_file("--out", args.out)
     try:
         if args.method == "krawczyk":
             from .certify_interval import certify_interval as certify
@@ -167,56 +176,69 @@ def _cmd_certify(args) -> int:
     except ImportError as exc:  # the certificates are a separate part of the package
         print(f"error: the {args.method} certificate is not available: {exc}", file=sys.stderr)
         return 1
-    records = _records_or_instance(args.results)
+    records, candidates = _records_or_instance(args.results)
+    if candidates is None:
+        candidates = _candidates(records, args.sample, args.seed, args.max_candidates)
     rows = []
-    for rec, i in tqdm(_candidates(records, args.sample, args.seed, args.max_candidates), desc="certify",
-                       disable=None):
+    for rec, i in tqdm(candidates, desc="certify", disable=None):
         c = rec["critical_points"][i]
         problem = Problem.from_dict(rec["problem"])  # re-evaluated from the stored instance, not the search
         cert = certify(problem, np.asarray(c["point"], dtype=float))
-        row = {"index": rec["index"], "point_index": i, "search_class": c["class"], "search_loss": c["loss"],
-               **cert.to_dict()}
+        row = {"index": rec["index"], "point_index": i, "search_class": c["class"],
+               "search_loss": _json_number(c["loss"]), **cert.to_dict()}
         row["agrees"] = {"spurious_min": cert.spurious, "saddle": cert.verdict == "certified-not-minimum",
                          "global_min": cert.verdict == "certified-minimum" and cert.minimum_kind == "global"
                          }.get(c["class"])
         rows.append(row)
     payload = {"results": args.results, "method": args.method, "rows": rows}
     if args.out:
-        store.atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
+        store.atomic_write_text(args.out, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     if args.json:
-        print(json.dumps(payload))
+        print(json.dumps(payload, allow_nan=False))
     else:
         print(f"{'inst':>5} {'pt':>3} {'search class':>13} {'search G':>11} {'verdict':>22} {'kind':>9} {'s':>7}")
         for r in rows:
-            print(f"{r['index']:>5} {r['point_index']:>3} {r['search_class']:>13} {r['search_loss']:>11.3e} "
-                  f"{r['verdict']:>22} {str(r['minimum_kind']):>9} {r['seconds']:>7.2f}")
-    return 0
+            loss = "-" if r["search_loss"] is None else f"{r['search_loss']:.3e}"
+            print(f"{r['index']:>5} {r['point_index']:>3} {r['search_class']:>13} {loss:>11} "
+                  f"{r['verdict']:>22} {r['minimum_kind'] or '-':>9} {r['seconds']:>7.2f}")
+    return EXIT_OK
 
 
-def _records_or_instance(path: str) -> list[dict]:
-    """Records of a results file, or one pseudo-record holding the point of an instance file (a JSON object with
-    ``problem`` and ``point``, such as those in landscape/instances/)."""
+def _records_or_instance(path: str):
+    """``(records, candidates)``: the records of a results file and ``None`` (the caller picks the candidates), or
+    for an instance file (a JSON object with ``problem`` and ``point``, such as those in landscape/instances/) one
+    pseudo-record holding its point and that point as the only candidate, whatever its class. A point whose float
+    Hessian overflows cannot be classified: its class is ``"unclassified"`` (the certificate says why)."""
+    import numpy as np
+
+    from theory.problem import ProblemError
+    from theory.reduced import reduced_loss
+
     from . import store
 
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as fh:
-            try:
-                data = json.load(fh)
-            except json.JSONDecodeError:  # JSON lines (more than one object) or malformed: a results file
-                data = None
-        if isinstance(data, dict) and "point" in data and "problem" in data:
-            from .classify import classify_point
+    kind, content = store.read_results_or_instance(path)
+    if kind == "results":
+        return content, None
 
-            problem, U, data = store.load_instance(path)
-            c = classify_point(problem, U)
-            return [{"index": 0, "config": {}, "problem": data["problem"],
-                     "critical_points": [{"class": c.label, "loss": c.loss, "point": U.tolist()}]}]
-    return store.load(path)
+    from .classify import classify_point
+
+    problem, U, data = content
+    try:
+        c = classify_point(problem, U)
+        label, loss = c.label, c.loss
+    except ProblemError:
+        with np.errstate(over="ignore", invalid="ignore"):
+            label, loss = "unclassified", reduced_loss(U, problem)
+    rec = {"index": 0, "config": {}, "problem": data["problem"],
+           "critical_points": [{"class": label, "loss": loss, "point": U.tolist()}]}
+    return [rec], [(rec, 0)]
 
 
 def _cmd_summary(args) -> int:
     from . import store, summary
 
+    if args.png is not None:
+        check_output_file("--png", args.png)
     records = store.load(args.results)
     out = summary.summarize(records)
     if args.png:
@@ -236,21 +258,22 @@ def _cmd_summary(args) -> int:
               f"{gd['unconverged_heading_to']} (the critical point their end point polishes to)")
         if "adversarial" in out:
             print("adversarial:", out["adversarial"])
-    return 0
+    return EXIT_OK
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)  # argparse itself exits with status 2 on malformed arguments
-    handlers = {"search": _cmd_search, "certify": _cmd_certify, "summary": _cmd_summary, **census_cli.HANDLERS}
+    """Run ``python -m landscape`` with ``argv``; returns the exit status (0 done, 2 bad input, 3 search stopped by
+    a dead worker, 130 interrupted; :mod:`theory.cli_contract`)."""
     try:
-        return handlers[args.command](args)
-    except (_Refused, ProblemError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)  # argparse itself exits with status 2 on malformed arguments (one line)
+    except KeyboardInterrupt:
+        print("interrupted; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    from . import census_cli
+
+    handlers = {"search": _cmd_search, "certify": _cmd_certify, "summary": _cmd_summary, **census_cli.HANDLERS}
+    # ProblemError is the one error root: CertificateError and the store's and search's refusals derive from it
+    return run_command(handlers[args.command], args, interrupted="interrupted; nothing written")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,15 @@ def hess(Us: list, E: list) -> arb_mat:
     return arb_mat(rows)
 
 
+def norm_upper(entries):
+    """A ball all of whose points are >= the 2-norm of the balls ``entries`` (use it only as an upper bound).
+
+    Why not ``sum(e * e).sqrt()``: arb squares a ball straddling zero, ``[0 +/- r]``, to ``[0 +/- r^2]``, whose square
+    root is NaN (as at an exact critical point, where every gradient entry straddles zero); squaring the upper bounds
+    of ``|e|`` (``abs_upper``, exact non-negative numbers) keeps the sum's lower end >= 0 and the root finite."""
+    return sum((e.abs_upper() ** 2 for e in entries), arb(0)).sqrt()
+
+
 def upper(x) -> float:
     """A float64 upper bound of the ball ``x`` (``+inf`` for a NaN or infinite ball)."""
     if not x.is_finite():

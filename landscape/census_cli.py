@@ -40,7 +40,9 @@ def _seconds(text: str) -> float:
 
 def add_parsers(sub) -> None:
     """Add ``census`` and ``census-summary`` to the subparsers ``sub`` of ``python -m landscape``."""
-    from .__main__ import _nonneg_int, _positive_int, _scales  # the package's own option types
+    from theory.cli_contract import nonneg_int as _nonneg_int, positive_int as _positive_int
+
+    from .__main__ import _scales  # the package's own option types
 
     c = sub.add_parser("census", help="how common are certified spurious minima, and does gradient descent find "
                                       "them: a grid of (d, k, T) cells, many instances each",

@@ -28,14 +28,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from theory.problem import ProblemError
+
 __all__ = ["VERDICTS", "MINIMUM_KINDS", "Certificate", "CertificateError"]
 
 VERDICTS = ("certified-minimum", "certified-not-minimum", "inconclusive")
 MINIMUM_KINDS = ("spurious", "global", "unknown")
 
 
-class CertificateError(ValueError):
-    """Bad input to a certificate (non-finite point, wrong shape, invalid option): names the value and the rule."""
+class CertificateError(ProblemError):
+    """Bad input to a certificate (non-finite point, wrong shape, invalid option): names the value and the rule.
+
+    A :class:`theory.problem.ProblemError` (hence a ``ValueError``): the one error root that the command lines of
+    ``theory`` and ``landscape`` turn into exit status 2."""
 
 
 def _json_number(v):

@@ -157,6 +157,10 @@ def _cube_points(face: np.ndarray, sign: np.ndarray, centres: np.ndarray, n: int
     return y
 
 
+class _Overflow(ArithmeticError):
+    """The float evaluation on the net gave NaN or inf (a point too far out for float64); private."""
+
+
 class _Context:
     """Everything a batch of cells needs (floats that are rigorous bounds, and the float data)."""
 
@@ -222,8 +226,14 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         G0 = ar.loss(E0)
         loss = (ar.lower(G0), ar.upper(G0))
         Q, tangent_cols, gauge = _gauge(x0.reshape(T, d, k))  # Q None for k = 1 (no gauge), else (n, m)
-        Hf = reduced_hess(x0, problem)
-        lam, V = np.linalg.eigh(Hf if Q is None else Q.T @ Hf @ Q)
+        with np.errstate(over="ignore", invalid="ignore"):
+            Hf = reduced_hess(x0, problem)
+            Jf = Hf if Q is None else Q.T @ Hf @ Q
+        if not np.all(np.isfinite(Jf)):
+            return done("inconclusive", f"the float64 Hessian at x0 overflows (max |x0| entry "
+                        f"{float(np.max(np.abs(x0))):.3g}): no metric for the net, nothing can be proven here in "
+                        "float64", loss)
+        lam, V = np.linalg.eigh(Jf)
         margins["hessian_min_eig_mid"] = float(lam[0])
         if not lam[0] > 1e-10 * max(1.0, float(np.max(np.abs(lam)))):
             return done("inconclusive", f"the float Hessian at x0{' on the gauge slice' if Q is not None else ''} is "
@@ -240,7 +250,7 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         mu0 = ar.lambda_min_lower(Ma.transpose() * Hx0 * Ma)[0]
         if not mu0 > 0:
             return done("inconclusive", "could not prove the Hessian at x0 positive definite in arb", loss)
-        a0_arb = max((sum((e * e for e in Ub.entries()), arb(0)).sqrt() for Ub in U0b), key=ar.upper)
+        a0_arb = max((ar.norm_upper(Ub.entries()) for Ub in U0b), key=ar.upper)
         a0 = ar.upper(a0_arb)
         if delta is None:
             delta = float(mu0 / (_DELTA_DIVISOR * max(m - 1, 1) ** 1.5 * a0 * Mnorm ** 3)) if a0 > 0 else 1.0 / Mnorm
@@ -251,7 +261,7 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
         a_ball = a0_arb + R
         sG_hi = arb(ar.upper(G0)).sqrt()
         Hb = 8 * a_ball * a_ball + 4 * (sG_hi + R * (2 * a0_arb + R))
-        g0n = sum((e * e for e in ar.grad(U0b, E0)), arb(0)).sqrt()
+        g0n = ar.norm_upper(ar.grad(U0b, E0))  # finite also where the gradient entries straddle zero
         Lip = g0n + R * Hb
         hess_var = 24 * a0_arb * R + 12 * R * R
         mu = ar.lower(arb(mu0) - hess_var * arb(Mnorm) ** 2)
@@ -284,6 +294,12 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
     margins.update(lipschitz=ctx.Lip, hessian_bound=ctx.Hb, metric_norm=Mnorm, radius_x=dx, tau=tau,
                    hessian_min_eig_lower=mu0 / Mnorm ** 2 if metric == "euclidean" else None,
                    loss_lower_on_ball=ball_lo)
+    bounds = (delta, dx, tau, Mnorm, mu, ctx.a_cubic, ctx.Hb, ctx.Lip)
+    if not (all(math.isfinite(b) for b in bounds) and delta > 0 and np.all(np.isfinite(E0f))
+            and np.all(np.isfinite(e0))):
+        return done("inconclusive", f"the bounds of the net overflow float64 or vanish (delta {delta:.3g}, Lipschitz "
+                    f"{ctx.Lip:.3g}, Hessian bound {ctx.Hb:.3g}, |M| {Mnorm:.3g}): nothing can be proven here in "
+                    "float64", loss)
 
     level = 0
     if 2 * m > max_points:
@@ -379,6 +395,8 @@ def certify_epsnet(problem: Problem, U0, *, delta: float | None = None, eps: flo
                     bits = (np.arange(rep)[:, None] >> np.arange(m - 1)[None, :]) & 1
                     children = 2.0 * bits - 1.0  # (2^(m-1), m-1) sign patterns
                 level += 1
+    except _Overflow:
+        return fail("the float64 evaluation of G or its gradient on the net overflows: nothing can be proven here")
     finally:
         bar.close()
     eps_used = net_covering_radius(delta, m, finest)
@@ -429,5 +447,7 @@ def _evaluate(face, sign, centres, level, c: _Context, *, local: bool):
         drop = np.minimum(drop, local_drop)
     margin = (dG - dG_err) - drop
     margin = margin - 8 * _U * (np.abs(dG) + dG_err + drop)  # the few float operations above
+    if not np.all(np.isfinite(margin)):
+        raise _Overflow
     below = bool(np.any(dG + dG_err < 0))
     return margin > 0, margin, below

@@ -176,6 +176,54 @@ def _transversal(Qa: arb_mat, tangent_cols: list, Us: list, k: int) -> bool:
     return True
 
 
+#: condition number of the float Hessian above which it counts as (nearly) singular in the reasons given
+_SINGULAR_COND = 1e8
+
+
+def _float_newton(problem: Problem, x0: np.ndarray, Q, f0_mid: np.ndarray):
+    """``(C, J, step, why)``: the float64 Hessian ``J = Q^T H(x0) Q`` on the slice (``H(x0)`` when Q is None), its
+    inverse C (the Krawczyk preconditioner; any matrix is valid, a good one makes the test pass), the Newton step
+    ``|C f(0)|_inf``, and why they cannot be used (None when they can): an overflowing or singular Hessian, or an
+    overflowing gradient or step. Nothing non-finite goes on to the linear algebra."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        Hf = reduced_hess(x0, problem)
+        Jf = Hf if Q is None else Q.T @ Hf @ Q
+    if not np.all(np.isfinite(Jf)):
+        return None, None, None, (f"the float64 Hessian at x0 overflows (max |x0| entry {float(np.max(np.abs(x0))):.3g}"
+                                  "): no Newton preconditioner, nothing can be proven here in float64")
+    if not np.all(np.isfinite(f0_mid)):
+        return None, None, None, "the gradient at x0 overflows float64: nothing can be proven here"
+    try:
+        Cf = np.linalg.inv(Jf)
+    except np.linalg.LinAlgError:
+        Cf = None
+    if Cf is None or not np.all(np.isfinite(Cf)):
+        return None, None, None, ("the float Hessian at x0 (on the slice) is singular (a degenerate point): no Newton "
+                                  "preconditioner, the Krawczyk test cannot pass")
+    with np.errstate(over="ignore", invalid="ignore"):
+        step = float(np.max(np.abs(Cf @ f0_mid))) if f0_mid.size else 0.0
+    if not math.isfinite(step):
+        return None, None, None, ("the Newton step |C f(0)| overflows float64: the Hessian at x0 is (nearly) singular "
+                                  "for the size of its gradient")
+    return Cf, Jf, step, None
+
+
+def _cause(Jf: np.ndarray, f0_mid: np.ndarray) -> str:
+    """Why no box around x0 passed, from the float data at x0: a (nearly) singular Hessian (condition number above
+    :data:`_SINGULAR_COND`: a degenerate critical point, whose zero of the gradient Krawczyk's test cannot isolate) or
+    a gradient too large for x0 to be a critical point (both numbers are stated)."""
+    lam = np.abs(np.linalg.eigvalsh(0.5 * (Jf + Jf.T))) if Jf.size else np.ones(1)
+    cond = float(lam.max() / lam.min()) if lam.min() > 0 else math.inf
+    top = float(np.max(np.abs(f0_mid))) if f0_mid.size else 0.0
+    g = top * float(np.linalg.norm(f0_mid / top)) if top > 0 else 0.0  # scaled: no overflow for huge gradients
+    if cond > _SINGULAR_COND:
+        return (f"the Hessian at x0 is (nearly) singular (condition number {cond:.3g}, smallest |eigenvalue| "
+                f"{lam.min():.3g}; gradient norm {g:.3g}): x0 may be a degenerate critical point, which the Krawczyk "
+                "test cannot isolate (a singular Jacobian of the gradient)")
+    return (f"x0 is not close enough to a critical point (gradient norm {g:.3g}, with a well-conditioned Hessian: "
+            f"condition number {cond:.3g})")
+
+
 def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_radius: float | None = None,
                      growth: float = 30.0, max_tries: int = 8, prec: int = 128) -> Certificate:
     """Certify the critical point of G near ``U0`` (shape ``(T, d, k)`` or ``(T d k,)``) by interval arithmetic.
@@ -227,21 +275,11 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
         Qa = None if Q is None else arb_mat(Q.tolist())
         f0 = _col(g0) if Qa is None else Qa.transpose() * _col(g0)
         m = f0.nrows()
-        # float preconditioner C ~ J(0)^{-1}
-        Hf = reduced_hess(x0, problem)
-        Jf = Hf if Q is None else Q.T @ Hf @ Q
-        try:
-            Cf = np.linalg.inv(Jf)
-        except np.linalg.LinAlgError:
-            Cf = None
-        if Cf is None or not np.all(np.isfinite(Cf)):
-            return done("inconclusive", "the float Hessian at x0 (on the slice) is singular: no Newton "
-                        "preconditioner, the Krawczyk test cannot pass", loss=loss, radius=radius)
         f0_mid = np.array([ar.mid(f0[i, 0]) for i in range(m)])
-        step = float(np.max(np.abs(Cf @ f0_mid))) if m else 0.0
+        Cf, Jf, step, why = _float_newton(problem, x0, Q, f0_mid)
+        if why is not None:
+            return done("inconclusive", why, loss=loss, radius=radius)
         margins["newton_step"] = step
-        if not math.isfinite(step):
-            return done("inconclusive", "NaN in the gradient at x0", loss=loss, radius=radius)
         if radius is not None:
             radii = [radius]
         else:
@@ -251,8 +289,8 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
                 radii.append(r)
                 r *= growth
             if not radii:
-                return done("inconclusive", f"x0 is not a critical point: the Newton step |C f(0)|_inf = {step:.3g} "
-                            f"exceeds max_radius = {max_radius:.3g}", loss=loss, radius=None)
+                return done("inconclusive", f"the Newton step |C f(0)|_inf = {step:.3g} exceeds max_radius = "
+                            f"{max_radius:.3g}: {_cause(Jf, f0_mid)}", loss=loss, radius=None)
         C = arb_mat(Cf.tolist())
         Cf0 = C * f0
         I_m = arb_mat(np.eye(m).tolist())
@@ -282,8 +320,7 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
         if passed is None:
             return done("inconclusive", f"Krawczyk test failed: K(X) not strictly inside X at every radius tried "
                         f"({len(ratios)} radii from {radii[0]:.3g} to {radii[len(ratios) - 1]:.3g}, last ratio "
-                        f"{ratios[-1]:.3g}); x0 may not be a critical point or its Hessian may be (nearly) singular",
-                        loss=loss, radius=radii[len(ratios) - 1])
+                        f"{ratios[-1]:.3g}); {_cause(Jf, f0_mid)}", loss=loss, radius=radii[len(ratios) - 1])
         r, Us, E, J = passed
         if Qa is not None:  # transversality of the slice over the whole box
             margins["transversal"] = _transversal(Qa, tangent_cols, Us, k)
@@ -300,7 +337,8 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
         lam_lo, lam, V = ar.lambda_min_lower(J)
         margins["hessian_min_eig_mid"] = float(lam[0])
         if V is None:
-            return done("inconclusive", "NaN in the interval Hessian", loss=loss, radius=r)
+            return done("inconclusive", "the interval Hessian over the box is not finite (overflow)", loss=loss,
+                        radius=r)
         if lam_lo > 0:
             margins["hessian_min_eig_lower"] = lam_lo
             kind, why = _minimum_kind(problem, x0, r, Qa, k, gX_lo, gX_hi, Ws, prec)

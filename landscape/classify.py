@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from theory.problem import Problem, ProblemError
+from theory.problem import Problem, ProblemError, require_finite
 from theory.reduced import reduced_grad, reduced_hess, reduced_loss
 from theory.symmetry import restricted_inertia
 
@@ -66,16 +66,22 @@ def classify_point(problem: Problem, U, *, loss_rtol: float = 1e-12, eig_rtol: f
     The Hessian is restricted to the orthogonal complement of the symmetry orbit's tangent space: O(k)^T
     (:func:`theory.symmetry.restricted_inertia`) for T != 2; for T = 2 the larger O(k, k) orbit
     (``group="O(k,k)"`` of :func:`theory.symmetry.restricted_inertia`).
+
+    Raises ``ProblemError`` for a non-finite ``U`` or one where G, its gradient or Hessian overflow float64.
     """
     for name, v in (("loss_rtol", loss_rtol), ("eig_rtol", eig_rtol)):
         if not (np.isfinite(v) and v > 0):
             raise ProblemError(f"{name} must be a finite number > 0, got {v!r}")
-    U = np.asarray(U, dtype=np.float64).reshape(problem.T, problem.d, problem.k)
-    loss = reduced_loss(U, problem)
-    grad_norm = float(np.linalg.norm(reduced_grad(U, problem)))
+    U = require_finite("U", U).reshape(problem.T, problem.d, problem.k)
+    with np.errstate(over="ignore", invalid="ignore"):
+        loss = reduced_loss(U, problem)
+        grad_norm = float(np.linalg.norm(reduced_grad(U, problem)))
+        H = reduced_hess(U, problem)
+    if not (np.isfinite(loss) and np.isfinite(grad_norm) and np.all(np.isfinite(H))):
+        raise ProblemError(f"G, its gradient or its Hessian overflow float64 at this point (max |U| entry "
+                           f"{float(np.max(np.abs(U))):.3g}): it cannot be classified")
     g0 = reduced_loss(np.zeros_like(U), problem)
     threshold = loss_rtol * max(1.0, g0)
-    H = reduced_hess(U, problem)
     # at T = 2 G has the larger O(k, k) symmetry (theory.symmetry's module docstring)
     symmetry = "O(k,k)" if problem.T == 2 else "O(k)^T"
     iner = restricted_inertia(H, U, rtol=eig_rtol, group=symmetry)

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import signal
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 
 from threadpoolctl import threadpool_limits
 
 from theory.problem import Problem, ProblemError
 
-__all__ = ["run_spec", "run_all"]
+__all__ = ["run_spec", "run_all", "WorkerLost"]
+
+
+class WorkerLost(RuntimeError):
+    """A local worker process ended abruptly (killed by a signal, out of memory) and the run stopped; every record
+    finished before that was yielded, so running the same specs again (minus those) resumes the run."""
 
 
 def run_spec(spec: dict) -> dict:
@@ -41,7 +50,46 @@ def run_spec(spec: dict) -> dict:
 
 
 def _init_worker():
+    # Ctrl-C in a terminal reaches the whole process group: the main process handles it (and stops the workers)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(limits=1)
+
+
+@contextmanager
+def _sigint_blocked():
+    """Block SIGINT in this thread while worker processes start: they inherit the blocked mask, so a Ctrl-C cannot
+    kill one half-started (before :func:`_init_worker` runs) with a traceback; a SIGINT that arrives meanwhile stays
+    pending here and is delivered when the block ends."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """Stop the pool now: cancel the specs not started and terminate the workers (their running specs are
+    abandoned and recomputed on resume). ``ProcessPoolExecutor`` has no public way to end busy workers before
+    Python 3.14 (``terminate_workers``), hence its ``_processes`` table; ``shutdown(wait=True)`` would wait for every
+    running spec, which is what made Ctrl-C hang."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None  # a second Ctrl-C must not cut this short
+    try:
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join(timeout=5.0)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5.0)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
 
 
 def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None,
@@ -54,6 +102,13 @@ def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None
     ``scheduler``: address of a Dask scheduler (``tcp://host:port``) or a ``dask.distributed.Client`` /
     ``LocalCluster`` object; ``workers``: local processes (``None``: ``os.cpu_count()``; ``0`` or ``1``: in this
     process, serially); ``connect_timeout``: seconds to wait for a scheduler given by address.
+
+    Raises
+    ------
+    WorkerLost
+        a local worker process died (after every record finished before was yielded).
+    KeyboardInterrupt
+        passed on after the local workers were terminated (they ignore SIGINT themselves).
     """
     specs = list(specs)
     fn = run_spec if fn is None else fn
@@ -68,15 +123,30 @@ def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None
         for s in specs:
             yield fn(s)
         return
+    yield from _run_processes(specs, workers, fn)
+
+
+def _run_processes(specs: list[dict], workers: int | None, fn=run_spec) -> Iterator[dict]:
+    """Local worker processes; on any exception (Ctrl-C included) or when the caller stops iterating, the workers
+    are terminated at once (:func:`_stop`). A dead worker breaks the pool: the records already finished are still
+    yielded, then :class:`WorkerLost` is raised."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads (tqdm, dask)
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
-        futures = [pool.submit(fn, s) for s in specs]
-        try:
-            for fut in cf.as_completed(futures):
-                yield fut.result()
-        finally:
-            for fut in futures:
-                fut.cancel()
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
+    try:
+        with _sigint_blocked():
+            futures = [pool.submit(fn, s) for s in specs]
+        broken = None
+        for fut in cf.as_completed(futures):
+            if isinstance(fut.exception(), BrokenProcessPool):
+                broken = fut.exception()
+                continue
+            yield fut.result()
+        if broken is not None:
+            raise WorkerLost("a worker process ended abruptly (killed by a signal, or out of memory)") from broken
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _run_dask(specs: list[dict], scheduler, connect_timeout: float, fn=run_spec) -> Iterator[dict]:

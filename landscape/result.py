@@ -27,7 +27,7 @@ STATUS_MESSAGES: dict[str, str] = {
     "max_iter": "iteration limit reached before the gradient norm fell below tolerance",
     "diverged": "iterate norm exceeded the divergence bound (G is not coercive: all U_t U_t^T may grow together)",
     "stalled": "no step reduced the merit function even at the largest damping",
-    "nonfinite": "a non-finite loss or gradient was produced",
+    "nonfinite": "a non-finite loss, gradient or Hessian was produced (float64 overflow)",
 }
 
 #: Classes of a converged critical point (:mod:`landscape.classify`), in the order summaries print them.

@@ -163,7 +163,13 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
         if idx.size == 0:
             break
         iters[idx] += 1
-        lam, V = np.linalg.eigh(_batched.hess(X[idx].reshape(-1, *shape), problem))
+        Hs = _batched.hess(X[idx].reshape(-1, *shape), problem)
+        fin = np.all(np.isfinite(Hs), axis=(1, 2))  # an overflowing Hessian never reaches eigh
+        status[idx[~fin]], active[idx[~fin]] = "nonfinite", False
+        idx, Hs = idx[fin], Hs[fin]
+        if idx.size == 0:
+            continue
+        lam, V = np.linalg.eigh(Hs)
         c = np.einsum("bji,bj->bi", V, g[idx])
         lmax = np.maximum(np.abs(lam).max(axis=1), 1e-300)
         # starts already below tolerance take plain Newton steps (pseudo-inverse: the orbit's zero eigenvalues get

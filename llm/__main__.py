@@ -1,7 +1,8 @@
-"""Command line of ``llm``: ``python -m llm {retrain, finetune, table, bundle} ...`` (``--help`` on each).
+"""Command line of ``llm``: ``python -m llm {table, retrain, finetune, bundle, ...} ...`` (``--help`` on each).
 
-Exit status: 0 success, 1 a run failed (e.g. a non-finite loss), 2 bad input (unknown model, bad rank, unreadable
-or malformed data, too few candidates).
+Exit status: 0 success, 1 a run failed (a non-finite loss), 2 bad input (one message naming the value and the
+rule: unknown model, bad option, unreadable or malformed data, too few candidates), 130 interrupted (Ctrl-C;
+finished pieces are kept: rerun the same command with ``--resume``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
-from .config import PRESETS, LLMError, NonFiniteLossError, preset
+from .config import DEFAULT_PRESET, PRESETS, SCORERS, SELECTIONS, LLMError, NonFiniteLossError, preset
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,28 +23,86 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_positive, _nonneg = _int_at_least(1), _int_at_least(0)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), default="mini",
-                   help="hyperparameters and sizes: paper (Appendix C), mini (CPU, default), smoke (tests)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help=f"hyperparameters and sizes: cpu (default: powered CPU comparison), paper (Appendix C), "
+                        f"smoke (tests)")
     p.add_argument("--model", default=None,
                    help="'minilm' (packaged all-MiniLM-L6-v2, default), a HF name such as roberta-large, or a path")
     p.add_argument("--data", default=None,
                    help="'chitchat' (packaged, default) or a ConvAI2 ParlAI text file such as train_self_original.txt")
+    p.add_argument("--scorer", choices=SCORERS, default=None, help="bi-encoder or cross-encoder (default: preset's)")
+    p.add_argument("--freeze-layers", type=_nonneg, default=None,
+                   help="embeddings and this many lowest blocks frozen and computed once (default: preset's)")
+    p.add_argument("--select", choices=SELECTIONS, default=None,
+                   help="fine-tuning epoch chosen on: validation (default), heldout (the paper's; optimistic), last")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda with bf16 if present, else cpu)")
-    p.add_argument("--retrain-epochs", type=int, default=None, help="override the preset's retraining epochs")
-    p.add_argument("--finetune-epochs", type=int, default=None, help="override the preset's fine-tuning epochs")
-    p.add_argument("--n-retrain-tasks", type=int, default=None, help="override T, the number of retraining tasks")
-    p.add_argument("--n-test-tasks", type=int, default=None, help="override T', the number of test tasks")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the preset's)")
+    p.add_argument("--retrain-epochs", type=_positive, default=None, help="override the preset's retraining epochs")
+    p.add_argument("--finetune-epochs", type=_positive, default=None, help="override the preset's fine-tuning epochs")
+    p.add_argument("--n-retrain-tasks", type=_positive, default=None, help="override T, the number of retraining tasks")
+    p.add_argument("--n-test-tasks", type=_positive, default=None, help="override T', the number of test tasks")
+    p.add_argument("--threads", type=_nonneg, default=None, help="torch CPU threads, 0 = torch's default "
+                                                                  "(default: the preset's)")
     p.add_argument("--cache-dir", default=None, help="tokenisation cache (default ~/.cache/metalora/llm)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _config(args):
-    return preset(args.preset, model=args.model, data=args.data, retrain_epochs=args.retrain_epochs,
-                  finetune_epochs=args.finetune_epochs, n_retrain_tasks=args.n_retrain_tasks,
-                  n_test_tasks=args.n_test_tasks, threads=args.threads,
-                  **({"seeds": tuple(args.seeds)} if getattr(args, "seeds", None) else {}))
+    """The configuration of the command line, validated (model included) before any work."""
+    from .models import check_model
+
+    cfg = _preset_with(args)
+    check_model(cfg.model, cfg.freeze_layers)
+    if args.device is not None:
+        from .train import make_accelerator
+
+        make_accelerator(args.device)
+    return cfg
+
+
+def _preset_with(args):
+    tuples = {k: tuple(getattr(args, k)) for k in ("seeds", "meta_ranks", "finetune_ranks")
+              if getattr(args, k, None)}
+    return preset(args.preset, model=args.model, data=args.data, scorer=args.scorer, freeze_layers=args.freeze_layers,
+                  select=args.select, retrain_epochs=args.retrain_epochs, finetune_epochs=args.finetune_epochs,
+                  n_retrain_tasks=args.n_retrain_tasks, n_test_tasks=args.n_test_tasks, threads=args.threads,
+                  **tuples)
+
+
+def _out_dir(path: str, option: str = "--out") -> str:
+    """A folder to write into: refused when it is an existing file or its parent cannot be a folder."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LLMError(f"{option} {path!r} is an existing file; give a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise LLMError(f"{option} {path!r}: cannot create a folder under {parent!r}")
+    return path
+
+
+def _out_file(path: str, option: str = "--out") -> str:
+    if os.path.isdir(path):
+        raise LLMError(f"{option} {path!r} is an existing folder; give a file name")
+    _out_dir(os.path.dirname(os.path.abspath(path)), option)
+    return path
 
 
 def _run_retrain(args) -> int:
@@ -50,30 +110,34 @@ def _run_retrain(args) -> int:
     from .train import retrain
 
     cfg = _config(args)
+    _out_dir(args.out)
     tasks = load_tasks(cfg)
     r = retrain(cfg, tasks, method=args.method, rank=args.rank, seed=args.seed, out_dir=args.out,
                 resume=args.resume, schedule=args.schedule, device=args.device, cache_dir=args.cache_dir,
                 progress=not args.no_progress)
-    print(json.dumps({"run_dir": r.run_dir, "checkpoint": r.checkpoint, "method": r.method, "rank": r.rank,
-                      "schedule": r.schedule, "seed": r.seed, "losses": list(r.losses), "seconds": r.seconds,
-                      "tasks": [t.name for t in tasks.retrain]}))
+    print(json.dumps({**r.to_dict(), "tasks": [t.name for t in tasks.retrain]}))
     return EXIT_OK
 
 
 def _run_finetune(args) -> int:
     from .checkpoint import atomic_write_text
     from .data import load_tasks
-    from .train import finetune
+    from .report import json_ready
+    from .train import finetune_tasks
 
     cfg = _config(args)
+    if args.out:
+        _out_file(args.out)
+    from .checkpoint import resolve_encoder
+    from .models import check_model
+
+    check_model(resolve_encoder(args.encoder), cfg.freeze_layers)
     tasks = load_tasks(cfg)
-    out = []
-    for task in tasks.test:
-        f = finetune(cfg, args.encoder, task, rank=args.rank, seed=args.seed, device=args.device,
-                     cache_dir=args.cache_dir, progress=not args.no_progress)
-        out.append(f.to_dict())
-    doc = {"encoder": args.encoder, "rank": args.rank, "seed": args.seed, "results": out,
-           "average": sum(d["best"] for d in out) / len(out)}
+    out = [f.to_dict() for f in finetune_tasks(cfg, args.encoder, list(tasks.test), rank=args.rank, seed=args.seed,
+                                                device=args.device, cache_dir=args.cache_dir,
+                                                progress=not args.no_progress)]
+    doc = json_ready({"encoder": args.encoder, "rank": args.rank, "seed": args.seed, "select": cfg.select,
+                      "results": out, "average": sum(d["accuracy"] for d in out) / len(out)})
     if args.out:
         atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc))
@@ -84,12 +148,15 @@ def _run_table(args) -> int:
     from .table import run_table
 
     cfg = _config(args)
-    quiet = args.json
+    _out_dir(args.out)
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     doc = run_table(cfg, args.out, resume=args.resume, device=args.device, schedule=args.schedule,
-                    cache_dir=args.cache_dir, progress=not args.no_progress,
-                    log=(lambda *a: print(*a, file=sys.stderr)) if quiet else print)
+                    cache_dir=args.cache_dir, progress=not args.no_progress, keep_checkpoints=args.keep_checkpoints,
+                    log=log)
     if args.json:
-        print(json.dumps({k: doc[k] for k in ("rows", "tasks", "seeds")}))
+        from .report import json_ready
+
+        print(json.dumps(json_ready({k: doc[k] for k in ("rows", "comparisons", "n_items", "seeds", "tasks")})))
     else:
         with open(os.path.join(args.out, "table.md"), encoding="utf-8") as fh:
             print(fh.read())
@@ -97,63 +164,71 @@ def _run_table(args) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m llm", description="Meta-LoRA vs standard retraining of a pretrained encoder on "
-                                                       "multi-speaker dialogue (the paper's Section 4.2, Table 1).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _add_table(sub) -> None:
+    p = sub.add_parser("table", help="the whole comparison with its controls -> table.md, table.json, accuracy.png",
+                       description="SR and Meta-LoRA retraining, LoRA fine-tuning of every test task and the controls "
+                                   "(no retraining, with and without fine-tuning), over the preset's retraining "
+                                   "seeds; paired comparisons with intervals over seeds.")
+    _common(p)
+    p.add_argument("--out", required=True, help="output folder (runs/ below it holds resumable pieces)")
+    p.add_argument("--seeds", type=_nonneg, nargs="+", default=None, help="override the preset's retraining seeds")
+    p.add_argument("--meta-ranks", type=_positive, nargs="+", default=None,
+                   help="ranks r of Meta-LoRA-r (default: preset's; the paper's Table 1: 8 16)")
+    p.add_argument("--finetune-ranks", type=_positive, nargs="+", default=None,
+                   help="fine-tuning LoRA ranks r' (default: preset's; the paper's Table 1: 8 16)")
+    p.add_argument("--schedule", choices=["sequential", "batched"], default=None,
+                   help="Meta-LoRA schedule (default sequential: one task per batch)")
+    p.add_argument("--resume", action="store_true", help="reuse finished pieces in --out/runs")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the retrained encoders (by default removed once the table is written)")
+    p.add_argument("--json", action="store_true", help="print rows and comparisons as one JSON object")
+    p.set_defaults(func=_run_table)
 
+
+def _add_retrain_finetune(sub) -> None:
     p = sub.add_parser("retrain", help="SR or Meta-LoRA retraining of the encoder on the T retraining tasks",
                        description="Retrain the encoder; a checkpoint (safetensors encoder, peft adapters) after "
-                                   "every epoch in --out; --resume continues a killed run.")
+                                   "every epoch in --out, the best epoch on validation kept; --resume continues.")
     _common(p)
     p.add_argument("--method", choices=["sr", "meta-lora"], required=True, help="sr or meta-lora")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank r of Meta-LoRA-r (> 0; ignored for sr)")
+    p.add_argument("--rank", type=_positive, default=8, help="LoRA rank r of Meta-LoRA-r (ignored for sr)")
     p.add_argument("--schedule", choices=["sequential", "batched"], default=None,
                    help="Meta-LoRA: batched (all tasks per batch, llm.multilora; default when present) or "
                         "sequential (peft named adapters, one task per batch)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, batch order, dropout (default 0)")
+    p.add_argument("--seed", type=_nonneg, default=0, help="seed of initialisation, batch order, dropout (default 0)")
     p.add_argument("--out", required=True, help="run folder (checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch in --out")
     p.set_defaults(func=_run_retrain)
 
     p = sub.add_parser("finetune", help="fine-tune every test task with a fresh LoRA on a retrained encoder",
                        description="Freeze the encoder (a retraining run folder or a model), train a fresh LoRA of "
-                                   "rank --rank and a fresh head per test task, report held-out accuracy per epoch.")
+                                   "rank --rank (and a fresh head, cross) per test task, report held-out accuracy "
+                                   "at the epoch chosen by --select.")
     _common(p)
-    p.add_argument("--encoder", required=True, help="retraining run folder (its last epoch) or a model folder/name")
-    p.add_argument("--rank", type=int, default=8, help="rank r' of the fine-tuning LoRA (> 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--encoder", required=True, help="retraining run folder (its selected epoch) or a model folder/name")
+    p.add_argument("--rank", type=_positive, default=8, help="rank r' of the fine-tuning LoRA")
+    p.add_argument("--seed", type=_nonneg, default=0, help="seed (default 0)")
     p.add_argument("--out", default=None, help="write the JSON result to this file as well")
     p.set_defaults(func=_run_finetune)
 
-    p = sub.add_parser("table", help="the whole comparison -> Table 1(a)/(b) as Markdown, JSON and PNG",
-                       description="SR, Meta-LoRA-8 and Meta-LoRA-16 retraining, then LoRA-8/16 fine-tuning of every "
-                                   "test task, over the preset's seeds; writes table.md, table.json, accuracy.png.")
-    _common(p)
-    p.add_argument("--out", required=True, help="output folder (runs/ below it holds the checkpoints)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    p.add_argument("--schedule", choices=["sequential", "batched"], default=None, help="Meta-LoRA schedule")
-    p.add_argument("--resume", action="store_true", help="reuse finished runs in --out/runs")
-    p.add_argument("--json", action="store_true", help="print the table as one JSON object")
-    p.set_defaults(func=_run_table)
-    try:  # `bundle` (issue 6's offline bundle for the GPU run) lives in llm/bundle.py
-        from . import bundle
-    except ImportError:
-        bundle = None
-    if bundle is not None and hasattr(bundle, "add_parser"):
-        bundle.add_parser(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m llm", description="Meta-LoRA vs standard retraining of a pretrained encoder on "
+                                                       "multi-speaker dialogue (the paper's Section 4.2, Table 1).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_table(sub)
+    _add_retrain_finetune(sub)
+    from . import bundle
+
+    bundle.add_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
+    # peft calls a transformers method that transformers 5 deprecated: a notice for peft's authors, not for users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("rank", "retrain_epochs", "finetune_epochs", "n_retrain_tasks", "n_test_tasks"):
-        v = getattr(args, name, None)
-        if v is not None and v <= 0:
-            print(f"python -m llm {args.command}: error: --{name.replace('_', '-')} must be > 0, got {v}",
-                  file=sys.stderr)
-            return EXIT_USAGE
     try:
         return args.func(args)
     except LLMError as exc:
@@ -162,6 +237,12 @@ def main(argv=None) -> int:
     except NonFiniteLossError as exc:
         print(f"python -m llm {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except KeyboardInterrupt:
+        where = getattr(args, "out", None)
+        saved = f"; finished pieces are kept in {where}" if where else ""
+        print(f"python -m llm {args.command}: interrupted{saved}; rerun the same command"
+              f"{' with --resume' if hasattr(args, 'resume') else ''} to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

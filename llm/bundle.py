@@ -8,24 +8,22 @@ writes (at most 60 MiB, refused otherwise)::
     DIR/model/config.json           its config with ``"dtype": "float32"`` so from_pretrained loads it in float32
     DIR/model/tokenizer.json, tokenizer_config.json, vocab.txt, special_tokens_map.json
     DIR/data/tasks.json             the task set (texts of every sample) built by ``llm.data.build_tasks``
-    DIR/data/splits.safetensors     the tokenised splits (``llm.data.TokenisedSplit`` tensors) the run needs:
-                                    the retraining tasks' training samples, and each test task's training and
-                                    held-out samples
-    DIR/data/splits.json            index of those splits: task names, split, max_length, n_candidates, pad id
+    DIR/data/splits.safetensors     the tokenised splits (``llm.tokens.Split`` tensors) the comparison needs:
+                                    the retraining tasks' training and validation samples, and each test task's
+                                    training, validation and held-out samples
+    DIR/data/splits.json            index of those splits: task names, split, scorer, lengths, pad id
     DIR/bundle.json                 manifest (written last): preset, configuration, sizes, sha256 of every file
 
-``use_bundle(DIR)`` (a context manager) then makes ``llm`` read the task set and the tokenised splits from the
-bundle instead of building and tokenising them (``llm.data.load_tasks`` / ``tokenise`` are replaced for the
-duration, in every ``llm`` module that imported them); the model is ``DIR/model`` (``Config.model``).
+:func:`load_bundle_tasks` and :func:`bundle_splits` read the task set and the tokenised splits back; they are
+given to :func:`llm.table.run_table` (``tasks=``, ``splits=``), with ``Config.model`` set to ``DIR/model``.
 
-Presets of the bundled data: ``gpu`` (the GPU-sized ``mini`` comparison of ``benchmarks/gpu_validation.py``,
+Presets of the bundled data: ``gpu`` (the GPU-sized ``cpu`` comparison of ``benchmarks/gpu_validation.py``,
 sizes in :data:`GPU_OVERRIDES`) and ``smoke`` (``llm.config``'s smoke preset, for the CPU try-out and the tests).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -33,15 +31,15 @@ import shutil
 import sys
 import tempfile
 
-__all__ = ["GPU_OVERRIDES", "BUNDLE_PRESETS", "bundle_config", "make_bundle", "load_bundle_tasks", "use_bundle",
-           "add_parser", "main", "MAX_BYTES"]
+__all__ = ["GPU_OVERRIDES", "BUNDLE_PRESETS", "bundle_config", "make_bundle", "load_bundle_tasks", "bundle_splits",
+           "verify_bundle", "add_parser", "main", "MAX_BYTES"]
 
 MAX_BYTES = 60 * 2**20
 
-# The GPU-sized "mini" comparison (llm table's mini preset with more tasks, samples, epochs and seeds).
-GPU_OVERRIDES = dict(n_retrain_tasks=8, n_test_tasks=4, retrain_samples=48, test_train_samples=16,
-                     heldout_samples=16, per_conversation=3, context_turns=3, max_length=64, train_negatives=9,
-                     retrain_epochs=3, finetune_epochs=5, seeds=(0, 1, 2), eval_batch=16, threads=0)
+# The GPU-sized comparison: the cpu preset's protocol with the whole encoder trained (no frozen layers), more
+# retraining data, more test speakers, items and seeds.
+GPU_OVERRIDES = dict(freeze_layers=0, n_retrain_tasks=8, n_test_tasks=32, retrain_samples=96, heldout_samples=24,
+                     seeds=tuple(range(10)), eval_batch=256, threads=0)
 BUNDLE_PRESETS = ("gpu", "smoke")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
@@ -52,7 +50,7 @@ def bundle_config(preset: str):
     from .config import preset as cfg_preset
 
     if preset == "gpu":
-        return cfg_preset("mini", **GPU_OVERRIDES)
+        return cfg_preset("cpu", **GPU_OVERRIDES)
     if preset == "smoke":
         return cfg_preset("smoke")
     raise LLMError(f"bundle preset must be one of {BUNDLE_PRESETS}, got {preset!r}")
@@ -95,9 +93,10 @@ def _write_model(dst: str) -> None:
 
 
 def _task_to_dict(task) -> dict:
-    return {"name": task.name,
-            "train": [[s.context, list(s.candidates), s.label, s.conversation] for s in task.train],
-            "heldout": [[s.context, list(s.candidates), s.label, s.conversation] for s in task.heldout]}
+    from .data import SPLITS
+
+    return {"name": task.name, **{w: [[s.context, list(s.candidates), s.label, s.conversation]
+                                      for s in task.split(w)] for w in SPLITS}}
 
 
 def _task_from_dict(d: dict):
@@ -106,14 +105,24 @@ def _task_from_dict(d: dict):
     def samples(rows):
         return tuple(Sample(c, tuple(cands), int(label), conv) for c, cands, label, conv in rows)
 
-    return Task(d["name"], samples(d["train"]), samples(d["heldout"]))
+    return Task(d["name"], samples(d["train"]), samples(d["heldout"]), samples(d.get("validation", [])))
 
 
 def _splits_needed(tasks) -> list[tuple[tuple, str]]:
-    out = [(tuple(tasks.retrain), "train")]
+    out = [(tuple(tasks.retrain), w) for w in ("train", "validation") if all(t.validation for t in tasks.retrain)
+           or w == "train"]
     for t in tasks.test:
-        out += [((t,), "train"), ((t,), "heldout")]
+        out += [((t,), w) for w in ("train", "validation", "heldout") if t.split(w)]
     return out
+
+
+_FIELDS = ("ids", "types", "offsets", "candidates", "contexts", "labels", "tasks")
+
+
+def _split_tensors(split) -> dict:
+    st = split.store
+    return {"ids": st.ids, "types": st.types, "offsets": st.offsets, "candidates": split.candidates,
+            "contexts": split.contexts, "labels": split.labels, "tasks": split.tasks}
 
 
 def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) -> dict:
@@ -125,8 +134,9 @@ def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) 
     from safetensors.torch import save_file
 
     from .config import LLMError
-    from .data import load_tasks, tokenise
+    from .data import load_tasks
     from .models import load_tokenizer
+    from .tokens import tokenise
 
     cfg = bundle_config(preset)
     out = os.path.abspath(out)
@@ -146,16 +156,16 @@ def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) 
         tok = load_tokenizer(os.path.join(tmp, "model"))
         tensors, index = {}, []
         for i, (group, split) in enumerate(_splits_needed(tasks)):
-            sp = tokenise(list(group), tok, cfg.max_length, split=split, cache_dir=cache_dir)
-            for field in ("ids", "types", "offsets", "labels", "tasks"):
-                value = getattr(sp, field)
+            sp = tokenise(list(group), tok, scorer=cfg.scorer, max_length=cfg.max_length,
+                          candidate_length=cfg.candidate_length, split=split, cache_dir=cache_dir)
+            for field, value in _split_tensors(sp).items():
                 if value is not None:  # int32 on disk (half the bytes); read back as int64
                     if int(value.max()) >= 2**31 or int(value.min()) < -(2**31):
                         raise LLMError(f"tokenised {field} do not fit in int32")
                     tensors[f"s{i}.{field}"] = value.to(torch.int32).contiguous()
-            index.append({"key": f"s{i}", "tasks": [t.name for t in group], "split": split,
-                          "max_length": cfg.max_length, "n_candidates": sp.n_candidates, "pad_id": sp.pad_id,
-                          "has_types": sp.types is not None, "pairs": int(sp.offsets.shape[0] - 1)})
+            index.append({"key": f"s{i}", "tasks": [t.name for t in group], "split": split, "scorer": cfg.scorer,
+                          "max_length": cfg.max_length, "candidate_length": cfg.candidate_length,
+                          "pad_id": sp.store.pad_id, "samples": len(sp)})
         save_file(tensors, os.path.join(tmp, "data", "splits.safetensors"), metadata={"format": "pt"})
         _write_json(os.path.join(tmp, "data", "splits.json"), index)
         files = {}
@@ -218,80 +228,31 @@ def load_bundle_tasks(bundle_dir: str):
                    d["source"])
 
 
-def _load_splits(bundle_dir: str) -> dict:
+def bundle_splits(bundle_dir: str, cfg, *, device=None):
+    """An :class:`llm.prefix.SplitCache` for ``cfg`` holding the bundle's tokenised splits (the model's tokenizer
+    is ``DIR/model``'s). Raises :class:`llm.config.LLMError` when ``cfg`` asks for other lengths or another scorer
+    than the bundle was made with."""
     from safetensors.torch import load_file
 
-    from .data import TokenisedSplit
+    from .config import LLMError
+    from .models import load_tokenizer
+    from .prefix import SplitCache
+    from .tokens import SequenceStore, Split
 
     tensors = {k: v.long() for k, v in load_file(os.path.join(bundle_dir, "data", "splits.safetensors")).items()}
     with open(os.path.join(bundle_dir, "data", "splits.json"), encoding="utf-8") as fh:
         index = json.load(fh)
-    out = {}
+    tokenised = {}
     for e in index:
-        k = e["key"]
-        out[(tuple(e["tasks"]), e["split"], e["max_length"])] = TokenisedSplit(
-            tensors[f"{k}.ids"], tensors.get(f"{k}.types"), tensors[f"{k}.offsets"], tensors[f"{k}.labels"],
-            tensors[f"{k}.tasks"], int(e["n_candidates"]), int(e["pad_id"]))
-    return out
-
-
-@contextlib.contextmanager
-def use_bundle(bundle_dir: str):
-    """Within the block, ``llm`` reads tasks and tokenised splits from the bundle (see the module docstring).
-
-    ``load_tasks(cfg)`` returns the bundled task set when ``cfg`` asks for the bundled tasks (same sizes, seed
-    and data source), ``tokenise(tasks, tokenizer, max_length, split=...)`` returns the bundled split for the same
-    task names, split and ``max_length``; any other request goes to the real functions. Yields the manifest.
-    """
-    from . import data as data_mod
-    from .config import LLMError
-
-    manifest = verify_bundle(bundle_dir)
-    tasks = load_bundle_tasks(bundle_dir)
-    splits = _load_splits(bundle_dir)
-    real_load, real_tok = data_mod.load_tasks, data_mod.tokenise
-    bundled = manifest["config"]
-    keys = ("data", "n_retrain_tasks", "n_test_tasks", "retrain_samples", "test_train_samples", "heldout_samples",
-            "per_conversation", "context_turns", "data_seed")
-
-    def load_tasks(cfg):
-        if all(getattr(cfg, k) == bundled[k] for k in keys):
-            return tasks
-        return real_load(cfg)
-
-    def tokenise(task_list, tokenizer, max_length, *, split="train", cache_dir=None):
-        key = (tuple(t.name for t in task_list), split, max_length)
-        if key in splits:
-            return splits[key]
-        if "datasets" not in sys.modules:
-            try:
-                import datasets  # noqa: F401
-            except ImportError:
-                raise LLMError(f"the bundle holds no tokenised {split} split for tasks {list(key[0])[:3]} at "
-                               f"max_length {max_length}, and `datasets` is not installed to tokenise it") from None
-        return real_tok(task_list, tokenizer, max_length, split=split, cache_dir=cache_dir)
-
-    import importlib
-
-    for name in ("llm.train", "llm.table"):  # import the users first, so that they see the real functions
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
-    swaps = (("load_tasks", load_tasks, real_load), ("tokenise", tokenise, real_tok))
-
-    def llm_modules():
-        return [m for n, m in list(sys.modules.items()) if m is not None and (n == "llm" or n.startswith("llm."))]
-
-    for mod in llm_modules():
-        for attr, new, old in swaps:
-            if getattr(mod, attr, None) is old:
-                setattr(mod, attr, new)
-    try:
-        yield manifest
-    finally:  # every llm module, also one imported inside the block, gets the real functions back
-        for mod in llm_modules():
-            for attr, new, old in swaps:
-                if getattr(mod, attr, None) is new:
-                    setattr(mod, attr, old)
+        if (e["scorer"], e["max_length"], e["candidate_length"]) != (cfg.scorer, cfg.max_length,
+                                                                     cfg.candidate_length):
+            raise LLMError(f"{bundle_dir}: made for scorer {e['scorer']} with lengths {e['max_length']} / "
+                           f"{e['candidate_length']}, not {cfg.scorer} with {cfg.max_length} / {cfg.candidate_length}")
+        t = {f: tensors.get(f"{e['key']}.{f}") for f in _FIELDS}
+        store = SequenceStore(t["ids"], t["types"], t["offsets"], int(e["pad_id"]))
+        tokenised[(tuple(e["tasks"]), e["split"])] = Split(store, t["candidates"], t["contexts"], t["labels"],
+                                                           t["tasks"])
+    return SplitCache(cfg, load_tokenizer(os.path.join(bundle_dir, "model")), device=device, tokenised=tokenised)
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI

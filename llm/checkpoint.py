@@ -3,6 +3,7 @@
 Layout of a run folder ``RUN``::
 
     RUN/LATEST                     name of the last finished epoch's folder (replaced with os.replace)
+    RUN/BEST                       name of the epoch with the best validation accuracy so far (the selected one)
     RUN/epoch-003/
         model.safetensors          the encoder's weights under plain HF names (no LoRA): with config.json and the
         config.json, tokenizer*    tokenizer files this folder is itself a model folder that ``--model`` can load
@@ -12,8 +13,9 @@ Layout of a run folder ``RUN``::
         optimizer.pt               AdamW + scheduler state and the torch RNG state (read with weights_only=True)
         state.json                 epoch, losses and accuracies so far, configuration
 
-An epoch folder is written under a temporary name and renamed when complete; ``LATEST`` is then replaced
-atomically and older epoch folders are removed, so a kill at any moment leaves the last good epoch readable.
+An epoch folder is written under a temporary name and renamed when complete; ``LATEST`` (and ``BEST``) are then
+replaced atomically and epoch folders that neither names are removed, so a kill at any moment leaves the last good
+epoch readable. :func:`remove_checkpoints` deletes what only served resuming once a run is finished.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from contextlib import contextmanager
 
 import torch
 
-from .config import LLMError
+from .config import LORA_PREFIX, LLMError
 
-__all__ = ["atomic_path", "atomic_write_text", "latest_checkpoint", "save_checkpoint", "load_train_state", "read_state",
-           "resolve_encoder"]
+__all__ = ["atomic_path", "atomic_write_text", "latest_checkpoint", "best_checkpoint", "save_checkpoint",
+           "load_train_state", "read_state", "resolve_encoder", "remove_checkpoints"]
 
 
 @contextmanager
@@ -56,23 +58,36 @@ def atomic_write_text(path: str, text: str) -> None:
         fh.write(text)
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    """Folder of the last finished epoch of ``run_dir``, or ``None``."""
-    p = os.path.join(run_dir, "LATEST")
+def _named_checkpoint(run_dir: str, pointer: str) -> str | None:
+    p = os.path.join(run_dir, pointer)
     if not os.path.isfile(p):
         return None
     with open(p, encoding="utf-8") as fh:
         name = fh.read().strip()
     path = os.path.join(run_dir, name)
-    return path if os.path.isdir(path) else None
+    return path if name.startswith("epoch-") and os.path.isdir(path) else None
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """Folder of the last finished epoch of ``run_dir``, or ``None``."""
+    return _named_checkpoint(run_dir, "LATEST")
+
+
+def best_checkpoint(run_dir: str) -> str | None:
+    """Folder of the epoch selected on validation accuracy (``BEST``), else the last one, or ``None``."""
+    return _named_checkpoint(run_dir, "BEST") or latest_checkpoint(run_dir)
 
 
 def _contig(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, scheduler, state: dict) -> str:
-    """Write epoch ``epoch`` of ``model`` (a :class:`llm.models.CrossEncoder`) atomically; return its folder."""
+def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, scheduler, state: dict,
+                    best: bool = False) -> str:
+    """Write epoch ``epoch`` of ``model`` (a :class:`llm.models.Scorer`) atomically; return its folder.
+
+    ``best``: this epoch becomes ``BEST`` (the selected one). Epoch folders named by neither pointer are removed.
+    """
     from safetensors.torch import save_file
 
     os.makedirs(run_dir, exist_ok=True)
@@ -82,10 +97,11 @@ def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, sc
         save_file(_contig(model.encoder_state()), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         model.hf.config.to_json_file(os.path.join(tmp, "config.json"))
         tokenizer.save_pretrained(tmp)
-        save_file(_contig(model.heads.heads.state_dict()), os.path.join(tmp, "heads.safetensors"))
+        if model.heads is not None:
+            save_file(_contig(model.heads.heads.state_dict()), os.path.join(tmp, "heads.safetensors"))
         if model.adapters is not None:
             model.adapters.export(os.path.join(tmp, "adapters"))
-        rest = {k: v for k, v in model.state_dict().items() if not k.startswith("hf.") or "lora_" in k}
+        rest = {k: v for k, v in model.state_dict().items() if not k.startswith("hf.") or LORA_PREFIX in k}
         save_file(_contig(rest), os.path.join(tmp, "train_state.safetensors"))  # LoRA + heads; encoder above
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state()}, os.path.join(tmp, "optimizer.pt"))
@@ -99,10 +115,23 @@ def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, sc
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     atomic_write_text(os.path.join(run_dir, "LATEST"), name + "\n")
+    if best:
+        atomic_write_text(os.path.join(run_dir, "BEST"), name + "\n")
+    keep = {os.path.basename(p) for p in (latest_checkpoint(run_dir), best_checkpoint(run_dir)) if p}
     for other in os.listdir(run_dir):
-        if other.startswith("epoch-") and other != name:
+        if other.startswith("epoch-") and other not in keep:
             shutil.rmtree(os.path.join(run_dir, other), ignore_errors=True)
     return final
+
+
+def remove_checkpoints(run_dir: str) -> None:
+    """Delete the epoch folders and pointers of a finished run (they only serve resuming); other files stay."""
+    for name in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
+        path = os.path.join(run_dir, name)
+        if name.startswith(("epoch-", ".tmp-epoch-")) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif name in ("LATEST", "BEST"):
+            os.unlink(path)
 
 
 def read_state(ckpt: str) -> dict:
@@ -117,7 +146,7 @@ def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
     params = load_file(os.path.join(ckpt, "train_state.safetensors"))
     plain = load_file(os.path.join(ckpt, "model.safetensors"))
     for k in model.state_dict():  # encoder tensors under the module's own names (peft's base_layer included)
-        if k.startswith("hf.") and "lora_" not in k:
+        if k.startswith("hf.") and LORA_PREFIX not in k:
             name = k[3:].replace(".base_layer.", ".")
             if name in plain:
                 params[k] = plain[name]
@@ -133,10 +162,13 @@ def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
 
 
 def resolve_encoder(path: str) -> str:
-    """A retraining run folder -> its last finished epoch; a model folder or name -> itself."""
-    if os.path.isfile(os.path.join(path, "LATEST")):
-        ckpt = latest_checkpoint(path)
+    """A retraining run folder -> its selected epoch (``BEST``, else ``LATEST``); a model folder or name -> itself.
+
+    Raises :class:`LLMError` when the run folder's pointers name no existing checkpoint.
+    """
+    if os.path.isfile(os.path.join(path, "LATEST")) or os.path.isfile(os.path.join(path, "BEST")):
+        ckpt = best_checkpoint(path)
         if ckpt is None:
-            raise LLMError(f"run folder {path} names a checkpoint in LATEST that does not exist")
+            raise LLMError(f"run folder {path} names a checkpoint that does not exist")
         return ckpt
     return path

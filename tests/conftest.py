@@ -7,11 +7,17 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Mutation runs (docs/mutation.md) pass --hypothesis-profile=mutation: the same examples on every run, and no deadline
+# or health check that machine load could trip (a test failing for that reason would count a mutant as killed).
+settings.register_profile("mutation", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=list(HealthCheck))
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data")
 

@@ -8,7 +8,7 @@ import pytest
 
 from landscape import fanout, store
 from landscape.__main__ import main
-from theory.problem import ProblemError
+from theory.problem import Problem, ProblemError
 
 CONFIG = {"d": 3, "k": 1, "T": 3, "seed": 5, "starts": 8, "scales": [0.1, 1.0], "gd_runs": 1, "adversarial": None}
 SPECS = [{"index": i, **CONFIG} for i in range(3)]
@@ -85,8 +85,12 @@ def test_store_refuses_a_corrupt_middle_line(tmp_path):
     p.write_text('{"index": 0}\nnot json\n')
     with pytest.raises(ProblemError, match="line 1 is not a landscape result"):
         store.load(str(p))
-    p.write_text(json.dumps({"index": 0, "config": {}, "problem": {}, "critical_points": []}) + "\nnot json\n")
+    good = {"index": 0, "config": {}, "problem": Problem.random(3, 1, 3, seed=0).to_dict(), "critical_points": []}
+    p.write_text(json.dumps(good) + "\nnot json\n")
     with pytest.raises(ProblemError, match="line 2 is not valid JSON"):
+        store.load(str(p))
+    p.write_text(json.dumps({**good, "problem": {}}) + "\n")  # every record is checked, its instance included
+    with pytest.raises(ProblemError, match="line 1: problem: a problem needs the key 'A_star'"):
         store.load(str(p))
 
 

@@ -27,13 +27,13 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 PROBE = r'''
 import json, os, sys
 sys.path.insert(0, {root!r})
-import llm.checkpoint, llm.data, llm.train
+import llm.checkpoint, llm.tokens, llm.train
 from llm.__main__ import main
 
 rank = int(os.environ.get("RANK", "0"))
 log = {{"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "batches": {{}}, "saves": []}}
 state = {{"epoch": None}}
-real_epoch, real_collate, real_save = llm.train._train_epoch, llm.data.TokenisedSplit.collate, llm.checkpoint.save_checkpoint
+real_epoch, real_collate, real_save = llm.train._train_epoch, llm.tokens.Split.batch, llm.checkpoint.save_checkpoint
 
 def train_epoch(*a, **kw):
     state["epoch"] = kw["epoch"]
@@ -52,7 +52,7 @@ def save(out_dir, epoch, **kw):
     return real_save(out_dir, epoch, **kw)
 
 llm.train._train_epoch = train_epoch
-llm.data.TokenisedSplit.collate = collate
+llm.tokens.Split.batch = collate
 llm.train.ckpt_mod.save_checkpoint = save
 code = main(sys.argv[1:])
 with open(os.path.join({logdir!r}, f"rank{{rank}}.json"), "w") as fh:
@@ -100,6 +100,6 @@ def test_two_cpu_processes_see_every_example_once_and_write_once(tmp_path, metho
         assert all(lg["batches"][str(epoch)] for lg in logs)  # both processes did work
     assert logs[0]["saves"] == list(range(1, cfg.retrain_epochs + 1))  # the main process writes each epoch once
     assert logs[1]["saves"] == []
-    latest = (out / "LATEST").read_text().strip()
-    assert (out / latest / "model.safetensors").is_file()
-    assert sorted(d for d in os.listdir(out) if d.startswith("epoch")) == [latest]
+    latest, best = (out / "LATEST").read_text().strip(), (out / "BEST").read_text().strip()
+    assert (out / latest / "model.safetensors").is_file() and (out / best / "model.safetensors").is_file()
+    assert sorted(d for d in os.listdir(out) if d.startswith("epoch")) == sorted({latest, best})

@@ -1,4 +1,4 @@
-"""Readers, task builder, tokenisation and collation of ``llm.data``."""
+"""Readers and task builder of ``llm.data``."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm.config import CandidateError, DataError, LLMError, preset
-from llm.data import build_tasks, read_chitchat, read_convai2, tokenise
+from llm.data import build_tasks, read_chitchat, read_convai2
 from test_llm_support import write_chitchat, write_convai2
 
 SHARED_FILE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data",
                            "convai2_valid_self_original_head.txt")
 
 CFG = preset("smoke").replace(n_retrain_tasks=3, n_test_tasks=2, retrain_samples=6, test_train_samples=3,
-                              heldout_samples=3, per_conversation=2)
+                              validation_samples=2, heldout_samples=3, per_conversation=2)
+CASES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "cases")
 
 
 # ------------------------------------------------------------------------------------------------------ ConvAI2
@@ -63,14 +64,14 @@ def test_convai2_unreadable_file(tmp_path):
 def test_convai2_tasks_keep_the_files_candidates_and_group_by_persona(tmp_path):
     path = write_convai2(str(tmp_path / "v.txt"), n_personas=3, episodes_per=3, turns=3)
     eps = read_convai2(path)
-    cfg = CFG.replace(n_retrain_tasks=2, n_test_tasks=1, retrain_samples=6, test_train_samples=3, heldout_samples=3,
-                      per_conversation=3)
+    cfg = CFG.replace(n_retrain_tasks=2, n_test_tasks=1, retrain_samples=6, test_train_samples=3, heldout_samples=2,
+                      validation_samples=1, per_conversation=3)
     ts = build_tasks(eps, cfg, path)
     assert len({t.name for t in ts.retrain + ts.test}) == 3
     positions = Counter()
     for task in ts.retrain + ts.test:
         persona_id = task.name.split(" likes")[0].split()[-1]
-        for s in task.train + task.heldout:
+        for s in task.train + task.validation + task.heldout:
             true = s.candidates[s.label]
             assert true.startswith("reply ")
             e = int(true.split()[1].split("-")[0])
@@ -79,6 +80,42 @@ def test_convai2_tasks_keep_the_files_candidates_and_group_by_persona(tmp_path):
             assert len(set(s.candidates)) == 20
             positions[s.label] += 1
     assert len(positions) > 3  # the file's "true reply last" order is shuffled away
+
+
+def test_convai2_blank_and_repeated_candidates_never_reach_a_sample(tmp_path):
+    """``||`` and ``| |`` (blank) and repeated candidates are dropped; the sample is topped up to 20 distinct."""
+    lines = []
+    for e in range(8):
+        lines.append(f"1 your persona: persona {e % 2}.")
+        for t in range(3):
+            cands = [f"cand {e}-{t}-{k}" for k in range(12)] + ["", " ", f"cand {e}-{t}-0"] + [f"reply {e}-{t}"]
+            lines.append(f"{t + 2} partner {e}-{t}\treply {e}-{t}\t\t" + "|".join(cands))
+    p = tmp_path / "blank.txt"
+    p.write_text("\n".join(lines) + "\n")
+    eps = read_convai2(str(p))
+    assert all("" not in t.candidates and len(set(t.candidates)) == len(t.candidates) == 13
+               for e in eps for t in e.turns if t.candidates)
+    ts = build_tasks(eps, CFG.replace(n_retrain_tasks=1, n_test_tasks=1, retrain_samples=3, test_train_samples=2,
+                                      validation_samples=1, heldout_samples=1, per_conversation=3), str(p))
+    for task in ts.retrain + ts.test:
+        for s in task.train + task.validation + task.heldout:
+            assert len(s.candidates) == 20 and len(set(s.candidates)) == 20 and all(c.strip() for c in s.candidates)
+            assert sum(c.startswith("cand ") for c in s.candidates) == 12  # the file's 12 distinct, then topped up
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(CASES, "blank_candidates.txt")),
+                    reason="../shared/cases/blank_candidates.txt is absent")
+def test_shared_case_blank_candidates():
+    path = os.path.join(CASES, "blank_candidates.txt")
+    eps = read_convai2(path)
+    assert all("" not in t.candidates for e in eps for t in e.turns if t.candidates)
+    n_personas = len({t.speaker for e in eps for t in e.turns if t.speaker})
+    cfg = CFG.replace(n_retrain_tasks=1, n_test_tasks=max(1, min(2, n_personas - 1)), retrain_samples=2,
+                      test_train_samples=1, validation_samples=1, heldout_samples=1, per_conversation=5)
+    ts = build_tasks(eps, cfg, path)
+    for task in ts.retrain + ts.test:
+        for s in task.train + task.validation + task.heldout:
+            assert len(set(s.candidates)) == 20 and all(c.strip() for c in s.candidates)
 
 
 # ------------------------------------------------------------------------------------------------------- chitchat
@@ -121,14 +158,15 @@ def test_chitchat_tasks_by_size_disjoint_and_capped(chitchat):
     assert [t.name for t in ts.test] == ranked[3:5]
     assert not {t.name for t in ts.retrain} & {t.name for t in ts.test}
     for t in ts.retrain:
-        assert len(t.train) == CFG.retrain_samples and len(t.heldout) == CFG.heldout_samples
+        assert len(t.train) == CFG.retrain_samples and len(t.heldout) == 0
+        assert len(t.validation) == CFG.validation_samples
     for t in ts.test:
         assert 1 <= len(t.train) <= CFG.test_train_samples and len(t.heldout) == CFG.heldout_samples
+        assert len(t.validation) == CFG.validation_samples
     for t in ts.retrain + ts.test:
-        train_convs = {s.conversation for s in t.train}
-        held_convs = {s.conversation for s in t.heldout}
-        assert not train_convs & held_convs
-        per_conv = Counter(s.conversation for s in t.train + t.heldout)
+        convs = [{s.conversation for s in t.split(w)} for w in ("train", "validation", "heldout")]
+        assert not convs[0] & convs[1] and not convs[0] & convs[2] and not convs[1] & convs[2]
+        per_conv = Counter(s.conversation for s in t.train + t.validation + t.heldout)
         assert max(per_conv.values()) <= CFG.per_conversation
 
 
@@ -136,7 +174,7 @@ def test_chitchat_samples_are_true_continuations_with_foreign_negatives(chitchat
     ts = build_tasks(chitchat, CFG)
     by_id = {c.id: c for c in chitchat}
     for task in ts.retrain + ts.test:
-        for s in task.train + task.heldout:
+        for s in task.train + task.validation + task.heldout:
             assert len(s.candidates) == 20 and len(set(s.candidates)) == 20
             assert 0 <= s.label < 20
             conv = by_id[s.conversation]
@@ -165,72 +203,33 @@ def test_too_few_candidates_and_too_few_speakers_are_refused(tmp_path):
         build_tasks(few, CFG.replace(n_retrain_tasks=3, n_test_tasks=2))
 
 
-def test_real_chitchat_mini_sizes():
-    cfg = preset("mini")
+def test_task_pool_negatives_come_from_conversations_without_the_speaker(chitchat):
+    cfg = CFG.replace(negative_pool=19 + 6)
+    ts = build_tasks(chitchat, cfg)
+    for task in ts.retrain + ts.test:
+        own = {c.id for c in chitchat if any(t.speaker == task.name for t in c.turns)}
+        foreign = {t.text for c in chitchat if c.id not in own for t in c.turns}
+        by_split = [{c for s in task.split(w) for j, c in enumerate(s.candidates) if j != s.label}
+                    for w in ("train", "validation", "heldout")]
+        for negs in by_split:
+            assert negs <= foreign and len(negs) <= cfg.negative_pool  # one pool per task and split
+        # disjoint pools: training never sees the negatives of the items it is judged on
+        assert not by_split[0] & by_split[1] and not by_split[0] & by_split[2] and not by_split[1] & by_split[2]
+        for s in task.train + task.validation + task.heldout:
+            assert len(set(s.candidates)) == 20
+
+
+def test_real_chitchat_cpu_preset_sizes():
+    """The cpu preset's design: every test task has its full complement of scored items (>= 400 in all)."""
+    cfg = preset("cpu")
     from llm.data import load_tasks
 
     ts = load_tasks(cfg)
-    assert len(ts.retrain) == cfg.n_retrain_tasks and len(ts.test) == cfg.n_test_tasks
-    assert all(len(t.train) == cfg.retrain_samples for t in ts.retrain)
-    assert all(len(t.heldout) == cfg.heldout_samples for t in ts.test)
+    assert len(ts.retrain) == cfg.n_retrain_tasks and len(ts.test) == cfg.n_test_tasks >= 20
+    assert all(len(t.train) == cfg.retrain_samples and len(t.validation) == cfg.validation_samples
+               for t in ts.retrain)
+    assert all(len(t.heldout) == cfg.heldout_samples >= 20 and len(t.validation) == cfg.validation_samples
+               and len(t.train) == cfg.test_train_samples for t in ts.test)
+    assert sum(len(t.heldout) for t in ts.test) >= 400
 
 
-# ------------------------------------------------------------------------------------------ tokenisation, collation
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from llm.models import load_tokenizer
-
-    return load_tokenizer("minilm")
-
-
-@pytest.fixture(scope="module")
-def tokenised(chitchat, tokenizer, tmp_path_factory):
-    ts = build_tasks(chitchat, CFG)
-    cache = str(tmp_path_factory.mktemp("tok"))
-    return ts, tokenise(ts.retrain, tokenizer, 24, cache_dir=cache), cache
-
-
-def test_tokenise_is_cached_and_matches_the_tokenizer(tokenised, tokenizer):
-    ts, split, cache = tokenised
-    assert len(split) == sum(len(t.train) for t in ts.retrain)
-    files = [f for f in os.listdir(cache) if f.endswith(".arrow")]
-    assert len(files) == 1
-    again = tokenise(ts.retrain, tokenizer, 24, cache_dir=cache)
-    assert [f for f in os.listdir(cache) if f.endswith(".arrow")] == files
-    assert again.ids.equal(split.ids) and again.offsets.equal(split.offsets)
-    s = ts.retrain[1].train[2]
-    i = len(ts.retrain[0].train) + 2
-    tokenizer.truncation_side = "left"
-    try:
-        ref = tokenizer(s.context, s.candidates[5], truncation="longest_first", max_length=24)["input_ids"]
-    finally:
-        tokenizer.truncation_side = "right"
-    p = i * 20 + 5
-    assert split.ids[split.offsets[p]:split.offsets[p + 1]].tolist() == ref
-    assert int(split.tasks[i]) == 1 and int(split.labels[i]) == s.label
-
-
-@settings(max_examples=25, deadline=None)
-@given(data=st.data())
-def test_collate_pads_each_pair_exactly(tokenised, data):
-    import torch
-
-    _, split, _ = tokenised
-    idx = data.draw(st.lists(st.integers(0, len(split) - 1), min_size=1, max_size=5))
-    neg = data.draw(st.one_of(st.none(), st.integers(1, 19)))
-    b = split.collate(idx, negatives=neg, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
-    k = 20 if neg is None else neg + 1
-    assert b["input_ids"].shape[0] == len(idx) * k and b["pair_labels"].sum() == len(idx)
-    for r in range(len(idx) * k):
-        n = int(b["attention_mask"][r].sum())
-        row = b["input_ids"][r, :n].tolist()
-        i = idx[r // k]
-        pairs = [split.ids[split.offsets[p]:split.offsets[p + 1]].tolist() for p in range(i * 20, i * 20 + 20)]
-        assert row in pairs
-        assert b["input_ids"][r, n:].eq(split.pad_id).all()
-        if b["pair_labels"][r] == 1:
-            assert row == pairs[int(split.labels[i])]
-            assert r % k == int(b["labels"][r // k])
-    if neg is None:
-        assert b["labels"].tolist() == [int(split.labels[i]) for i in idx]

@@ -353,6 +353,76 @@ def test_import_round_trip_and_peft_saved_adapter(tmp_path):
         import_task_adapter(other, 0, tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("arch, head", [("bert", "classifier"), ("roberta", "classifier.out_proj")])
+def test_seq_cls_export_loads_in_peft_and_reproduces_each_tasks_logits(arch, head, tmp_path):
+    """peft's SEQ_CLS models save and expect the whole classification module (RoBERTa: dense + out_proj)."""
+    T = 2
+    base = _tiny(arch, 3)
+    ours = copy.deepcopy(base)
+    inject_multitask_lora(ours, n_tasks=T, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+    inject_multitask_head(ours, n_tasks=T, module_name=head)
+    _randomise(ours, 5)
+    ours.eval()
+    x, mask = _batch(4)
+    for t in range(T):
+        export_task_adapter(ours, t, tmp_path / f"t{t}", task_type="SEQ_CLS")
+        with open(tmp_path / f"t{t}" / "adapter_config.json", encoding="utf-8") as fh:
+            assert json.load(fh)["modules_to_save"] == ["classifier"]
+        loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / f"t{t}")).eval()
+        with torch.no_grad(), task_ids(ours, torch.full((x.shape[0],), t)):
+            mine = ours(input_ids=x, attention_mask=mask).logits
+            theirs = loaded(input_ids=x, attention_mask=mask).logits
+        torch.testing.assert_close(mine, theirs, **TOL)
+        # and the folder imports back into another task slot with the same outputs
+        other = copy.deepcopy(base)
+        inject_multitask_lora(other, n_tasks=T, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+        inject_multitask_head(other, n_tasks=T, module_name=head)
+        import_task_adapter(other, 1 - t, tmp_path / f"t{t}")
+        with torch.no_grad(), task_ids(other.eval(), torch.full((x.shape[0],), 1 - t)):
+            torch.testing.assert_close(other(input_ids=x, attention_mask=mask).logits, mine, **TOL)
+
+
+def _peft_saved(tmp_path, base, **lora_kw):
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"], **lora_kw)
+    pm = peft.get_peft_model(copy.deepcopy(base), cfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    path = tmp_path / "saved"
+    pm.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("lora_kw, field", [
+    (dict(alpha_pattern={"query": 32}), "alpha_pattern"),
+    (dict(rank_pattern={"value": 2}), "rank_pattern"),
+    (dict(use_rslora=True), "use_rslora"),
+    (dict(use_dora=True), "use_dora"),
+    (dict(bias="lora_only"), "bias"),
+])
+def test_import_refuses_peft_fields_it_would_compute_differently(lora_kw, field, tmp_path):
+    base = _tiny("bert", 1)
+    path = _peft_saved(tmp_path, base, **lora_kw)
+    ours = copy.deepcopy(base)
+    inject_multitask_lora(ours, n_tasks=2, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"])
+    with pytest.raises(ValueError, match=field):
+        import_task_adapter(ours, 0, path)
+
+
+def test_import_of_a_plain_peft_adapter_matches_peft(tmp_path):
+    base = _tiny("bert", 2)
+    path = _peft_saved(tmp_path, base, alpha_pattern={"query": 8})  # a pattern equal to the global alpha: same
+    ours = copy.deepcopy(base)
+    inject_multitask_lora(ours, n_tasks=2, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"])
+    import_task_adapter(ours, 1, path)
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(path)).eval()
+    x, mask = _batch(2)
+    with torch.no_grad(), task_ids(ours.eval(), torch.ones(x.shape[0], dtype=torch.long)):
+        torch.testing.assert_close(ours(input_ids=x, attention_mask=mask).logits,
+                                   loaded(input_ids=x, attention_mask=mask).logits, **TOL)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # modes, heads, errors
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .finetune import finetune_optimum
 from .meta import meta_loss
-from .problem import Problem, ProblemError
+from .problem import Problem, ProblemError, require_finite
 from .reduced import reduced_grad, reduced_hess, reduced_loss
 from .sr import sr_minimiser
 from .symmetry import restricted_inertia
@@ -42,7 +42,7 @@ class CheckResult:
 
 def numerical_rank(M: np.ndarray, *, rtol: float = 1e-9, atol: float = 0.0) -> int:
     """Number of singular values of ``M`` above ``max(rtol * s_max, atol)``."""
-    s = np.linalg.svd(np.asarray(M, dtype=np.float64), compute_uv=False)
+    s = np.linalg.svd(require_finite("M", M), compute_uv=False)
     if s.size == 0 or s[0] == 0.0:
         return 0
     return int(np.sum(s > max(rtol * s[0], atol)))
@@ -79,15 +79,18 @@ def meta_lora_reduced_loss(problem: Problem, U, *, tol: float = 1e-12) -> CheckR
     return CheckResult("meta_lora_reduced_loss", G < tol, G, tol, "G(U) = min_A L(A, U) at the solver's point")
 
 
-def _rank_atol(problem: Problem, A, U) -> float:
-    # Singular values of A - A* below this are explained by the residual (sqrt(L)) rather than by rank.
-    return 1e-8 * max(1.0, float(np.linalg.norm(A - problem.A_star, 2))) + 10.0 * np.sqrt(meta_loss(A, U, problem))
+def theorem_3_2_rank(problem: Problem, A, U, *, rtol: float = 1e-8) -> CheckResult:
+    """Theorem 3.2: at a zero-loss point ``rank(A - A*) <= 2k``. Value: the number of singular values of ``A - A*``
+    above ``rtol * max(1, ||A - A*||_2)``; bound ``2k``.
 
-
-def theorem_3_2_rank(problem: Problem, A, U) -> CheckResult:
-    """Theorem 3.2: at a zero-loss point ``rank(A - A*) <= 2k``."""
-    A = np.asarray(A, dtype=np.float64)
-    rank = numerical_rank(A - problem.A_star, rtol=0.0, atol=_rank_atol(problem, A, U))
+    Near zero loss the rank is seen exactly: ``A - A* = R_t + U*_t U*_t^T - U_t U_t^T`` for every t, so the
+    (2k+1)-th singular value is at most ``||R_t||_2 <= sqrt(L)`` (Weyl), below the threshold once ``sqrt(L)`` is.
+    (No tolerance may grow with ``sqrt(L)``: by the same bound the check could then never fail.) At a point with
+    ``L > 0`` the theorem says nothing, and a rank above 2k there is reported as a failure.
+    """
+    A = require_finite("A", A)
+    shift = A - problem.A_star
+    rank = numerical_rank(shift, rtol=0.0, atol=rtol * max(1.0, float(np.linalg.norm(shift, 2))))
     return CheckResult("theorem_3_2_rank", rank <= 2 * problem.k, float(rank), float(2 * problem.k),
                        f"numerical rank of A - A* at L = {meta_loss(A, U, problem):.3g}")
 

@@ -13,8 +13,12 @@ writes into ``--out``:
   step sizes, iterations and final gradient norms, and the wall time.
 
 ``--vary all`` makes the five panels; ``--json`` prints ``{"rows": [{"panel", "value", "meta_lora", "sr_lora",
-"sr_floor"}, ...]}`` (medians over runs). Bad input (unknown panel, ``(T+1) k > d``, non-positive counts) gives one
-message and exit status 2. Every file is written to a temporary name and renamed.
+"sr_floor"}, ...]}`` (medians over runs). Bad input (unknown panel, ``(T+1) k > d``, non-positive counts, an ``--out``
+that is a file or cannot be made, a malformed earlier ``summary.json`` there, a noise level that overflows float64)
+gives one message and exit status 2, before any work where it can be known then. The folder is made and its files
+written (each to a temporary name, then renamed) only once every result is ready, so Ctrl-C (exit status 130)
+never leaves an empty or half-written folder. Panels of earlier runs into the same folder are kept in
+``summary.json``, each with the ``command`` that made it.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ import time
 
 import numpy as np
 
+from .cli_contract import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, check_memory, check_output_dir, deferred_sigint
 from .linear_experiment import (DEFAULTS, PANELS, Settings, panel_settings, run_panels, setting_summary,
                                 settings_dict, summary_rows)
 from .problem import ProblemError
 
 __all__ = ["add_parser", "run"]
 
-EXIT_OK, EXIT_USAGE = 0, 2
 _SIZE_FIELDS = ("d", "T", "N", "n", "k")
 
 
@@ -49,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "held-out task with LoRA, and plot its population test loss per iteration (Figure 1). The "
                     "varied parameter takes the paper's three values; the others keep the defaults d=10, T=3, "
                     "N=5000, n=100, k=1, sigma=0.1 (the k panel uses d=12 so that (T+1) k <= d at k=3) unless set "
-                    "below. Exit 0 on success, 2 on bad input.")
+                    "below. Exit 0 on success, 2 on bad input, 130 on Ctrl-C (nothing written).")
     p.add_argument("--vary", required=True, choices=[*PANELS, "all"],
                    help="the panel: the parameter varied (d, T, N, n or k), or all five")
     p.add_argument("--runs", type=int, default=5, help="independent runs per setting (default 5)")
@@ -92,6 +96,13 @@ def _atomic_write(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _memory_bytes(s: Settings) -> int:
+    """Bytes of the largest arrays of one setting: its samples ``(T, N, d)`` with their targets, the stacked task
+    statistics ``(runs, T, d, d)`` and the curves ``(runs, iterations + 1)`` of every stage."""
+    return 8 * (2 * s.T * s.N * s.d + 2 * s.n * s.d + 6 * s.runs * s.T * s.d * s.d
+                + 2 * (s.retrain_iters + 1) * s.runs + 4 * (s.finetune_iters + 1) * s.runs)
 
 
 def _log_grid(length: int, points: int = 100) -> np.ndarray:
@@ -168,8 +179,36 @@ def _print_table(rows) -> None:
         print(f"{r['panel']:<6} {r['value']:>6} {r['meta_lora']:>12.4g} {r['sr_lora']:>12.4g} {r['sr_floor']:>12.4g}")
 
 
+def _is_panel(name, entry) -> bool:
+    """Whether ``entry`` looks like a panel of :func:`run`'s ``summary.json`` (what the merged ``rows`` read)."""
+    values = entry.get("values") if isinstance(entry, dict) else None
+    return name in PANELS and isinstance(values, list) and all(
+        isinstance(v, dict) and all(isinstance(v.get(m), dict) and "median" in v[m]
+                                    for m in ("meta_lora", "sr_lora", "sr_floor")) and "value" in v
+        for v in values)
+
+
+def _previous_panels(summary_path: str) -> dict:
+    """The panels of an earlier ``summary.json`` in the output folder (kept beside the new ones), read and checked
+    before any work: a malformed file is refused rather than silently overwritten."""
+    if not os.path.lexists(summary_path):
+        return {}
+    try:
+        with open(summary_path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ProblemError(f"{summary_path}: cannot read the earlier summary ({exc}); move it away or choose another "
+                           "--out") from None
+    panels = data.get("panels") if isinstance(data, dict) else None
+    if not isinstance(panels, dict) or not all(_is_panel(p, v) for p, v in panels.items()):
+        raise ProblemError(f"{summary_path}: not a figure1 summary (needs \"panels\": {{panel: {{\"values\": [...]}}}} "
+                           "with panels among d, T, N, n, k); move it away or choose another --out")
+    return panels
+
+
 def run(args) -> int:
-    """Run the ``figure1`` subcommand for parsed ``args``; returns the exit status (0, or 2 on bad input)."""
+    """Run the ``figure1`` subcommand for parsed ``args``; returns the exit status (0; 2 on bad input; 130 on
+    Ctrl-C, with nothing written: the folder and its files appear only once every result is ready)."""
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
@@ -177,42 +216,44 @@ def run(args) -> int:
     if any(p not in PANELS for p in panels):
         print(f"error: unknown panel {args.vary!r}; choose one of {', '.join(PANELS)} or all", file=sys.stderr)
         return EXIT_USAGE
+    out = args.out
     try:
         overrides = _overrides(args)
-        n_settings = sum(len(panel_settings(p, overrides)) for p in panels)  # validates every setting first
+        plan = [s for p in panels for s in panel_settings(p, overrides)]  # validates every setting first
+        n_settings = len(plan)
+        big = max(plan, key=_memory_bytes)
+        check_memory(f"the samples and curves of the setting d={big.d}, T={big.T}, N={big.N}, n={big.n}, k={big.k}, "
+                     f"runs={big.runs}, retrain_iters={big.retrain_iters}, finetune_iters={big.finetune_iters}",
+                     _memory_bytes(big))
+        check_output_dir("--out", out)
+        previous = _previous_panels(os.path.join(out, "summary.json"))
     except ProblemError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        print(f"error: --out {out!r} exists and is not a folder", file=sys.stderr)
-        return EXIT_USAGE
-    os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    # small dense products: one BLAS thread is fastest and does not fight other processes for the cores
-    with threadpool_limits(limits=1), tqdm(total=n_settings, desc="figure1", unit="setting", disable=None) as bar:
-        results = run_panels(panels, overrides, progress=bar)
-    seconds = time.perf_counter() - t0
-    for panel, res in results.items():
-        _atomic_write(os.path.join(out, f"figure1_{panel}.png"), _plot_panel(panel, res))
-        _atomic_write(os.path.join(out, f"figure1_{panel}_test.csv"), _curves_csv(panel, res, "test"))
-        _atomic_write(os.path.join(out, f"figure1_{panel}_retrain.csv"), _curves_csv(panel, res, "retrain"))
+    try:
+        # small dense products: one BLAS thread is fastest and does not fight other processes for the cores
+        with threadpool_limits(limits=1), tqdm(total=n_settings, desc="figure1", unit="setting", disable=None) as bar:
+            results = run_panels(panels, overrides, progress=bar)
+        seconds = time.perf_counter() - t0
+        files = {}
+        for panel, res in results.items():
+            files[f"figure1_{panel}.png"] = _plot_panel(panel, res)
+            files[f"figure1_{panel}_test.csv"] = _curves_csv(panel, res, "test")
+            files[f"figure1_{panel}_retrain.csv"] = _curves_csv(panel, res, "retrain")
+    except KeyboardInterrupt:
+        print(f"interrupted; nothing written to {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     rows = summary_rows(results)
-    summary_path = os.path.join(out, "summary.json")
-    previous = {}
-    if os.path.exists(summary_path):  # keep the panels of earlier runs into the same folder
-        try:
-            with open(summary_path, encoding="utf-8") as fh:
-                previous = json.load(fh).get("panels", {})
-        except (OSError, ValueError, AttributeError):
-            previous = {}
-    panels_out = {p: v for p, v in previous.items() if p in PANELS and p not in results} if isinstance(previous, dict) else {}
+    command = "python -m theory figure1 " + " ".join(_argv_echo(args))
+    panels_out = {p: v for p, v in previous.items() if p not in results}
     for panel, res in results.items():
-        panels_out[panel] = {"settings": [settings_dict(r.settings) for r in res],
+        panels_out[panel] = {"command": command,  # each panel says which command made it (earlier ones are kept)
+                             "settings": [settings_dict(r.settings) for r in res],
                              "values": [setting_summary(panel, r) for r in res],
                              "seconds": float(sum(r.seconds for r in res))}
     summary = {
-        "command": "python -m theory figure1 " + " ".join(_argv_echo(args)),
+        "command": command,
         "seed": args.seed, "runs": args.runs, "seconds_this_command": seconds,
         "metric": "population test loss ||A + B C^T - W_{T+1}||_F^2 after the last fine-tuning iteration",
         "versions": _versions(),
@@ -222,7 +263,15 @@ def run(args) -> int:
                             for v in panels_out[p]["values"]])],
         "panels": {p: panels_out[p] for p in PANELS if p in panels_out},
     }
-    _atomic_write(summary_path, (json.dumps(summary, indent=1) + "\n").encode())
+    files["summary.json"] = (json.dumps(summary, indent=1) + "\n").encode()
+    try:
+        with deferred_sigint():  # the folder is made and filled in one go: a Ctrl-C now waits until it is complete
+            os.makedirs(out, exist_ok=True)
+            for name, data in files.items():
+                _atomic_write(os.path.join(out, name), data)
+    except KeyboardInterrupt:
+        print(f"interrupted after writing {out} (complete)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps({"rows": rows}))
     else:

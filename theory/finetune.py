@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .problem import ProblemError
+from .problem import ProblemError, require_finite
 
 __all__ = ["FinetuneResult", "finetune_optimum", "tail_energy"]
 
@@ -40,8 +40,8 @@ def tail_energy(singular_values: np.ndarray, r: int) -> float:
 
 def finetune_optimum(A, W, r: int) -> FinetuneResult:
     """Best rank-``r`` asymmetric adapter ``B C^T`` for base ``A`` (d, d) on task matrix ``W`` (d, d)."""
-    A = np.asarray(A, dtype=np.float64)
-    W = np.asarray(W, dtype=np.float64)
+    A = require_finite("the base A", A)
+    W = require_finite("the task matrix W", W)
     if A.ndim != 2 or A.shape[0] != A.shape[1] or W.shape != A.shape:
         raise ProblemError(f"A and W must be square matrices of the same shape, got {A.shape} and {W.shape}")
     if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0:

@@ -90,6 +90,26 @@ def _positive_float(name: str, value) -> float:
     return v
 
 
+def _check_field(name: str, value):
+    """One :class:`Settings` field checked by its own rule (Remark 3.1, which ties d, k and T, is checked on the
+    whole setting); returns the value normalised (int or float)."""
+    if name in ("d", "T", "N", "n", "k", "runs", "retrain_iters", "finetune_iters"):
+        return _positive_int(name, value)
+    if name == "init_scale":
+        return _positive_float(name, value)
+    if name in ("sigma", "retrain_gtol"):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not np.isfinite(v) or v < 0:
+            raise ProblemError(f"{name} must be a finite number >= 0, got {value!r}")
+        return v
+    if name == "seed" and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+        raise ProblemError(f"seed must be an integer >= 0, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """One experiment setting (one point of one panel).
@@ -120,19 +140,8 @@ class Settings:
     init_scale: float = 1e-2
 
     def __post_init__(self):
-        for name in ("d", "T", "N", "n", "k", "runs", "retrain_iters", "finetune_iters"):
-            object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
-        sigma = float(self.sigma)
-        if not np.isfinite(sigma) or sigma < 0:
-            raise ProblemError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
-        object.__setattr__(self, "sigma", sigma)
-        object.__setattr__(self, "init_scale", _positive_float("init_scale", self.init_scale))
-        gtol = float(self.retrain_gtol)
-        if not np.isfinite(gtol) or gtol < 0:
-            raise ProblemError(f"retrain_gtol must be a finite number >= 0, got {self.retrain_gtol!r}")
-        object.__setattr__(self, "retrain_gtol", gtol)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ProblemError(f"seed must be an integer >= 0, got {self.seed!r}")
+        for f in fields(self):
+            object.__setattr__(self, f.name, _check_field(f.name, getattr(self, f.name)))
         require_remark_3_1(self.d, self.k, self.T)
 
     @property
@@ -227,6 +236,7 @@ def _run_seed(seed: int, run: int) -> int:
     return int(np.random.SeedSequence([seed, run]).generate_state(1)[0])
 
 
+@np.errstate(over="ignore", invalid="ignore")  # overflow is checked explicitly (_require_finite_run)
 def draw_instance(s: Settings) -> Instance:
     """Draw ground truth (``Problem.random``), samples and starts for every run of ``s``; samples are reduced to
     their statistics at once and not kept. The ground truth of run j depends only on ``(seed, j, d, k, T)``, so
@@ -252,8 +262,17 @@ def draw_instance(s: Settings) -> Instance:
         C0.append(s.init_scale * init.standard_normal((d, r)))
     train = Stats(np.stack(Xs), np.stack(Ys), np.stack(Xt))
     test = Stats(*(np.stack([t[i] for t in Yt]) for i in range(3)))
+    _require_finite_run(s, "the sample statistics", train.Syx, train.syy, test.Syx, test.syy)
     return Instance(s, tuple(problems), np.stack(W), np.stack(W_test), train, test,
                     np.stack(U0), np.stack(B0), np.stack(C0))
+
+
+def _require_finite_run(s: Settings, what: str, *arrays) -> None:
+    """Refuse a setting whose float64 arithmetic overflowed (e.g. a huge sigma): it would feed NaN or inf to the
+    eigen- and singular-value routines below, or plot garbage."""
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        raise ProblemError(f"{what} overflow float64 at d={s.d}, T={s.T}, N={s.N}, n={s.n}, k={s.k}, "
+                           f"sigma={s.sigma:g}: the noise or the sizes are too large for this experiment")
 
 
 def _lam_max(S: np.ndarray) -> np.ndarray:
@@ -445,6 +464,7 @@ _STEPS = {"batched": (_meta_step_batched, _sr_step_batched, _lora_step_batched),
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@np.errstate(over="ignore", invalid="ignore")  # overflow is checked explicitly (_require_finite_run)
 def run_setting(s: Settings, *, implementation: str = "batched", instance: Instance | None = None) -> SettingResult:
     """Retrain (Meta-LoRA and SR) and fine-tune every run of setting ``s``; ``implementation`` is ``"batched"``
     (stacked arrays) or ``"loop"`` (per-run, per-task Python loop of the same algorithm)."""
@@ -460,11 +480,13 @@ def run_setting(s: Settings, *, implementation: str = "batched", instance: Insta
         meta_step(inst.train, eta["meta"]), (A0, inst.U0), s.retrain_iters, s.retrain_gtol)
     A_s, sr_log, g_sr, it_sr = _descend(
         sr_step(inst.train if implementation == "loop" else pooled, eta["sr"]), A0, s.retrain_iters, s.retrain_gtol)
+    _require_finite_run(s, "the retraining losses and bases", meta_log, sr_log, A_m, A_s)
     A_both = np.stack([A_m, A_s])  # (method, run, d, d)
     eta_ft = _finetune_step(A_both, inst.test)
     B0 = np.broadcast_to(inst.B0, (2,) + inst.B0.shape).copy()
     C0 = np.broadcast_to(inst.C0, (2,) + inst.C0.shape).copy()
     _, ft_log, g_ft, _ = _descend(lora_step(A_both, inst.test, inst.W_test, eta_ft), (B0, C0), s.finetune_iters)
+    _require_finite_run(s, "the fine-tuning losses", ft_log)
     floors, sr_err, meta_err, eym = [], [], [], []
     for j, p in enumerate(inst.problems):
         A_SR = sr_minimiser(p)
@@ -489,13 +511,16 @@ def panel_settings(panel: str, overrides: dict | None = None) -> list[Settings]:
     """The three settings of a panel: the defaults, then the panel's fixed settings (``PANEL_FIXED``), then
     ``overrides`` (any :class:`Settings` fields the user set), then the panel's parameter at each of its values.
     Raises :class:`ProblemError` naming the panel and value for an unknown panel or a bad setting (non-positive
-    count, ``(T+1) k > d``)."""
+    count, ``(T+1) k > d``), and naming the field for an override that breaks its own rule, also where the panel
+    replaces it (``--vary n --n 0``)."""
     if panel not in PANELS:
         raise ProblemError(f"unknown panel {panel!r}; the panels are {', '.join(PANELS)}")
     overrides = dict(overrides or {})
     unknown = set(overrides) - {f.name for f in fields(Settings)}
     if unknown:
         raise ProblemError(f"unknown settings {sorted(unknown)}; the settings are {[f.name for f in fields(Settings)]}")
+    for name, value in overrides.items():  # each given value obeys its rule, also where the panel replaces it
+        _check_field(name, value)
     out = []
     for v in PANELS[panel]:
         try:

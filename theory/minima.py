@@ -48,8 +48,12 @@ def d1_family_point(problem: Problem, s: float) -> MetaPoint:
     s = float(s)
     if not np.isfinite(s):
         raise ProblemError(f"s must be finite, got {s}")
-    c, sh = np.cosh(s), np.sinh(s)
     U1s, U2s = problem.U_star
-    U1, U2 = c * U1s + sh * U2s, sh * U1s + c * U2s
-    A = problem.A_star + U1s @ U1s.T - U1 @ U1.T
-    return MetaPoint(A, np.stack([U1, U2]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        c, sh = np.cosh(s), np.sinh(s)
+        U1, U2 = c * U1s + sh * U2s, sh * U1s + c * U2s
+        A = problem.A_star + U1s @ U1s.T - U1 @ U1.T
+    U = np.stack([U1, U2])
+    if not (np.all(np.isfinite(A)) and np.all(np.isfinite(U))):
+        raise ProblemError(f"s = {s:g} overflows float64 (cosh(s) = {c:.3g}): the family point is not representable")
+    return MetaPoint(A, U)

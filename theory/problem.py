@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ProblemError", "Problem", "MetaPoint", "require_remark_3_1"]
+__all__ = ["ProblemError", "Problem", "MetaPoint", "require_remark_3_1", "require_finite", "first_nonfinite"]
 
 
 class ProblemError(ValueError):
@@ -30,14 +30,61 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
+def first_nonfinite(arr: np.ndarray) -> str:
+    """``"<value> at [i, j, ...]"`` for the first non-finite entry of ``arr`` (row-major), for error messages."""
+    idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+    return f"{float(arr[idx])!r} at {list(idx)}"
+
+
+def require_finite(name: str, value) -> np.ndarray:
+    """``value`` as a float64 array; refuses NaN or inf entries, naming the first one (``ProblemError``).
+
+    The guard in front of every linear-algebra routine (SVD, eigendecompositions, Cholesky), which would otherwise
+    fail with ``LinAlgError`` or return garbage on such input.
+    """
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ProblemError(f"{name} must have finite entries, found {np.count_nonzero(~np.isfinite(arr))} "
+                           f"non-finite ({first_nonfinite(arr)})")
+    return arr
+
+
 def _finite_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.array(value, dtype=np.float64, copy=True)
+    try:
+        arr = np.array(value, dtype=np.float64, copy=True)
+    except (TypeError, ValueError, OverflowError):  # ragged lists, strings, objects, ints beyond float64
+        raise ProblemError(f"{name} must be an array of numbers of shape {shape}, got {_describe(value)}") from None
     if arr.shape != shape:
         raise ProblemError(f"{name} must have shape {shape}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ProblemError(f"{name} must have finite entries, found {np.count_nonzero(~np.isfinite(arr))} non-finite")
+    arr = require_finite(name, arr).copy()
     arr.setflags(write=False)
     return arr
+
+
+def _describe(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _seed(value):
+    """``None`` or an integer >= 0 (what ``numpy.random.default_rng`` accepts as a plain seed)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ProblemError(f"seed must be an integer >= 0 (or None), got {_describe(value)}")
+    return int(value)
+
+
+def _check_scale(name: str, W: np.ndarray) -> None:
+    """Refuse task matrices that overflow float64, or whose squared norms do (then every loss is inf)."""
+    if not np.all(np.isfinite(W)):
+        raise ProblemError(f"the task matrices {name} = A* + U* U*^T are not finite in float64 "
+                           f"({first_nonfinite(W)}): A* and U* are too large")
+    with np.errstate(over="ignore"):
+        energy = float(np.sum(W * W))
+    if not np.isfinite(energy):
+        raise ProblemError(f"the squared Frobenius norm of the task matrices {name} overflows float64 (largest "
+                           f"|entry| {float(np.max(np.abs(W))):.3g}), so every loss would be inf: rescale A* and U*")
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +97,14 @@ class Problem:
     U_star : (T, d, k) array
     U_test : (d, k) array or None, the held-out task T+1
     sigma : float >= 0, the noise standard deviation of the finite-sample model
-    seed : int or None, the seed it was drawn from (for the record)
+    seed : int >= 0 or None, the seed it was drawn from (for the record)
+
+    Raises
+    ------
+    ProblemError
+        wrong shapes, non-numeric or non-finite entries, ``sigma`` not a finite number >= 0, a seed that is not an
+        integer >= 0, or task matrices ``W_t`` (or ``W_{T+1}``) that are not finite in float64 or whose squared
+        Frobenius norm overflows (every loss would then be inf).
     """
 
     A_star: np.ndarray
@@ -63,7 +117,11 @@ class Problem:
     T: int = field(init=False)
 
     def __post_init__(self):
-        U = np.asarray(self.U_star)
+        try:
+            U = np.asarray(self.U_star, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):  # ragged lists, strings, objects
+            raise ProblemError(f"U_star must be an array of numbers of shape (T, d, k), got "
+                               f"{_describe(self.U_star)}") from None
         if U.ndim != 3:
             raise ProblemError(f"U_star must have shape (T, d, k), got an array with {U.ndim} dimensions {U.shape}")
         T, d, k = U.shape
@@ -77,11 +135,20 @@ class Problem:
         object.__setattr__(self, "U_star", _finite_array("U_star", U, (T, d, k)))
         if self.U_test is not None:
             object.__setattr__(self, "U_test", _finite_array("U_test", self.U_test, (d, k)))
-        sigma = float(self.sigma)
+        try:
+            sigma = float(self.sigma)
+        except (TypeError, ValueError):
+            sigma = float("nan")
         if not np.isfinite(sigma) or sigma < 0:
-            raise ProblemError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
+            raise ProblemError(f"sigma must be a finite number >= 0, got {_describe(self.sigma)}")
         object.__setattr__(self, "sigma", sigma)
-        W = self.A_star[None] + self.U_star @ self.U_star.transpose(0, 2, 1)
+        object.__setattr__(self, "seed", _seed(self.seed))
+        with np.errstate(over="ignore", invalid="ignore"):
+            W = self.A_star[None] + self.U_star @ self.U_star.transpose(0, 2, 1)
+            W_test = None if self.U_test is None else self.A_star + self.U_test @ self.U_test.T
+        _check_scale("W_t", W)
+        if W_test is not None:
+            _check_scale("W_(T+1)", W_test)
         W.setflags(write=False)
         object.__setattr__(self, "_W", W)
 
@@ -89,7 +156,7 @@ class Problem:
     def random(cls, d: int, k: int, T: int, seed: int, *, sigma: float = 0.0, with_test: bool = True) -> "Problem":
         """Draw ``A*``, ``U*`` and ``U*_{T+1}`` with i.i.d. N(0, 1) entries (the paper's Section 4.1)."""
         d, k, T = _positive_int("d", d), _positive_int("k", k), _positive_int("T", T)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(_seed(seed))
         A_star = rng.standard_normal((d, d))
         U_star = rng.standard_normal((T, d, k))
         U_test = rng.standard_normal((d, k)) if with_test else None

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._shapes import as_U, d_outer, outer, sym
 from .meta import add_curvature, gram_matrix
-from .problem import Problem, ProblemError
+from .problem import Problem, ProblemError, require_finite
 
 __all__ = [
     "optimal_A", "reduced_residuals", "reduced_loss", "reduced_grad", "reduced_hvp", "reduced_hess",
@@ -81,7 +81,7 @@ def schur_complement(H: np.ndarray, n_A: int) -> np.ndarray:
     """
     from scipy.linalg import cho_factor, cho_solve
 
-    H = np.asarray(H, dtype=np.float64)
+    H = require_finite("H", H)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
         raise ProblemError(f"H must be a square matrix, got shape {H.shape}")
     if not 0 < n_A < H.shape[0]:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from .problem import require_finite
+
 __all__ = ["orbit_tangent", "boost_tangent", "symmetry_tangent", "quotient_basis", "Inertia", "inertia", "restricted_inertia"]
 
 
@@ -79,6 +81,7 @@ def quotient_basis(U: np.ndarray, *, n_A: int = 0, rtol: float = 1e-10, group: s
     Directions shorter than ``rtol * max(1, ||U||)`` are dropped first: they carry no symmetry (at ``U = 0`` the
     orbit is a point), and a purely relative cutoff would count them at a tiny ``U``.
     """
+    U = require_finite("U", U)
     Z = symmetry_tangent(U, n_A=n_A, group=group)
     Z = Z[:, np.linalg.norm(Z, axis=0) > rtol * max(1.0, float(np.linalg.norm(U)))]
     n = Z.shape[0]
@@ -109,7 +112,7 @@ class Inertia:
 
 def inertia(H: np.ndarray, *, rtol: float = 1e-8) -> Inertia:
     """Inertia of a symmetric matrix (symmetrised first) with relative tolerance ``rtol``."""
-    H = np.asarray(H, dtype=np.float64)
+    H = require_finite("the Hessian H", H)
     lam = np.linalg.eigvalsh(0.5 * (H + H.T))
     tol = rtol * max(1.0, float(np.max(np.abs(lam))) if lam.size else 1.0)
     neg = int(np.sum(lam < -tol))
