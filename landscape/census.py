@@ -287,7 +287,9 @@ def instance_record(problem: Problem, index: int, solves, gd, figure1, *, config
     spurious-minimum candidates only, as :meth:`landscape.classify.CriticalPoint.to_dict` plus ``krawczyk``,
     ``epsnet`` (certificate dicts, :meth:`landscape.certificate.Certificate.to_dict`) and ``certified``; so
     ``python -m landscape certify`` reads a census file too), ``gd`` (per descent run: ``init`` ``"small"`` or
-    ``"figure1"``, ``outcome`` (one of :data:`OUTCOMES`), ``status``, ``loss``, ``point_index`` (into all distinct
+    ``"figure1"``, ``outcome`` (one of :data:`OUTCOMES`), ``class`` and ``near`` (as in
+    :func:`landscape.search.search_record`: the class of the end point, or ``"unconverged"``; the class of the
+    critical point its end point polishes to, or ``None``), ``status``, ``loss``, ``point_index`` (into all distinct
     points, -1 if none), ``start``, ``gd_iterations``, ``gd_loss``, ``moved``), ``seconds`` (search and certify,
     wall clock; the only keys that differ between two runs).
     """
@@ -315,8 +317,11 @@ def instance_record(problem: Problem, index: int, solves, gd, figure1, *, config
             outcome = "spurious_certified" if certified[w] else "spurious_uncertified"
         else:
             outcome = label
-        rows.append({"init": init, "outcome": outcome, "status": r.status, "loss": r.loss, "point_index": int(w),
-                     "start": r.seed, **r.extra})
+        # "class" and "near" as in search records (landscape.search.search_record), so that the readers of results
+        # files (store.check_record, `python -m landscape summary`, `certify`) read a census cell file too
+        rows.append({"init": init, "outcome": outcome, "class": "unconverged" if outcome == "unconverged" else label,
+                     "near": label, "status": r.status, "loss": r.loss, "point_index": int(w), "start": r.seed,
+                     **r.extra})
     status_counts: dict[str, int] = {}
     for r in solves:
         status_counts[r.status] = status_counts.get(r.status, 0) + 1

@@ -20,7 +20,7 @@ import numpy as np
 from .census import OUTCOMES
 from .store import atomic_path
 
-__all__ = ["wilson", "fraction", "cell_summary", "markdown", "heat_maps"]
+__all__ = ["wilson", "fraction", "check_census_record", "cell_summary", "markdown", "heat_maps"]
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -48,6 +48,39 @@ def _verdict(c: dict) -> str:
         if cert and (cert["verdict"] == "certified-not-minimum" or cert.get("minimum_kind") == "global"):
             return "refuted"
     return "inconclusive"
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _certificate_ok(c) -> bool:
+    return isinstance(c, dict) and isinstance(c.get("verdict"), str) and _number(c.get("seconds"))
+
+
+def check_census_record(rec: dict, where: str, config: dict) -> None:
+    """Refuse (``ProblemError`` starting with ``where``) a record, already accepted by
+    :func:`landscape.store.check_record`, that is not a census record of the cell whose options are ``config``
+    (:func:`landscape.census.cell_config`): other options, or the census keys :func:`cell_summary` reads missing
+    or of the wrong type."""
+    from theory.problem import ProblemError
+
+    if rec["config"] != config:
+        diff = sorted(key for key in set(rec["config"]) | set(config) if rec["config"].get(key) != config.get(key))
+        raise ProblemError(f"{where} was made with other options than the census plan (differing: {diff})")
+    seconds = rec.get("seconds")
+    if not (isinstance(seconds, dict) and _number(seconds.get("search")) and _number(seconds.get("certify"))):
+        raise ProblemError(f"{where}: seconds must hold the numbers search and certify")
+    for i, c in enumerate(rec["critical_points"]):
+        if not (isinstance(c.get("certified"), bool) and isinstance(c.get("point_index"), int)
+                and _certificate_ok(c.get("krawczyk")) and (c.get("epsnet") is None or _certificate_ok(c["epsnet"]))):
+            raise ProblemError(f"{where}: critical point {i} must hold certified (true or false), point_index and "
+                               "the krawczyk (and epsnet or null) certificates with verdict and seconds")
+    for i, g in enumerate(rec.get("gd", [])):
+        if g.get("init") not in ("small", "figure1") or g.get("outcome") not in OUTCOMES or not isinstance(
+                g.get("point_index"), int):
+            raise ProblemError(f"{where}: gradient-descent run {i} must hold init (small or figure1), outcome (one "
+                               f"of {list(OUTCOMES)}) and point_index")
 
 
 def cell_summary(records: list[dict], row: dict) -> dict:

@@ -263,7 +263,7 @@ def test_ctrl_c_saves_what_finished_and_resume_completes(full_run, tmp_path, mon
     capsys.readouterr()
     assert main([*ARGS, "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("interrupted: 2 instances")
+    assert len(err) == 1 and err[0].startswith(f"interrupted; 2 instances saved to {out}")
     assert sum(len(store.load(str(out / "cells" / n))) for n in os.listdir(out / "cells")) == 2
     monkeypatch.setattr(census, "run_chunk", real)
     assert main([*ARGS, "--out", str(out)]) == 0
