@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import environment, pinned_threads, write_json  # noqa: E402
+from theory.cli_contract import OneLineParser, check_output_file, positive_int, run_command  # noqa: E402
 
 SEED = 0
 CASES = [{"d": 3, "k": 1, "T": 3, "instances": 64, "starts": 64},
@@ -112,12 +113,18 @@ def cost_model() -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
+    ap = OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--out", help="also write the JSON to this file")
-    ap.add_argument("--repeats", type=int, default=3, help="alternating timings per case (default 3)")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="alternating timings per case (default 3)")
     ap.add_argument("--cost-model", action="store_true", help="time run_chunk at several sizes instead")
-    args = ap.parse_args(argv)
+    return run_command(_run, ap.parse_args(argv))
+
+
+def _run(args) -> int:
+    if args.out is not None:
+        check_output_file("--out", args.out)
     load0 = os.getloadavg()
     with pinned_threads(1) as threads:
         if args.cost_model:
