@@ -229,7 +229,9 @@ def cell_config(d: int, k: int, T: int, opts: CensusOptions) -> dict:
 
 def chunk_specs(rows: list[dict], done: dict, opts: CensusOptions) -> list[dict]:
     """Work items: for each planned cell, its unfinished instance indices (``done[(d, k, T)]`` holds the finished
-    ones) cut into chunks of the planned size; the most expensive chunks first (they bound the run's end)."""
+    ones) cut into chunks of the planned size. Every cell advances at the same pace: chunks are ordered by how far
+    into their cell's planned instances they start (the most expensive first among equals), so a census stopped
+    early holds in each cell about the same share of its planned instances, always the lowest indices."""
     specs = []
     for row in rows:
         cell = (row["d"], row["k"], row["T"])
@@ -237,8 +239,10 @@ def chunk_specs(rows: list[dict], done: dict, opts: CensusOptions) -> list[dict]
         for a in range(0, len(todo), row["chunk"]):
             part = todo[a:a + row["chunk"]]
             specs.append({"config": cell_config(*cell, opts), "indices": part,
-                          "cost": len(part) * row["seconds_per_instance"]})
-    specs.sort(key=lambda s: -s["cost"])
+                          "cost": len(part) * row["seconds_per_instance"], "_at": part[0] / row["instances"]})
+    specs.sort(key=lambda s: (s["_at"], -s["cost"]))
+    for s in specs:
+        del s["_at"]
     return specs
 
 
