@@ -294,21 +294,29 @@ def _cmd_summary(args) -> int:
               "summary_command": f"python -m landscape census-summary {folder} --out {out}",
               "options": header["options"], "grid": header["grid"],
               "wall_seconds": round(sum(r["seconds"] for r in runs), 1), "invocations": len(runs),
-              "cells": cells}
+              "cells": cells, "pooled": census_report.margins(cells)}
     head = (f"Census of spurious minima. Made by `{result['command']}` ({len(runs)} invocations, "
             f"{result['wall_seconds']:.0f} s of wall time in all), summarised by `{result['summary_command']}`. "
             "Fractions: k/n (percent, 95% Wilson interval); 0/n states the upper bound that zero implies.")
     with deferred_sigint():  # the five files are written together (each through a temporary file and a rename)
         os.makedirs(out, exist_ok=True)
         store.atomic_write_text(os.path.join(out, "census.json"), json.dumps(result, indent=1) + "\n")
-        store.atomic_write_text(os.path.join(out, "census.md"), census_report.markdown(cells, head))
+        store.atomic_write_text(os.path.join(out, "census.md"), _markdown(cells, result["pooled"], head))
         for key, name, title in _HEAT_MAPS:
             census_report.heat_maps(cells, os.path.join(out, name), key, title)
     if args.json:
         print(json.dumps(result))
     else:
-        print(census_report.markdown(cells, head))
+        print(_markdown(cells, result["pooled"], head))
     return 0
+
+
+def _markdown(cells: list[dict], pooled: list[dict], head: str) -> str:
+    from . import census_report
+
+    return (census_report.markdown(cells, head) + "\nPooled over cells (counts and trials summed over the cells run; "
+            "read with the table above, since the cells differ in size and in instances):\n\n"
+            + census_report.margins_markdown(pooled))
 
 
 _HEAT_MAPS = (

@@ -20,7 +20,8 @@ import numpy as np
 from .census import OUTCOMES
 from .store import atomic_path
 
-__all__ = ["wilson", "fraction", "check_census_record", "cell_summary", "markdown", "heat_maps"]
+__all__ = ["wilson", "fraction", "check_census_record", "cell_summary", "markdown", "margins",
+           "margins_markdown", "heat_maps", "POOLED"]
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -169,6 +170,44 @@ def markdown(cells: list[dict], header: str = "") -> str:
         lines += ["", "Cells not run:", ""]
         lines += [f"- (d, k, T) = ({c['d']}, {c['k']}, {c['T']}): {c['skipped'] or 'no instance finished yet'}"
                   for c in skipped]
+    return "\n".join(lines) + "\n"
+
+
+#: the fractions that :func:`margins` pools: (name, key in a cell summary, what it counts)
+POOLED = (("instances", "instances_with_certified_spurious", "instances with a certified spurious minimum"),
+          ("gd_small", "gd_small.spurious_certified", "GD runs from a small start ending at one"),
+          ("gd_figure1", "gd_figure1.spurious_certified", "GD runs from Figure 1's initialisation ending at one"))
+
+
+def margins(cells: list[dict]) -> list[dict]:
+    """The fractions of :data:`POOLED` pooled over the cells that share a value of d, of k or of T, and over all
+    cells run: counts and trials summed over those cells, with the 95% Wilson interval of the pooled ``k / n``
+    (same unit as in the cells). A pooled fraction mixes cells in proportion to their instances, and cells the plan
+    skipped or gave few instances (large n) weigh little or nothing: read it with the per-cell table.
+
+    Returns one dict per group: ``by`` (``"d"``, ``"k"``, ``"T"`` or ``"all"``), ``value``, ``cells`` (how many
+    cells with records), and one :func:`fraction` per name of :data:`POOLED`."""
+    run = [c for c in cells if c["instances"]]
+    groups = [(axis, v, [c for c in run if c[axis] == v]) for axis in ("d", "k", "T")
+              for v in sorted({c[axis] for c in run})] + [("all", None, run)]
+    out = []
+    for axis, v, group in groups:
+        row = {"by": axis, "value": v, "cells": len(group)}
+        for name, key, _ in POOLED:
+            frs = [_get(c, key) for c in group if _get(c, key)]
+            row[name] = fraction(sum(f["k"] for f in frs), sum(f["n"] for f in frs), "instance" if name ==
+                                 "instances" else "run")
+        out.append(row)
+    return out
+
+
+def margins_markdown(rows: list[dict]) -> str:
+    """The pooled fractions of :func:`margins` as a Markdown table."""
+    lines = ["| pooled over | cells | " + " | ".join(label for _, _, label in POOLED) + " |",
+             "|" + "---|" * (2 + len(POOLED))]
+    for r in rows:
+        where = "all cells run" if r["by"] == "all" else f"{r['by']} = {r['value']}"
+        lines.append(f"| {where} | {r['cells']} | " + " | ".join(_pct(r[name]) for name, _, _ in POOLED) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -327,9 +327,20 @@ def test_summary_counts_agree_with_the_records(full_run, tmp_path, capsys):
         assert cell["gd_small"]["unconverged_heading_to_certified"] == heading
         assert sum(cell["gd_small"]["outcomes"].values()) == 3
         assert cell["converged"] == sum(r["solves"].get("converged", 0) for r in mine)
+    pooled = {(r["by"], r["value"]): r for r in out["pooled"]}
+    assert set(pooled) == {("d", 3), ("d", 4), ("k", 1), ("T", 3), ("all", None)}
+    for (by, value), r in pooled.items():
+        group = [c for c in out["cells"] if by == "all" or c[by] == value]
+        assert r["cells"] == len(group)
+        for name, key in (("instances", "instances_with_certified_spurious"), ("gd_small", "gd_small"),
+                          ("gd_figure1", "gd_figure1")):
+            frs = [c[key] if name == "instances" else c[key]["spurious_certified"] for c in group]
+            assert (r[name]["k"], r[name]["n"]) == (sum(f["k"] for f in frs), sum(f["n"] for f in frs))
+            assert r[name]["low"] <= r[name]["fraction"] <= r[name]["high"]
     assert out["command"].startswith('python -m landscape census --grid "d=3,4;k=1;T=3" --instances 3')
     md = (res / "census.md").read_text()
     assert md.count("\n| 3 | 1 | 3 |") == 1 and md.count("\n| 4 | 1 | 3 |") == 1
+    assert md.count("\n| T = 3 | 2 | ") == 1 and md.count("\n| all cells run | 2 | ") == 1
     for name in ("census_instances.png", "census_gd_small.png", "census_gd_figure1.png"):
         assert (res / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
