@@ -3,6 +3,7 @@ per-instance batching (``landscape.search.search_instance``), at (d, k, T) = (3,
 
     flock /work/cpu.lock python benchmarks/landscape_census_speed.py [--json] [--out FILE] [--repeats 3]
     flock /work/cpu.lock python benchmarks/landscape_census_speed.py --cost-model
+    flock /work/cpu.lock python benchmarks/landscape_census_speed.py --profile
 
 One process, BLAS and torch pinned to one thread (printed). Both ways solve the same instances with 64 starts each
 (the same start scales and methods; the starts themselves are drawn per start by ``search_instance`` and per
@@ -112,6 +113,32 @@ def cost_model() -> list[dict]:
     return rows
 
 
+def profile() -> list[dict]:
+    """cProfile of both ways at (10, 2, 3) (6 instances x 64 starts): wall seconds and the functions with the most
+    own time, to see where the time goes once NumPy's per-call overhead is no longer the bottleneck."""
+    import cProfile
+    import pstats
+
+    case = CASES[1]
+    problems = _problems(case)
+    _over_instances({**case, "starts": 4}, problems[:1])
+    rows = []
+    for name, run in (("over_instances", _over_instances), ("per_instance", _per_instance)):
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        run(case, problems)
+        prof.disable()
+        wall = time.perf_counter() - t0
+        stats = pstats.Stats(prof).stats  # {(file, line, function): (calls, ncalls, tottime, cumtime, callers)}
+        top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:8]
+        rows.append({"way": name, "seconds": wall, "top": [
+            {"function": f"{os.path.basename(f)}:{fn}", "calls": v[1], "own_seconds": v[2], "cumulative_seconds": v[3]}
+            for (f, _, fn), v in top]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
     ap = OneLineParser(description=__doc__.splitlines()[0])
@@ -119,6 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="also write the JSON to this file")
     ap.add_argument("--repeats", type=positive_int, default=3, help="alternating timings per case (default 3)")
     ap.add_argument("--cost-model", action="store_true", help="time run_chunk at several sizes instead")
+    ap.add_argument("--profile", action="store_true", help="cProfile both ways at (10, 2, 3) instead")
     return run_command(_run, ap.parse_args(argv))
 
 
@@ -129,11 +157,13 @@ def _run(args) -> int:
     with pinned_threads(1) as threads:
         if args.cost_model:
             result = {"cost_model": cost_model()}
+        elif args.profile:
+            result = {"profile": profile()}
         else:
             result = {"cases": [measure(c, args.repeats) for c in CASES]}
     result.update(seed=SEED, threads=threads, cpu_count=os.cpu_count(), loadavg_start=list(load0),
                   loadavg_end=list(os.getloadavg()), environment=environment())
-    if not args.cost_model:
+    if not (args.cost_model or args.profile):
         goals = {(3, 1, 3): 4.0, (10, 2, 3): 2.0}
         result["targets"] = [{"d": c["d"], "k": c["k"], "T": c["T"], "goal": goals[(c["d"], c["k"], c["T"])],
                               "median_ratio": c["median_ratio"],
@@ -141,7 +171,7 @@ def _run(args) -> int:
                              for c in result["cases"]]
     if args.out:
         write_json(args.out, result)
-    if args.json or args.cost_model:
+    if args.json or args.cost_model or args.profile:
         print(json.dumps(result))
         return 0
     print(f"threads: {threads}; load average at start {load0[0]:.2f}, at end {result['loadavg_end'][0]:.2f}")
