@@ -53,6 +53,11 @@ def _init_worker():
     # Ctrl-C in a terminal reaches the whole process group: the main process handles it (and stops the workers)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(limits=1)
+    # tqdm's first bar (the eps-net makes a silent one) would create a multiprocessing RLock, a named semaphore that
+    # the resource tracker reports as leaked when Ctrl-C terminates this worker; a thread lock is all it needs here
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 @contextmanager

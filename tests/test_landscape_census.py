@@ -465,6 +465,27 @@ def test_census_cells_are_read_by_summary_and_certify(full_run, capsys):
     assert ends <= {"global_min", "spurious_min", "saddle", "degenerate", "unconverged"}
 
 
+def _tqdm_lock_kinds(_):
+    from tqdm import tqdm
+
+    tqdm(total=1, disable=True).close()  # what certify_epsnet does in a census worker
+    lock = tqdm.get_lock()
+    return [type(lk).__module__ for lk in getattr(lock, "locks", [lock])]
+
+
+def test_workers_make_no_named_semaphore_for_tqdm():
+    """A census worker's eps-net makes a silent tqdm bar; with tqdm's default lock that is a multiprocessing RLock,
+    which the resource tracker reports as leaked (two extra lines after the Ctrl-C line) when the worker is
+    terminated. Workers use a thread lock instead."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                initializer=fanout._init_worker) as pool:
+        kinds = pool.submit(_tqdm_lock_kinds, 0).result()
+    assert kinds and not any(k.startswith("multiprocessing") for k in kinds), kinds
+
+
 # the in-process fuzz of `census` options, as tests/test_fuzz_cli.py does for `search` (stubbed work)
 GRIDS = st.sampled_from([("d=3;k=1;T=3", True), ("d=3,4;k=1,2;T=3,4", True), ("default", True), ("T=3", True),
                          ("d=3;d=4", False), ("x=1", False), ("T=1", False), ("d=1;k=2", False), ("", False),
