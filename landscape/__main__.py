@@ -25,7 +25,7 @@ import time
 from theory.cli_contract import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, OneLineParser, check_memory,
                                  check_output_file, deferred_sigint, nonneg_int, positive_int, run_command)
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "save_as_finished"]
 
 
 def _scales(text: str) -> list[float]:
@@ -79,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("results", help="results file of `search`")
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.add_argument("--png", default=None, help="write a PNG of loss values and Hessian spectra here")
+    from . import census_cli  # `census`, `census-summary` (docs/census.md)
+
+    census_cli.add_parsers(sub)
     return ap
 
 
 def _cmd_search(args) -> int:
-    from tqdm import tqdm
-
     from theory.problem import ProblemError
 
     from . import adversarial, fanout, store
@@ -105,28 +106,45 @@ def _cmd_search(args) -> int:
     done = store.open_run(args.out, config)
     todo = [{"index": i, **config} for i in range(args.instances) if i not in done]
     t0 = time.perf_counter()
-    n = 0
     runs = fanout.run_all(todo, workers=args.workers, scheduler=args.scheduler)
-    try:
-        with tqdm(total=len(todo), desc="instances", unit="inst", disable=None) as bar:
-            for rec in runs:
-                with deferred_sigint():  # a record is appended and counted whole, or not at all
-                    store.append(args.out, rec)
-                    n += 1
-                bar.update(1)
-    except KeyboardInterrupt:
-        print(f"interrupted; {len(done) + n} instances saved to {args.out}; rerun the same command to resume",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except fanout.WorkerLost as exc:
-        print(f"error: {exc}; {len(done) + n} instances saved to {args.out}; rerun the same command to resume",
-              file=sys.stderr)
-        return EXIT_STOPPED
-    finally:
-        runs.close()  # stops the workers at once if the loop ended early
+    n, stopped = save_as_finished(runs, lambda rec: store.append(args.out, rec) or 1, total=len(todo),
+                                  saved=len(done), out=args.out)
+    if stopped is not None:
+        return stopped
     print(json.dumps({"out": args.out, "finished": n, "skipped": len(done & set(range(args.instances))),
                       "seconds": round(time.perf_counter() - t0, 3)}))
     return EXIT_OK
+
+
+def save_as_finished(runs, save, *, total: int, saved: int, out: str) -> tuple[int, int | None]:
+    """Save every item of ``runs`` (the iterator of :func:`landscape.fanout.run_all`) as it finishes with
+    ``save(item)``, which returns how many instances it saved; each item is saved whole or not at all (Ctrl-C is
+    held off meanwhile). A progress bar counts ``total`` instances.
+
+    Returns ``(instances saved by this run, None)`` when every item is saved, or, after one line on stderr naming
+    how many instances (``saved`` before this run plus this run's) are kept in ``out``, ``(that count, 130)`` on
+    Ctrl-C and ``(that count, 3)`` when a worker process died. The workers are stopped in every case."""
+    from tqdm import tqdm
+
+    from . import fanout
+
+    n, stopped, why = 0, None, ""
+    try:
+        with tqdm(total=total, desc="instances", unit="inst", disable=None) as bar:
+            for item in runs:
+                with deferred_sigint():  # an item is saved and counted whole, or not at all
+                    k = save(item)
+                    n += k
+                bar.update(k)
+    except KeyboardInterrupt:
+        stopped, why = EXIT_INTERRUPTED, "interrupted"
+    except fanout.WorkerLost as exc:
+        stopped, why = EXIT_STOPPED, f"error: {exc}"
+    finally:
+        runs.close()  # stops the workers at once if the loop ended early
+    if stopped is not None:
+        print(f"{why}; {saved + n} instances saved to {out}; rerun the same command to resume", file=sys.stderr)
+    return n, stopped
 
 
 def _candidates(records, sample: int, seed: int, max_candidates):
@@ -266,7 +284,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing written", file=sys.stderr)
         return EXIT_INTERRUPTED
-    handlers = {"search": _cmd_search, "certify": _cmd_certify, "summary": _cmd_summary}
+    from . import census_cli
+
+    handlers = {"search": _cmd_search, "certify": _cmd_certify, "summary": _cmd_summary, **census_cli.HANDLERS}
     # ProblemError is the one error root: CertificateError and the store's and search's refusals derive from it
     return run_command(handlers[args.command], args, interrupted="interrupted; nothing written")
 

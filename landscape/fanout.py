@@ -53,6 +53,11 @@ def _init_worker():
     # Ctrl-C in a terminal reaches the whole process group: the main process handles it (and stops the workers)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(limits=1)
+    # tqdm's first bar (the eps-net makes a silent one) would create a multiprocessing RLock, a named semaphore that
+    # the resource tracker reports as leaked when Ctrl-C terminates this worker; a thread lock is all it needs here
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
 
 
 @contextmanager
@@ -93,8 +98,11 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
 
 
 def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None,
-            connect_timeout: float = 10.0) -> Iterator[dict]:
+            connect_timeout: float = 10.0, fn=None) -> Iterator[dict]:
     """Yield the record of every spec as it finishes (completion order, not spec order).
+
+    ``fn``: the function applied to each spec (default :func:`run_spec`; another module-level function such as
+    :func:`landscape.census.run_chunk`, so that processes and Dask workers can import it).
 
     ``scheduler``: address of a Dask scheduler (``tcp://host:port``) or a ``dask.distributed.Client`` /
     ``LocalCluster`` object; ``workers``: local processes (``None``: ``os.cpu_count()``; ``0`` or ``1``: in this
@@ -108,21 +116,22 @@ def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None
         passed on after the local workers were terminated (they ignore SIGINT themselves).
     """
     specs = list(specs)
+    fn = run_spec if fn is None else fn
     if not specs:
         return
     if scheduler is not None:
-        yield from _run_dask(specs, scheduler, connect_timeout)
+        yield from _run_dask(specs, scheduler, connect_timeout, fn)
         return
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise ProblemError(f"workers must be an integer >= 0, got {workers!r}")
     if workers in (0, 1):
         for s in specs:
-            yield run_spec(s)
+            yield fn(s)
         return
-    yield from _run_processes(specs, workers)
+    yield from _run_processes(specs, workers, fn)
 
 
-def _run_processes(specs: list[dict], workers: int | None) -> Iterator[dict]:
+def _run_processes(specs: list[dict], workers: int | None, fn=run_spec) -> Iterator[dict]:
     """Local worker processes; on any exception (Ctrl-C included) or when the caller stops iterating, the workers
     are terminated at once (:func:`_stop`). A dead worker breaks the pool: the records already finished are still
     yielded, then :class:`WorkerLost` is raised."""
@@ -130,7 +139,7 @@ def _run_processes(specs: list[dict], workers: int | None) -> Iterator[dict]:
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
     try:
         with _sigint_blocked():
-            futures = [pool.submit(run_spec, s) for s in specs]
+            futures = [pool.submit(fn, s) for s in specs]
         broken = None
         for fut in cf.as_completed(futures):
             if isinstance(fut.exception(), BrokenProcessPool):
@@ -145,7 +154,7 @@ def _run_processes(specs: list[dict], workers: int | None) -> Iterator[dict]:
     pool.shutdown(wait=True)
 
 
-def _run_dask(specs: list[dict], scheduler, connect_timeout: float) -> Iterator[dict]:
+def _run_dask(specs: list[dict], scheduler, connect_timeout: float, fn=run_spec) -> Iterator[dict]:
     from dask.distributed import Client, as_completed
 
     own = False
@@ -161,7 +170,7 @@ def _run_dask(specs: list[dict], scheduler, connect_timeout: float) -> Iterator[
         client = Client(scheduler)
         own = True
     try:
-        futures = client.map(run_spec, specs, pure=False)
+        futures = client.map(fn, specs, pure=False)
         for fut in as_completed(futures):
             yield fut.result()
     finally:

@@ -41,7 +41,7 @@ from . import _batched
 from .result import SearchResult
 
 __all__ = ["SolverOptions", "problem_scale", "solve_critical", "solve_batch", "gradient_descent", "random_start", "search_instance",
-           "start_seed", "solve_batch", "gradient_descent_batch"]
+           "start_seed", "solve_batch", "gradient_descent_batch", "descent_arrived"]
 
 _METHODS = ("newton", "min")
 
@@ -117,6 +117,13 @@ def solve_critical(problem: Problem, U0, *, method: str = "newton", options: Sol
     return solve_batch(problem, x.reshape(1, -1), method=method, options=options, seeds=[seed], scales=[scale])[0]
 
 
+def _solver_state(B: int, opts: SolverOptions):
+    """Per-start state of a lock-step Newton-type solve: damping ``mu`` (NaN: not set yet), polish steps left,
+    iterations, status (``"max_iter"`` until decided) and whether the start is still active."""
+    return (np.full(B, np.nan), np.full(B, opts.polish), np.zeros(B, dtype=int),
+            np.array(["max_iter"] * B, dtype=object), np.ones(B, dtype=bool))
+
+
 def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions | None = None,
                 seeds=None, scales=None) -> list[SearchResult]:
     """Solve from every row of ``X0`` (shape ``(B, T d k)`` or ``(B, T, d, k)``) in lock-step, one batched dense
@@ -145,11 +152,7 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
     gtol, bound = _tolerance(problem, opts)
     t0 = time.perf_counter()
     f, g = _batched.loss_grad(X.reshape(B, *shape), problem)
-    mu = np.full(B, np.nan)
-    polish = np.full(B, opts.polish)
-    iters = np.zeros(B, dtype=int)
-    status = np.array(["max_iter"] * B, dtype=object)
-    active = np.ones(B, dtype=bool)
+    mu, polish, iters, status, active = _solver_state(B, opts)
     for _ in range(opts.max_iter):
         gn = np.linalg.norm(g, axis=1)
         bad = active & ~(np.isfinite(f) & np.all(np.isfinite(g), axis=1))
@@ -318,6 +321,13 @@ def instance_seed(seed: int, instance: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def descent_arrived(result: SearchResult, steps: int) -> bool:
+    """Whether a gradient-descent run (:func:`gradient_descent_batch`) ended at a critical point: it stopped before
+    using its ``steps`` (gradient below tolerance), or the Newton polish moved its end point by at most
+    ``1e-6 max(1, scale)``. Otherwise it did not "end" anywhere: the polish jumped to the nearest critical point."""
+    return result.extra["gd_iterations"] < steps or result.extra["moved"] <= 1e-6 * max(1.0, result.scale)
+
+
 def search_record(problem: Problem, *, starts: int, seed: int, instance: int, scales=(0.1, 0.5, 1.0, 2.0),
                   gd_runs: int = 2, options: SolverOptions | None = None) -> dict:
     """Search one instance and summarise it as a JSON-ready record (one line of the results file).
@@ -340,9 +350,7 @@ def search_record(problem: Problem, *, starts: int, seed: int, instance: int, sc
     steps = (options or SolverOptions()).gd_steps
     for r, w in zip(gd, which[len(solves):]):
         near = points[w].classification.label if w >= 0 else None
-        # descent that used all its steps without reaching a critical point did not "end" anywhere: the polish
-        # jumped to the nearest critical point, recorded as ``near``
-        arrived = r.extra["gd_iterations"] < steps or r.extra["moved"] <= 1e-6 * max(1.0, r.scale)
+        arrived = descent_arrived(r, steps)
         gd_rows.append({"status": r.status, "class": near if (near and arrived) else "unconverged", "near": near,
                         "loss": r.loss, "point_index": w, "seed": r.seed, **r.extra})
     return {"index": int(instance), "problem": problem.to_dict(),

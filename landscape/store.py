@@ -23,7 +23,7 @@ import numpy as np
 
 from theory.problem import ProblemError
 
-__all__ = ["load", "open_run", "append", "canonical", "save_instance", "load_instance", "check_record",
+__all__ = ["load", "check_run", "open_run", "append", "canonical", "save_instance", "load_instance", "check_record",
            "read_results_or_instance"]
 
 _REQUIRED = ("index", "config", "problem", "critical_points")
@@ -189,17 +189,12 @@ def load(path: str) -> list[dict]:
     return sorted(records, key=lambda r: r["index"])
 
 
-def open_run(path: str, config: dict) -> set[int]:
-    """Prepare ``path`` for a run with ``config``; return the indices already finished (to skip).
-
-    Creates the parent folder; repairs the tail (a truncated last line is dropped, atomically; a whole last record
-    whose newline is missing gets it back); refuses a bad record (naming file and line) and a file whose records were
-    made with another ``config`` (resuming it would mix two experiments).
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
+def check_run(path: str, config: dict) -> tuple[list[dict], str]:
+    """Read-only part of :func:`open_run`: the finished records of ``path`` (none if it does not exist) and the
+    state of its tail (as :func:`_parse` reports it), after refusing a bad record (naming file and line) or a record
+    made with another ``config``. Lets a command check every file it will resume before it writes anything."""
     if not os.path.lexists(path):
-        return set()
+        return [], "ok"
     records, tail = _parse(path)
     for rec in records:
         if rec["config"] != config:
@@ -207,6 +202,21 @@ def open_run(path: str, config: dict) -> set[int]:
                           if rec["config"].get(key) != config.get(key))
             raise ProblemError(f"{path} was written by a run with other arguments (differing: {diff}); use another "
                                "--out or the same arguments to resume")
+    return records, tail
+
+
+def open_run(path: str, config: dict) -> set[int]:
+    """Prepare ``path`` for a run with ``config``; return the indices already finished (to skip).
+
+    Creates the parent folder; repairs the tail (a truncated last line is dropped, atomically; a whole last record
+    whose newline is missing gets it back); refuses a bad record (naming file and line) and a file whose records were
+    made with another ``config`` (resuming it would mix two experiments; :func:`check_run`).
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    if not os.path.lexists(path):
+        return set()
+    records, tail = check_run(path, config)
     if tail == "truncated":
         atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in records))
     elif tail == "no_newline":
