@@ -234,6 +234,23 @@ def select_epoch(select: str, val: list[float], held: list[float], n_epochs: int
 _PIECE_SAMPLES = 64
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap memory freed by a finished training back to the operating system. glibc keeps freed blocks of
+    the many differently sized activation tensors in its arenas, so a table's resident memory grew by about 0.5 GB
+    per seed although nothing stayed referenced (measured: a Meta-LoRA retraining left 1.28 GB resident, 0.80 GB
+    after ``malloc_trim``). Neither torch nor the standard library exposes ``malloc_trim``, hence ctypes; a no-op
+    on other C libraries."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        pass
+
+
 def _task_pieces(idx: torch.Tensor, tasks: torch.Tensor) -> list[torch.Tensor]:
     """``idx`` (B,) cut into runs of whole tasks of at most ``_PIECE_SAMPLES`` samples (a larger task alone)."""
     t = tasks[idx]
@@ -407,6 +424,7 @@ def retrain(cfg: Config, tasks: TaskSet, *, method: str, rank: int | None, seed:
         accelerator.wait_for_everyone()
     bar.close()
     accelerator.free_memory()  # accelerate's advice between two trainings: drop its references to model, optimizer
+    _return_freed_memory()
     best = select_epoch("validation", accs, [], len(accs))
     return RetrainResult(out_dir, ckpt_mod.best_checkpoint(out_dir) or "", method, rank, schedule, seed,
                          tuple(losses), tuple(accs), best, time.perf_counter() - t0)
@@ -532,6 +550,7 @@ def finetune_tasks(cfg: Config, encoder, tasks: list[Task], *, rank: int, seed: 
                 p.copy_(v)
         at[e] = scored(held)
     accelerator.free_memory()  # as after retraining: a table fine-tunes many times in one process
+    _return_freed_memory()
     each = (time.perf_counter() - t0) / n
     out = []
     for j, task in enumerate(tasks):
