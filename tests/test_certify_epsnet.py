@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -212,6 +212,7 @@ def _critical_points(p, seed, starts=4):
 
 @settings(max_examples=6, deadline=None)
 @given(seed=seeds)
+@example(seed=1_191_715_591)  # the eps-net's radius falls to round-off (7e-13) and a net point lies below G(x0)
 def test_the_two_certificates_agree_where_both_finish(seed):
     p = Problem.random(2, 1, 3, seed=seed)
     pts = _critical_points(p, seed)
@@ -223,8 +224,11 @@ def test_the_two_certificates_agree_where_both_finish(seed):
         assert len(verdicts) <= 1, (ci.reason, ce.reason)
         if ci.verdict == ce.verdict == "certified-minimum":
             assert {ci.minimum_kind, ce.minimum_kind} != {"spurious", "global"}
-        if ci.verdict == "certified-minimum":  # the eps-net finishes at n = 6 on a certified strict minimum
-            assert ce.verdict == "certified-minimum", ce.reason
+        if ci.verdict == "certified-minimum":  # the eps-net finishes at n = 6 on a certified strict minimum,
+            # unless its radius is so small that x0's own round-off error (about 1e-13) puts a net point below G(x0)
+            assert ce.verdict == "certified-minimum" or (
+                ce.verdict == "inconclusive" and "the test cannot pass at this delta" in ce.reason
+                and ce.radius < 1e-10), ce.reason
         if ci.verdict == "certified-not-minimum":
             assert ce.verdict == "inconclusive"
 
