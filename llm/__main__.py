@@ -95,6 +95,13 @@ def _out_dir(path: str, option: str = "--out") -> str:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise LLMError(f"{option} {path!r}: cannot create a folder under {parent!r}")
+    try:  # os.access trusts permission bits; a pseudo or read-only file system (/proc) is found only by trying
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=parent):
+            pass
+    except OSError as exc:
+        raise LLMError(f"{option} {path!r}: nothing can be created under {parent!r} ({exc.strerror})") from None
     return path
 
 
@@ -230,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     # peft calls a transformers method that transformers 5 deprecated: a notice for peft's authors, not for users
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+    # No network at run time: models are the packaged one, a local folder or the local Hugging Face cache. A user who
+    # wants downloads sets HF_HUB_OFFLINE=0 (read by huggingface_hub when it is first imported, below this line).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -144,6 +144,16 @@ def _candidates(field: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _utf8_lines(fh, path: str):
+    """The lines of the binary file ``fh`` as text; a byte that is not UTF-8 raises :class:`DataError` naming the file and line."""
+    for lineno, raw in enumerate(fh, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text ({exc.reason}); a ConvAI2 file is UTF-8 "
+                            "ParlAI text") from None
+
+
 def read_convai2(path: str) -> list[Conversation]:
     """Read a ConvAI2 / PersonaChat file in ParlAI text format; one conversation per episode.
 
@@ -154,7 +164,7 @@ def read_convai2(path: str) -> list[Conversation]:
     have speaker ``None``. Malformed lines raise :class:`DataError` naming the file and line.
     """
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")  # decoded line by line (_utf8_lines), so that a bad byte is named by its line
     except OSError as exc:
         raise DataError(f"cannot read ConvAI2 file {path}: {exc.strerror or exc}") from None
     episodes: list[Conversation] = []
@@ -170,7 +180,7 @@ def read_convai2(path: str) -> list[Conversation]:
             episodes.append(Conversation(f"{os.path.basename(path)}:{start}", fixed))
 
     with fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in enumerate(_utf8_lines(fh, path), 1):
             line = line.rstrip("\n").rstrip("\r")
             if not line.strip():
                 continue

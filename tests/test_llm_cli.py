@@ -187,3 +187,16 @@ def test_smoke_table_on_the_real_packaged_minilm(tmp_path, capsys):
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
     assert all(0 <= r["accuracy"] <= 1 for r in doc["rows"]) and doc["n_items"] == 4
+
+
+def test_data_that_is_not_utf8_and_an_out_where_nothing_can_be_made_exit_2(tmp_path, capsys):
+    """Bytes that are not UTF-8 name the file and line; an --out on a pseudo file system is refused before work."""
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_bytes(b"1 your persona: i like tea.\n2 hi\t\xff\xfe\x8c bad\n")
+    assert main(["table", "--preset", "smoke", "--data", str(garbage), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{garbage}:2: not UTF-8 text" in err and len(err.strip().splitlines()) == 1
+    if os.path.isdir("/proc") and not os.access("/proc", os.W_OK) or os.path.ismount("/proc"):
+        assert main(["table", "--preset", "smoke", "--out", "/proc/metalora-x"]) == 2
+        err = capsys.readouterr().err
+        assert "--out '/proc/metalora-x': nothing can be created under '/proc'" in err
