@@ -212,7 +212,12 @@ def run_table(cfg: Config, out_dir: str, *, tasks: TaskSet | None = None, resume
     from . import report
 
     t0 = time.perf_counter()
-    tasks = tasks if tasks is not None else load_tasks(cfg)
+    if tasks is None:
+        log(f"reading {cfg.data} and building {cfg.n_retrain_tasks} retraining + {cfg.n_test_tasks} test tasks")
+        tasks = load_tasks(cfg)
+    n_rows = len(table_rows(cfg))
+    log(f"{n_rows} rows x {len(cfg.seeds)} seeds; each row prints one line when it ends (the first also tokenises "
+        f"and, with frozen blocks, caches their outputs: a few minutes on 2 cores)")
     schedule = schedule or "sequential"
     run = _Run(cfg, out_dir, tasks, resume=resume, device=device, schedule=schedule, cache_dir=cache_dir,
                progress=progress, log=log, splits=splits)
