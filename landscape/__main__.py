@@ -25,6 +25,8 @@ import time
 from theory.cli_contract import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, OneLineParser, check_memory,
                                  check_output_file, deferred_sigint, nonneg_int, positive_int, run_command)
 
+from .certify_registry import CERTIFICATES, certifier
+
 __all__ = ["main", "build_parser", "save_as_finished"]
 
 
@@ -66,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("certify", help="certify the spurious-minimum candidates (and a sample of other points)")
     c.add_argument("results", help="results file of `search`, or an instance file (landscape/instances/*.json)")
-    c.add_argument("--method", choices=("krawczyk", "epsnet"), default="krawczyk")
+    c.add_argument("--method", choices=tuple(CERTIFICATES), default="krawczyk",
+                   help="the certificate (default krawczyk: interval arithmetic; epsnet: the paper's eps-net)")
     c.add_argument("--sample", type=nonneg_int, default=3,
                    help="saddles and global minima certified per class, drawn at random (default 3)")
     c.add_argument("--max-candidates", type=nonneg_int, default=None,
@@ -184,10 +187,7 @@ def _cmd_certify(args) -> int:
     if args.out is not None:
         check_output_file("--out", args.out)
     try:
-        if args.method == "krawczyk":
-            from .certify_interval import certify_interval as certify
-        else:
-            from .certify_epsnet import certify_epsnet as certify
+        certify = certifier(args.method)
     except ImportError as exc:  # the certificates are a separate part of the package
         print(f"error: the {args.method} certificate is not available: {exc}", file=sys.stderr)
         return 1

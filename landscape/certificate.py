@@ -121,3 +121,4 @@ class Certificate:
             "margins": _json_value(self.margins), "minimum_kind": self.minimum_kind, "gauge": self.gauge,
             "n": self.n,
         }
+

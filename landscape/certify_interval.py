@@ -50,134 +50,85 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
-import scipy.linalg
 from flint import arb, arb_mat
 
 from theory.problem import Problem
 from theory.reduced import reduced_hess
-from theory.symmetry import symmetry_tangent
 
 from . import _arb_reduced as ar
 from .certificate import Certificate, CertificateError
+from .certify_common import (Gauge, gauge, integer, minimum_kind, positive, signed_ustar, transversal,
+                             validate_point, zero_loss_upper)
 
 __all__ = ["certify_interval"]
 
-_GLOBAL_RTOL = 1e-12
-
-
-def _validate_point(problem, U0) -> np.ndarray:
-    if not isinstance(problem, Problem):
-        raise CertificateError(f"problem must be a theory.problem.Problem, got {type(problem).__name__}")
-    x0 = np.array(U0, dtype=np.float64, copy=True)
-    shape = (problem.T, problem.d, problem.k)
-    if x0.shape not in (shape, (problem.n_reduced,)):
-        raise CertificateError(f"U0 must have shape (T, d, k) = {shape} or ({problem.n_reduced},), got {x0.shape}")
-    if not np.all(np.isfinite(x0)):
-        raise CertificateError(f"U0 must have finite entries, found {int(np.count_nonzero(~np.isfinite(x0)))} "
-                               "non-finite (NaN or inf)")
-    return x0.ravel()
-
-
-def _positive(name, value, *, allow_none=True):
-    if value is None and allow_none:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise CertificateError(f"{name} must be a positive finite number, got {value!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise CertificateError(f"{name} must be a positive finite number, got {value!r}")
-    return v
-
-
-def _col(values) -> arb_mat:
-    return arb_mat(len(values), 1, list(values))
-
-
-def _group(T: int, k: int) -> str:
-    """The symmetry group of G whose orbits are quotiented out: ``"O(k,k)"`` at T = 2 (G depends only on
-    ``U_1 U_1^T - U_2 U_2^T``; :func:`theory.symmetry.boost_tangent`), else ``"O(k)^T"``."""
-    return "O(k,k)" if T == 2 else "O(k)^T"
-
-
-def _gauge(U0: np.ndarray):
-    """``(Q, cols, text)``: the slice basis (None when the orbit is finite: k = 1 and T != 2), the indices of a
-    maximal independent set of the symmetry tangent directions at U0 (``theory.symmetry.symmetry_tangent`` columns,
-    chosen by pivoted QR; fewer than the group's dimension where some ``U_t`` is rank-deficient), and a description.
-    """
-    T, d, k = U0.shape
-    group = _group(T, k)
-    Z = symmetry_tangent(U0, group=group)
-    if Z.shape[1] == 0:
-        return None, [], "none (k = 1, T != 2: the O(1)^T orbit is finite)"
-    R, piv = scipy.linalg.qr(Z, mode="r", pivoting=True)
-    diag = np.abs(np.diag(R))
-    # numerical rank with a tolerance on the scale of U0 (not only relative to the largest tangent vector, which
-    # would count a denormal block as independent)
-    tol = 1e-10 * max(1.0, float(np.max(np.abs(U0))))
-    p = int(np.sum(diag > tol))
-    cols = sorted(int(c) for c in piv[:p])
-    # the orthogonal complement of the selected tangent directions (= theory.symmetry.quotient_basis(U0, group=...)
-    # when U0 is generic)
-    Q = scipy.linalg.null_space(Z[:, cols].T) if p else np.eye(Z.shape[0])
-    full = Z.shape[1]
-    note = "" if p == full else f" (rank-deficient U_t: the orbit has dimension {p} < {full})"
-    return Q, cols, (f"slice x = x0 + Q z, Q ({Q.shape[0]} x {Q.shape[1]}) the orthogonal complement of the "
-                     f"{p}-dimensional {group} orbit tangent (theory.symmetry.symmetry_tangent){note}")
-
-
-def _tangent_arb(Us: list, k: int) -> list:
-    """Symmetry tangent directions over the box, as columns (lists of balls), in the order of
-    :func:`theory.symmetry.symmetry_tangent`: ``U_t (e_a e_b^T - e_b e_a^T)`` (t, a < b), then at T = 2 the
-    boosts ``(U_2 B^T, U_1 B)``, ``B = e_a e_b^T`` (a, b)."""
-    T = len(Us)
-    d = Us[0].nrows()
-    n = T * d * k
-    dk = d * k
-    cols = []
-    for t in range(T):
-        for a in range(k):
-            for b in range(a + 1, k):
-                col = [arb(0)] * n
-                base = t * dk
-                for i in range(d):
-                    col[base + i * k + b] = Us[t][i, a]
-                    col[base + i * k + a] = -Us[t][i, b]
-                cols.append(col)
-    if _group(T, k) == "O(k,k)":
-        for a in range(k):
-            for b in range(k):
-                col = [arb(0)] * n
-                for i in range(d):
-                    col[i * k + a] = Us[1][i, b]  # column a of dU_1 is column b of U_2
-                    col[dk + i * k + b] = Us[0][i, a]  # column b of dU_2 is column a of U_1
-                cols.append(col)
-    return cols
-
-
-def _transversal(Qa: arb_mat, tangent_cols: list, Us: list, k: int) -> bool:
-    """True if the n x n ball matrix ``[Q, Z(X)]`` (Q: n x m, the selected orbit tangent directions over the box
-    ``Us``) is proven nonsingular for every point of the box (arb's solve succeeds only then)."""
-    n, m = Qa.nrows(), Qa.ncols()
-    M = arb_mat(n, n)
-    tangent = _tangent_arb(Us, k)
-    cols = [[Qa[i, j] for i in range(n)] for j in range(m)] + [tangent[c] for c in tangent_cols]
-    if len(cols) != n:
-        return False
-    for j, col in enumerate(cols):
-        for i in range(n):
-            M[i, j] = col[i]
-    try:
-        M.solve(arb_mat(n, 1, [1] * n))
-    except ZeroDivisionError:
-        return False
-    return True
-
-
 #: condition number of the float Hessian above which it counts as (nearly) singular in the reasons given
 _SINGULAR_COND = 1e8
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The checked options of :func:`certify_interval` (``max_radius`` resolved)."""
+
+    radius: float | None
+    max_radius: float
+    growth: float
+    max_tries: int
+    prec: int
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What is known at x0 before any box: the instance in arb, the gauge and the gradient on the slice."""
+
+    problem: Problem
+    x0: np.ndarray
+    gauge: Gauge
+    Qa: arb_mat | None
+    Ws: list
+    loss: tuple
+    f0: arb_mat
+    f0_mid: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Box:
+    """The box that passed Krawczyk's test: half-width r, its U blocks, residuals and the Hessian J on the slice."""
+
+    r: float
+    Us: list
+    E: list
+    J: arb_mat
+
+
+def _options(x0, radius, max_radius, growth, max_tries, prec) -> _Options:
+    radius = positive("radius", radius)
+    max_radius = positive("max_radius", max_radius)
+    growth = positive("growth", growth, allow_none=False)
+    if growth <= 1:
+        raise CertificateError(f"growth must be > 1, got {growth}")
+    max_tries = integer("max_tries", max_tries, 1, "a positive integer")
+    prec = integer("prec", prec, 53, "an integer number of bits >= 53")
+    if max_radius is None:
+        max_radius = 1e-3 * (1.0 + float(np.max(np.abs(x0))))
+    return _Options(radius, max_radius, growth, max_tries, prec)
+
+
+def _start(problem: Problem, x0: np.ndarray) -> _Start:
+    """G(x0) and ``f(0) = Q^T grad G(x0)`` in arb (at the caller's working precision)."""
+    g = gauge(x0.reshape(problem.T, problem.d, problem.k))
+    Ws = ar.task_matrices(problem)
+    U0b = ar.U_blocks(ar.balls(x0), problem.T, problem.d, problem.k)
+    E0 = ar.residuals(U0b, Ws)
+    G0 = ar.loss(E0)
+    g0 = arb_mat(len(x0), 1, ar.grad(U0b, E0))
+    Qa = None if g.Q is None else arb_mat(g.Q.tolist())
+    f0 = g0 if Qa is None else Qa.transpose() * g0
+    f0_mid = np.array([ar.mid(f0[i, 0]) for i in range(f0.nrows())])
+    return _Start(problem, x0, g, Qa, Ws, (ar.lower(G0), ar.upper(G0)), f0, f0_mid)
 
 
 def _float_newton(problem: Problem, x0: np.ndarray, Q, f0_mid: np.ndarray):
@@ -224,6 +175,84 @@ def _cause(Jf: np.ndarray, f0_mid: np.ndarray) -> str:
             f"condition number {cond:.3g})")
 
 
+def _radii(step: float, x0: np.ndarray, opts: _Options) -> list:
+    """The box half-widths to try: ``opts.radius``, or from ``4 |C f(0)|_inf`` up by ``growth`` to ``max_radius``."""
+    if opts.radius is not None:
+        return [opts.radius]
+    r = max(4.0 * step, 1e-15 * (1.0 + float(np.max(np.abs(x0)))))
+    radii = []
+    while r <= opts.max_radius and len(radii) < opts.max_tries:
+        radii.append(r)
+        r *= opts.growth
+    return radii
+
+
+def _krawczyk(s: _Start, Cf: np.ndarray, radii: list) -> tuple[_Box | None, list]:
+    """Krawczyk's test on the boxes ``|z|_inf <= r`` for r in ``radii`` until one passes: ``(box or None, ratios)``,
+    a ratio ``max_i |K_i|_upper / r`` per radius tried (below 1 is a pass)."""
+    T, d, k = s.problem.T, s.problem.d, s.problem.k
+    m = s.f0.nrows()
+    C = arb_mat(Cf.tolist())
+    Cf0 = C * s.f0
+    I_m = arb_mat(np.eye(m).tolist())
+    ratios = []
+    for r in radii:
+        Zbox = arb_mat(m, 1, [arb(0, r)] * m)
+        step = Zbox.entries() if s.Qa is None else (s.Qa * Zbox).entries()
+        Us = ar.U_blocks([arb(float(xi)) + z for xi, z in zip(s.x0, step)], T, d, k)
+        E = ar.residuals(Us, s.Ws)
+        H = ar.hess(Us, E)
+        J = H if s.Qa is None else s.Qa.transpose() * H * s.Qa
+        K = (I_m - C * J) * Zbox - Cf0
+        worst = max((ar.upper(K[i, 0].abs_upper()) for i in range(m)), default=0.0)
+        ratios.append(worst / r if math.isfinite(worst) else float("nan"))
+        if all(K[i, 0].abs_upper() < arb(r) for i in range(m)):
+            return _Box(r, Us, E, J), ratios
+    return None, ratios
+
+
+def _ustar_in_box(s: _Start, r: float) -> bool:
+    """k = 1 without a slice: U* (column signs matched to x0) proven inside the box ``|x - x0|_inf < r``, where the
+    unique critical point then is U* itself."""
+    if s.Qa is not None or s.problem.k != 1:
+        return False
+    cand = signed_ustar(s.problem, s.x0)
+    if not np.all(np.abs(cand - s.x0) < r):  # float subtraction: a quick rejection, checked rigorously below
+        return False
+    return all((arb(float(c)) - arb(float(x))).abs_upper() < arb(r) for c, x in zip(cand, s.x0))
+
+
+def _second_order(s: _Start, box: _Box, where: str, ratio: float, margins: dict) -> tuple:
+    """The verdict from the Hessian on the passed box: ``(verdict, reason, minimum_kind)``."""
+    GX = ar.loss(box.E)
+    lo, hi = ar.lower(GX), ar.upper(GX)
+    margins.update(loss_lower_on_box=lo, loss_upper_on_box=hi)
+    lam_lo, lam, V = ar.lambda_min_lower(box.J)
+    margins["hessian_min_eig_mid"] = float(lam[0])
+    if V is None:
+        return "inconclusive", "the interval Hessian over the box is not finite (overflow)", None
+    if lam_lo > 0:
+        margins["hessian_min_eig_lower"] = lam_lo
+        kind, why = minimum_kind(lower=lo, upper=hi, ustar_inside=_ustar_in_box(s, box.r),
+                                 zero_upper=zero_loss_upper(s.problem, s.Ws), region="the box")
+        return ("certified-minimum", f"{where} is a strict local minimum{' modulo the orbit' if s.Qa is not None else ''}: "
+                f"Krawczyk ratio {ratio:.3g} < 1, Hessian on the box >= {lam_lo:.3g} > 0; {why}", kind)
+    margins["hessian_min_eig_lower"] = None
+    if lam[0] > 0:
+        return ("inconclusive", f"{where} exists, but its interval Hessian is not proven positive definite "
+                f"(midpoint lambda_min {lam[0]:.3g})", None)
+    Va = arb_mat(V.tolist())
+    v = arb_mat(V.shape[0], 1, [Va[i, 0] for i in range(V.shape[0])])  # float eigenvector of lam[0], exact
+    q_hi = ar.upper((v.transpose() * box.J * v)[0, 0])
+    margins["negative_curvature_upper"] = q_hi
+    if q_hi < 0:
+        return ("certified-not-minimum", f"{where} is not a local minimum: Krawczyk ratio {ratio:.3g} < 1 and a "
+                f"direction v with v^T H(X) v <= {q_hi:.3g} < 0 over the whole box (midpoint lambda_min "
+                f"{lam[0]:.3g})", None)
+    return ("inconclusive", f"{where} exists, but its Hessian is neither proven positive definite nor proven to have "
+            f"a negative direction (midpoint lambda_min {lam[0]:.3g}, v^T H v <= {q_hi:.3g})", None)
+
+
 def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_radius: float | None = None,
                      growth: float = 30.0, max_tries: int = 8, prec: int = 128) -> Certificate:
     """Certify the critical point of G near ``U0`` (shape ``(T, d, k)`` or ``(T d k,)``) by interval arithmetic.
@@ -241,147 +270,47 @@ def certify_interval(problem: Problem, U0, *, radius: float | None = None, max_r
 
     Returns
     -------
-    Certificate with method ``"krawczyk"`` (see the module docstring for what each verdict proves).
+    Certificate
+        Method ``"krawczyk"`` (see the module docstring for what each verdict proves).
+
+    Raises
+    ------
+    CertificateError
+        A ``problem`` that is not a :class:`theory.problem.Problem`, a ``U0`` of the wrong shape or not finite, or an
+        option outside its rule (named in the message).
     """
     t_start = time.perf_counter()
-    x0 = _validate_point(problem, U0)
-    radius = _positive("radius", radius)
-    max_radius = _positive("max_radius", max_radius)
-    growth = _positive("growth", growth, allow_none=False)
-    if growth <= 1:
-        raise CertificateError(f"growth must be > 1, got {growth}")
-    if isinstance(max_tries, bool) or not isinstance(max_tries, (int, np.integer)) or max_tries < 1:
-        raise CertificateError(f"max_tries must be a positive integer, got {max_tries!r}")
-    if isinstance(prec, bool) or not isinstance(prec, (int, np.integer)) or prec < 53:
-        raise CertificateError(f"prec must be an integer number of bits >= 53, got {prec!r}")
-    T, d, k = problem.T, problem.d, problem.k
-    n = problem.n_reduced
-    if max_radius is None:
-        max_radius = 1e-3 * (1.0 + float(np.max(np.abs(x0))))
-    U0a = x0.reshape(T, d, k)
-    Q, tangent_cols, gauge = _gauge(U0a)
+    x0 = validate_point(problem, U0)
+    opts = _options(x0, radius, max_radius, growth, max_tries, prec)
     margins: dict = {}
-    common = dict(method="krawczyk", gauge=gauge, n=n, margins=margins)
+    with ar.working_precision(opts.prec):
+        s = _start(problem, x0)
 
-    def done(verdict, reason, **kw):
-        return Certificate(verdict=verdict, reason=reason, seconds=time.perf_counter() - t_start, **common, **kw)
+        def done(verdict, reason, radius, kind=None):
+            return Certificate(verdict=verdict, reason=reason, seconds=time.perf_counter() - t_start,
+                               method="krawczyk", gauge=s.gauge.text, n=problem.n_reduced, margins=margins,
+                               loss=s.loss, radius=radius, minimum_kind=kind)
 
-    with ar.working_precision(prec):
-        Ws = ar.task_matrices(problem)
-        E0 = ar.residuals(ar.U_blocks(ar.balls(x0), T, d, k), Ws)
-        G0 = ar.loss(E0)
-        loss = (ar.lower(G0), ar.upper(G0))
-        g0 = ar.grad(ar.U_blocks(ar.balls(x0), T, d, k), E0)
-        Qa = None if Q is None else arb_mat(Q.tolist())
-        f0 = _col(g0) if Qa is None else Qa.transpose() * _col(g0)
-        m = f0.nrows()
-        f0_mid = np.array([ar.mid(f0[i, 0]) for i in range(m)])
-        Cf, Jf, step, why = _float_newton(problem, x0, Q, f0_mid)
+        Cf, Jf, step, why = _float_newton(problem, x0, s.gauge.Q, s.f0_mid)
         if why is not None:
-            return done("inconclusive", why, loss=loss, radius=radius)
+            return done("inconclusive", why, opts.radius)
         margins["newton_step"] = step
-        if radius is not None:
-            radii = [radius]
-        else:
-            r = max(4.0 * step, 1e-15 * (1.0 + float(np.max(np.abs(x0)))))
-            radii = []
-            while r <= max_radius and len(radii) < max_tries:
-                radii.append(r)
-                r *= growth
-            if not radii:
-                return done("inconclusive", f"the Newton step |C f(0)|_inf = {step:.3g} exceeds max_radius = "
-                            f"{max_radius:.3g}: {_cause(Jf, f0_mid)}", loss=loss, radius=None)
-        C = arb_mat(Cf.tolist())
-        Cf0 = C * f0
-        I_m = arb_mat(np.eye(m).tolist())
-        passed = None
-        ratios = []
-        for r in radii:
-            Zbox = _col([arb(0, r)] * m)
-            Xb = [arb(float(x0[i])) for i in range(n)]
-            if Qa is None:
-                Xb = [xi + z for xi, z in zip(Xb, Zbox.entries())]
-            else:
-                QZ = (Qa * Zbox).entries()
-                Xb = [xi + z for xi, z in zip(Xb, QZ)]
-            Us = ar.U_blocks(Xb, T, d, k)
-            E = ar.residuals(Us, Ws)
-            H = ar.hess(Us, E)
-            J = H if Qa is None else Qa.transpose() * H * Qa
-            K = (I_m - C * J) * Zbox - Cf0
-            inside = all(K[i, 0].abs_upper() < arb(r) for i in range(m))
-            worst = max((ar.upper(K[i, 0].abs_upper()) for i in range(m)), default=0.0)
-            ratios.append(worst / r if math.isfinite(worst) else float("nan"))
-            if inside:
-                passed = (r, Us, E, J)
-                break
-        margins["krawczyk_ratio"] = ratios[-1]
-        margins["radii_tried"] = radii[:len(ratios)]
-        if passed is None:
+        radii = _radii(step, x0, opts)
+        if not radii:
+            return done("inconclusive", f"the Newton step |C f(0)|_inf = {step:.3g} exceeds max_radius = "
+                        f"{opts.max_radius:.3g}: {_cause(Jf, s.f0_mid)}", None)
+        box, ratios = _krawczyk(s, Cf, radii)
+        margins.update(krawczyk_ratio=ratios[-1], radii_tried=radii[:len(ratios)])
+        if box is None:
             return done("inconclusive", f"Krawczyk test failed: K(X) not strictly inside X at every radius tried "
                         f"({len(ratios)} radii from {radii[0]:.3g} to {radii[len(ratios) - 1]:.3g}, last ratio "
-                        f"{ratios[-1]:.3g}); {_cause(Jf, f0_mid)}", loss=loss, radius=radii[len(ratios) - 1])
-        r, Us, E, J = passed
-        if Qa is not None:  # transversality of the slice over the whole box
-            margins["transversal"] = _transversal(Qa, tangent_cols, Us, k)
+                        f"{ratios[-1]:.3g}); {_cause(Jf, s.f0_mid)}", radii[len(ratios) - 1])
+        if s.Qa is not None:  # transversality of the slice over the whole box
+            margins["transversal"] = transversal(s.Qa, s.gauge.cols, box.Us, problem.k)
             if not margins["transversal"]:
                 return done("inconclusive", "could not prove the slice transversal to the orbit over the box "
-                            "([Q, Z(X)] not proven nonsingular)", loss=loss, radius=r)
-        where = f"the unique critical point x* of G {'on the slice ' if Qa is not None else ''}in the box " \
-                f"|z|_inf <= r = {r:.3g} around x0"
-        # Hessian on the box, by congruence with the float eigenvectors of its midpoint (ar.lambda_min_lower)
-        GX = ar.loss(E)
-        gX_lo, gX_hi = ar.lower(GX), ar.upper(GX)
-        margins["loss_lower_on_box"] = gX_lo
-        margins["loss_upper_on_box"] = gX_hi
-        lam_lo, lam, V = ar.lambda_min_lower(J)
-        margins["hessian_min_eig_mid"] = float(lam[0])
-        if V is None:
-            return done("inconclusive", "the interval Hessian over the box is not finite (overflow)", loss=loss,
-                        radius=r)
-        if lam_lo > 0:
-            margins["hessian_min_eig_lower"] = lam_lo
-            kind, why = _minimum_kind(problem, x0, r, Qa, k, gX_lo, gX_hi, Ws, prec)
-            return done("certified-minimum",
-                        f"{where} is a strict local minimum{' modulo the orbit' if Qa is not None else ''}: "
-                        f"Krawczyk ratio {ratios[-1]:.3g} < 1, Hessian on the box >= {lam_lo:.3g} > 0; {why}",
-                        loss=loss, radius=r, minimum_kind=kind)
-        margins["hessian_min_eig_lower"] = None
-        if lam[0] > 0:
-            return done("inconclusive", f"{where} exists, but its interval Hessian is not proven positive definite "
-                        f"(midpoint lambda_min {lam[0]:.3g})", loss=loss, radius=r)
-        Va = arb_mat(V.tolist())
-        v = _col([Va[i, 0] for i in range(m)])  # float eigenvector of the smallest midpoint eigenvalue, exact
-        q_hi = ar.upper((v.transpose() * J * v)[0, 0])
-        margins["negative_curvature_upper"] = q_hi
-        if q_hi < 0:
-            return done("certified-not-minimum",
-                        f"{where} is not a local minimum: Krawczyk ratio {ratios[-1]:.3g} < 1 and a direction v "
-                        f"with v^T H(X) v <= {q_hi:.3g} < 0 over the whole box (midpoint lambda_min {lam[0]:.3g})",
-                        loss=loss, radius=r)
-        return done("inconclusive", f"{where} exists, but its Hessian is neither proven positive definite nor "
-                    f"proven to have a negative direction (midpoint lambda_min {lam[0]:.3g}, v^T H v <= {q_hi:.3g})",
-                    loss=loss, radius=r)
-
-
-def _minimum_kind(problem, x0, r, Qa, k, lo, hi, Ws, prec):
-    """``(kind, text)`` for a certified minimum: spurious / global / unknown (module docstring, item 3)."""
-    if lo > 0:
-        return "spurious", f"G > {lo:.6g} > 0 on the box, so the minimum is spurious (not global)"
-    if Qa is None and k == 1:
-        Ustar = problem.U_star.reshape(problem.T, -1)
-        U0 = x0.reshape(problem.T, -1)
-        signs = np.where(np.sum(Ustar * U0, axis=1) >= 0, 1.0, -1.0)
-        cand = (signs[:, None] * Ustar).ravel()  # exact: a sign flip
-        if np.all(np.abs(cand - x0) < r):  # float subtraction: check it rigorously below
-            inside = all((arb(float(c)) - arb(float(x))).abs_upper() < arb(r) for c, x in zip(cand, x0))
-            if inside:
-                return "global", ("U* (column signs flipped to match x0) lies in the box, is a critical point with "
-                                  "G = 0, so x* = U* and the minimum is global (proven)")
-    with ar.working_precision(prec):
-        G_zero = ar.loss(ar.residuals(ar.U_blocks(ar.balls(np.zeros_like(x0)), problem.T, problem.d, problem.k), Ws))
-    scale = 1.0 + ar.upper(G_zero)
-    if lo <= 0 <= hi and hi <= _GLOBAL_RTOL * scale:
-        return "global", (f"0 <= G(x*) <= {hi:.3g} (round-off level, <= {_GLOBAL_RTOL:g} (1 + G(0))): a global "
-                          "minimum up to that bound; interval arithmetic cannot prove G(x*) = 0 exactly here")
-    return "unknown", f"G on the box lies in [{lo:.3g}, {hi:.3g}], which neither excludes 0 nor is at round-off level"
+                            "([Q, Z(X)] not proven nonsingular)", box.r)
+        where = (f"the unique critical point x* of G {'on the slice ' if s.Qa is not None else ''}in the box "
+                 f"|z|_inf <= r = {box.r:.3g} around x0")
+        verdict, reason, kind = _second_order(s, box, where, ratios[-1], margins)
+        return done(verdict, reason, box.r, kind)

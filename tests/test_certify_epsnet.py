@@ -16,7 +16,8 @@ from scipy.optimize import minimize
 
 from exact_reduced import exact_G, exact_grad
 from landscape.certificate import CertificateError
-from landscape.certify_epsnet import _cube_points, _float_dG_grad, certify_epsnet, net_covering_radius
+from landscape.certify_epsnet import certify_epsnet, net_covering_radius
+from landscape.certify_epsnet_net import cube_points as _cube_points, float_dG_grad as _float_dG_grad
 from landscape.certify_interval import certify_interval
 from strategies import seeds
 from theory.problem import Problem

@@ -80,14 +80,14 @@ def test_arb_midpoints_match_theory_floats(size, seed):
 def test_arb_symmetry_tangents_are_theorys(size, seed):
     """The tangent directions whose span the transversality check uses are exactly those of theory.symmetry (the
     O(k)^T rotations, plus the O(k, k) boosts at T = 2), column by column."""
-    from landscape.certify_interval import _group, _tangent_arb
+    from landscape.certify_common import symmetry_group, tangent_arb as _tangent_arb
     from theory.symmetry import symmetry_tangent
 
     d, k, T = size
     U = np.random.default_rng(seed).standard_normal((T, d, k))
     Us = ar.U_blocks(ar.balls(U), T, d, k)
     got = np.array([[ar.mid(v) for v in col] for col in _tangent_arb(Us, k)]).reshape(-1, T * d * k).T
-    want = symmetry_tangent(U, group=_group(T, k))
+    want = symmetry_tangent(U, group=symmetry_group(T))
     assert got.shape == want.shape and np.array_equal(got, want)
 
 

@@ -69,8 +69,8 @@ def test_interval_certified_minimum_contains_U_star_and_encloses_G(seed, eps):
     assert c.gauge == "none (k = 1, T != 2: the O(1)^T orbit is finite)" and c.spurious is False and c.certified
     assert c.reason.startswith(f"the unique critical point x* of G in the box |z|_inf <= r = {c.radius:.3g} around x0 "
                                "is a strict local minimum: Krawczyk ratio ")
-    assert c.reason.endswith("U* (column signs flipped to match x0) lies in the box, is a critical point with G = 0, "
-                             "so x* = U* and the minimum is global (proven)")
+    assert c.reason.endswith("U* (column signs matched to x0) lies in the box and G(U*) = 0, so G(x*) = 0: the "
+                             "minimum is global (proven)")
 
 
 def test_interval_certificate_proves_global_with_flipped_columns():
@@ -134,7 +134,7 @@ def test_interval_certificate_at_a_given_radius_and_the_spurious_kind():
     assert c.verdict == "certified-minimum" and c.minimum_kind == "spurious" and c.spurious
     assert c.margins["loss_lower_on_box"] > 0 and _in(c.loss, exact_G(p, x))
     assert Fraction(c.margins["loss_lower_on_box"]) <= exact_G(p, x)
-    assert f"G > {c.margins['loss_lower_on_box']:.6g} > 0 on the box" in c.reason
+    assert f"G >= {c.margins['loss_lower_on_box']:.6g} > 0 on the box" in c.reason
     fixed = certify_interval(p, x, radius=c.radius)
     assert fixed.verdict == "certified-minimum" and fixed.margins["radii_tried"] == [c.radius]
     too_big = certify_interval(p, x, radius=0.5)  # a box that holds more than one critical point cannot pass
@@ -241,7 +241,7 @@ def test_epsnet_certified_global_minimum_reconstructs_its_region():
     c = certify_epsnet(p, p.U_star, time_limit=30)
     m = c.margins
     assert c.verdict == "certified-minimum" and c.minimum_kind == "global" and c.method == "epsnet"
-    assert "U* (column signs matched) lies inside" in c.reason
+    assert "U* (column signs matched to x0) lies in " in c.reason
     assert _in(c.loss, exact_G(p, p.U_star)) and c.loss[0] <= 0.0
     assert m["radius_x"] == pytest.approx(m["metric_norm"] * c.radius, rel=1e-12)
     assert m["net_points"] == 12 and m["eps"] == net_covering_radius(c.radius, 6, 0)  # passed on the 2 n face centres
@@ -312,7 +312,7 @@ def test_epsnet_spurious_minimum_and_its_ball_bound():
     # |E(x)| >= sqrt(G(x0)) - dx (2 a0 + dx) on B(x0, dx), squared (module docstring)
     a0, dx = max(np.linalg.norm(Ut) for Ut in x.reshape(p.T, p.d, p.k)), c.margins["radius_x"]
     assert c.margins["loss_lower_on_ball"] == pytest.approx((math.sqrt(float(G)) - dx * (2 * a0 + dx)) ** 2, rel=1e-9)
-    assert f"G >= {c.margins['loss_lower_on_ball']:.6g} > 0 on B(x0," in c.reason
+    assert f"G >= {c.margins['loss_lower_on_ball']:.6g} > 0 on x0 + M B(0, {c.radius:.3g})" in c.reason
 
 
 def test_epsnet_uniform_net_counts_its_points():
