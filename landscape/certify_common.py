@@ -111,7 +111,8 @@ class Gauge:
         Orthonormal basis of the slice directions; None when the orbit is finite (k = 1, T != 2: ``m = n``).
     cols : tuple of int
         Indices of a maximal independent set of :func:`theory.symmetry.symmetry_tangent`'s columns at U0 (chosen by
-        pivoted QR; fewer than the group's dimension where some ``U_t`` is rank-deficient).
+        pivoted QR; fewer than the group's dimension where some ``U_t`` is rank-deficient, or at T = 2 where the
+        O(k, k) action is not free, e.g. d = k).
     text : str
         A description for the certificate's ``gauge`` field.
     """
@@ -139,7 +140,8 @@ def gauge(U0: np.ndarray) -> Gauge:
     # when U0 is generic)
     Q = scipy.linalg.null_space(Z[:, list(cols)].T) if p else np.eye(Z.shape[0])
     full = Z.shape[1]
-    note = "" if p == full else f" (rank-deficient U_t: the orbit has dimension {p} < {full})"
+    note = "" if p == full else (f" (the orbit has dimension {p} < {full}, the group's: some tangent directions are "
+                                 "dependent at U0, e.g. a rank-deficient U_t)")
     return Gauge(Q, cols, f"slice x = x0 + Q z, Q ({Q.shape[0]} x {Q.shape[1]}) the orthogonal complement of the "
                           f"{p}-dimensional {group} orbit tangent (theory.symmetry.symmetry_tangent){note}")
 

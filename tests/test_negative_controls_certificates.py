@@ -164,7 +164,8 @@ def test_k2_certificates_at_U_star_nearby_and_at_zero():
     assert at.loss[1] <= 1e-12 * (1 + G0)
     z = certify_interval(p, np.zeros((3, 6, 2)))
     assert z.verdict == "certified-not-minimum" and "Q (36 x 36)" in z.gauge
-    assert z.gauge.endswith("(rank-deficient U_t: the orbit has dimension 0 < 3)")
+    assert z.gauge.endswith("(the orbit has dimension 0 < 3, the group's: some tangent directions are dependent at U0, "
+                           "e.g. a rank-deficient U_t)")
     far = certify_interval(p, p.U_star + 1e-5 * np.random.default_rng(0).standard_normal(p.U_star.shape))
     if far.verdict == "inconclusive":  # a box that must hold the minimum but is too wide to prove curvature
         lam0 = far.margins["hessian_min_eig_mid"]
@@ -200,7 +201,8 @@ def test_interval_gauge_counts_orbit_directions_above_1e_10_max_abs_U():
     U[2, 0, 0] = U[2, 1, 1] = 1.5e-10 / np.sqrt(2)  # the third block's direction has norm 1.5e-10: counted
     assert "rank-deficient" not in certify_interval(p, U).gauge
     U[:2] *= 1e8  # max |U0| = 1e8: the threshold is 1e-2 and the third direction is dropped
-    assert certify_interval(p, U).gauge.endswith("(rank-deficient U_t: the orbit has dimension 2 < 3)")
+    assert certify_interval(p, U).gauge.endswith("(the orbit has dimension 2 < 3, the group's: some tangent "
+                                                  "directions are dependent at U0, e.g. a rank-deficient U_t)")
 
 
 def test_interval_certificate_refuses_bad_points_with_the_count():

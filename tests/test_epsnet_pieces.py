@@ -1,0 +1,252 @@
+"""The eps-net's pieces against their documented formulas (landscape.certify_epsnet's module docstring), recomputed
+here entry by entry in plain Python floats (not vectorised like the code), and the walks of the net on planted
+bounds: where each stops, and the numbers and words it reports."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from landscape import certify_epsnet as ce
+from landscape.certify_epsnet_net import (UNIT_ROUNDOFF, NetBounds, NetLimits, NetOverflow, adaptive_net, cube_points,
+                                          evaluate, float_dG_grad, gamma, net_covering_radius, uniform_net)
+from strategies import seeds
+from theory.problem import Problem
+
+U = 2.0 ** -53
+
+
+def _gam(K: int) -> float:
+    return K * U / (1 - K * U)
+
+
+def test_unit_roundoff_and_gamma_are_highams():
+    assert UNIT_ROUNDOFF == Fraction(1, 2 ** 53)
+    for K in (1, 7, 40, 10 ** 6):
+        assert Fraction(gamma(K)) == pytest.approx(Fraction(K, 2 ** 53) / (1 - Fraction(K, 2 ** 53)), rel=1e-15)
+
+
+def test_cube_points_put_the_face_coordinate_and_keep_the_others_in_order():
+    y = cube_points(np.array([0, 2, 1]), np.array([1.0, -1.0, -1.0]), np.array([[0.5, -0.25], [0.1, 0.2], [3, 4]]), 3)
+    assert np.array_equal(y, [[1.0, 0.5, -0.25], [0.1, 0.2, -1.0], [3.0, -1.0, 4.0]])
+
+
+def _errors_by_the_book(h, U0, E0f, e0):
+    """``dG_err`` and ``g_err`` of one displacement h (T, d, k), entry by entry: Delta_abs =
+    centred-abs(|h_t||U_t|^T + |U_t||h_t|^T + |h_t||h_t|^T) (the mean added, not subtracted), S_abs =
+    sum (2|E0| + Delta_abs) Delta_abs, dG_err = 2 gamma(2 (k + T + 3) + 1 + T d^2) S_abs + 4 sum(e0 Delta_abs)
+    (1 + 4 gamma(T d^2 + 2)) + 1e-300; per gradient entry 2 gamma(k + T + d + 6) |g|_abs + 2 (2 (e0 + e0^T) |U|), and
+    g_err = |that|_2 (1 + 4 gamma(n + 2)) + 1e-300."""
+    T, d, k = U0.shape
+    n = T * d * k
+    A = [[[sum(abs(h[t, i, a]) * abs(U0[t, j, a]) + abs(U0[t, i, a]) * abs(h[t, j, a]) + abs(h[t, i, a] * h[t, j, a])
+               for a in range(k)) for j in range(d)] for i in range(d)] for t in range(T)]
+    Dabs = [[[A[t][i][j] + sum(A[s][i][j] for s in range(T)) / T for j in range(d)] for i in range(d)]
+            for t in range(T)]
+    S_abs = sum((2 * abs(E0f[t, i, j]) + Dabs[t][i][j]) * Dabs[t][i][j]
+                for t in range(T) for i in range(d) for j in range(d))
+    e_term = sum(e0[t, i, j] * Dabs[t][i][j] for t in range(T) for i in range(d) for j in range(d))
+    dG_err = 2 * _gam(2 * (k + T + 3) + 1 + T * d * d) * S_abs + 4 * e_term * (1 + 4 * _gam(T * d * d + 2)) + 1e-300
+    sq = 0.0
+    for t in range(T):
+        Eabs = [[abs(E0f[t, i, j]) + Dabs[t][i][j] for j in range(d)] for i in range(d)]
+        for i in range(d):
+            for a in range(k):
+                Uabs = [abs(U0[t, j, a]) + abs(h[t, j, a]) for j in range(d)]
+                gabs = 2 * sum((Eabs[i][j] + Eabs[j][i]) * Uabs[j] for j in range(d))
+                ge0 = 2 * sum((e0[t, i, j] + e0[t, j, i]) * Uabs[j] for j in range(d))
+                ent = 2 * _gam(k + T + d + 6) * gabs + 2 * ge0
+                sq += ent * ent
+    return dG_err, math.sqrt(sq) * (1 + 4 * _gam(n + 2)) + 1e-300
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.tuples(st.integers(1, 3), st.integers(1, 2), st.integers(2, 4)), seeds,
+       st.sampled_from([1e-6, 1e-2, 1.0]))
+def test_rounding_bounds_follow_their_documented_formulas(size, seed, hscale):
+    d, k, T = size
+    rng = np.random.default_rng(seed)
+    U0 = rng.standard_normal((T, d, k))
+    E0f = rng.standard_normal((T, d, d))
+    e0 = 1e-16 * rng.random((T, d, d))
+    h = hscale * rng.standard_normal((2, T, d, k))
+    _, dG_err, _, g_err = float_dG_grad(h, U0, E0f, e0)
+    for b in range(2):
+        want_dG, want_g = _errors_by_the_book(h[b], U0, E0f, e0)
+        assert dG_err[b] == pytest.approx(want_dG, rel=1e-12) and g_err[b] == pytest.approx(want_g, rel=1e-12)
+
+
+def _bounds(m: int = 3, **kw) -> NetBounds:
+    """Planted bounds for a d = 1, k = 1, T = m instance at U0 with E(x0) = 0 exactly: M = I, and the rest chosen."""
+    base = dict(U0=np.ones((m, 1, 1)), E0f=np.zeros((m, 1, 1)), e0=np.zeros((m, 1, 1)), M=np.eye(m), delta=0.5,
+                tau=0.0, m=m, nx=m, Mnorm=1.0, mu=0.0, a_cubic=0.0, Hb=0.0, Lip=1.0)
+    base.update(kw)
+    return NetBounds(**base)
+
+
+def _margin_by_the_book(c: NetBounds, y: np.ndarray, level: int, local: bool) -> float:
+    """The margin of one cell (module docstring): global drop Lip (|M| rho + tau); local drop |P g_z| rho + max(0,
+    max(g_z.nu, 0) / (2 delta) - mu / 2) rho^2 + 4 a (|M| rho + tau)^3 + |g| tau + Hb (|M| rho tau + tau^2 / 2),
+    each norm with its rounding allowance; margin = dG - dG_err - min(drops) - 8 u (|dG| + dG_err + drop)."""
+    v = y / np.linalg.norm(y)
+    h = (c.delta * v) @ c.M.T
+    dG, dG_err, g, g_err = (a[0] for a in float_dG_grad(h.reshape((1,) + c.U0.shape), c.U0, c.E0f, c.e0))
+    rho = c.delta * 2.0 ** -level * math.sqrt(c.m - 1)
+    rho_x = c.Mnorm * rho + c.tau
+    drop = c.Lip * rho_x
+    if local:
+        n, nx = c.m, c.nx
+        up = 1 + 4 * _gam(n + 4)
+        gn_up = (math.sqrt(sum(gi * gi for gi in g)) + g_err) * (1 + 4 * _gam(nx + 4))
+        gz = [sum(c.M[i, j] * g[i] for i in range(nx)) for j in range(n)]
+        absg_M = [sum(abs(g[i]) * abs(c.M[i, j]) for i in range(nx)) for j in range(n)]
+        gz_err = c.Mnorm * g_err + _gam(nx) * math.sqrt(nx) * math.sqrt(sum(a * a for a in absg_M))
+        gz_up = (math.sqrt(sum(a * a for a in gz)) + gz_err) * up
+        gnu = sum(a * b for a, b in zip(gz, v))
+        gnu_up = gnu + gz_err + 4 * (n + 4) * U * gz_up
+        Pg_up = math.sqrt(sum((a - gnu * b) ** 2 for a, b in zip(gz, v))) * up + gz_err + 16 * (n + 4) * U * gz_up
+        B2 = max(max(gnu_up, 0.0) / (2 * c.delta) - c.mu / 2, 0.0)
+        local_drop = (Pg_up * rho + B2 * rho ** 2 + 4 * c.a_cubic * rho_x ** 3 + gn_up * c.tau
+                      + c.Hb * (c.Mnorm * rho * c.tau + c.tau ** 2 / 2))
+        drop = min(drop, local_drop)
+    return (dG - dG_err) - drop - 8 * U * (abs(dG) + dG_err + drop)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds, st.integers(0, 3), st.booleans(), st.floats(0.0, 3.0), st.floats(0.0, 1e-3), st.floats(0.0, 2.0),
+       st.floats(0.0, 2.0))
+def test_cell_margins_follow_their_documented_formula(seed, level, local, mu, tau, a_cubic, Hb):
+    rng = np.random.default_rng(seed)
+    m = 3
+    M = rng.standard_normal((m, m))
+    c = _bounds(m, U0=rng.standard_normal((m, 1, 1)), E0f=1e-2 * rng.standard_normal((m, 1, 1)),
+                e0=1e-17 * rng.random((m, 1, 1)), M=M, Mnorm=float(np.linalg.norm(M, 2)), mu=mu, tau=tau,
+                a_cubic=a_cubic, Hb=Hb, Lip=float(rng.uniform(0.1, 10.0)), delta=float(rng.uniform(0.01, 1.0)))
+    face, sign = np.array([1, 2]), np.array([1.0, -1.0])
+    centres = rng.uniform(-1, 1, (2, m - 1))
+    ok, margin, below = evaluate(face, sign, centres, level, c, local=local)
+    y = cube_points(face, sign, centres, m)
+    for b in range(2):
+        want = _margin_by_the_book(c, y[b], level, local)
+        assert margin[b] == pytest.approx(want, rel=1e-12, abs=1e-15 * (1 + abs(want)))
+        assert ok[b] == (margin[b] > 0)
+
+
+def test_a_cell_whose_margin_is_not_finite_raises():
+    c = _bounds(Lip=math.inf)
+    with pytest.raises(NetOverflow):
+        evaluate(np.array([0]), np.array([1.0]), np.zeros((1, 2)), 0, c, local=False)
+
+
+def _limits(max_points=10 ** 6, time_limit=60.0, batch=4, ticks=None):
+    import time
+
+    return NetLimits(max_points, time_limit, time.perf_counter(), batch,
+                     (ticks.append if ticks is not None else (lambda k: None)), "BELOW")
+
+
+def _instance_bounds(E0f_value: float, **kw) -> NetBounds:
+    """d = k = 1, T = 3 at U0 = (1, 1, 1) with the float E(x0) planted: a quadratic bowl when E0f = 0."""
+    return _bounds(3, E0f=np.full((3, 1, 1), E0f_value), **kw)
+
+
+def test_uniform_net_counts_every_cell_and_reports_the_smallest_margin():
+    c = _instance_bounds(0.0, Lip=1e-9)
+    ticks = []
+    run = uniform_net(c, 1, _limits(ticks=ticks))
+    assert run.failure is None and run.evaluated == 2 * 3 * 2 ** 2 == sum(ticks) and run.finest == 1
+    assert 0 < run.min_margin < math.inf
+
+
+def test_uniform_net_with_a_large_lipschitz_bound_says_a_finer_net_is_needed():
+    c = _instance_bounds(0.0, Lip=1e6)
+    run = uniform_net(c, 0, _limits(batch=2))  # level 0: one cell per face, so one point per batch
+    assert run.evaluated == 1 and run.eps == net_covering_radius(0.5, 3, 0) and run.min_margin == math.inf
+    assert run.failure == (f"uniform net (covering radius {run.eps:.3g}, Lipschitz 1e+06) fails at 1 points of a "
+                           "batch: a finer net is needed")
+
+
+def test_uniform_and_adaptive_nets_stop_at_a_point_below_G_x0():
+    # E(x0) = (-1, 1/2, 1/2) (centred, as every E is): moving u_1 outwards by 1/2 changes G by
+    # sum (2 E0 + Delta) Delta = -2 (5/4) + (6/9) (25/16) < 0 at the net point of face +e_1
+    c = _bounds(3, E0f=np.array([-1.0, 0.5, 0.5]).reshape(3, 1, 1))
+    for run in (uniform_net(c, 0, _limits()), adaptive_net(c, _limits())):
+        assert run.failure == "BELOW" and run.evaluated in (1, 6)
+
+
+def _real_bounds(scale: float) -> NetBounds:
+    """The Hessian-metric bounds of d = 2, k = 1, T = 3 (seed 1) at U* with the sphere radius times ``scale``: at 16
+    the 12 face cells fail and their 12 x 32 halves pass (found by running it; the walk is what is tested here)."""
+    import dataclasses
+
+    from landscape import _arb_reduced as ar
+    from landscape.certify_epsnet_bounds import net_setup
+
+    p = Problem.random(2, 1, 3, seed=1)
+    with ar.working_precision(128):
+        s = net_setup(p, p.U_star.ravel(), None, "hessian", {})
+    return dataclasses.replace(s.net, delta=s.net.delta * scale)
+
+
+def test_adaptive_net_refines_failing_cells_and_stops_at_max_points():
+    c = _real_bounds(16.0)
+    ticks = []
+    run = adaptive_net(c, _limits(batch=64, ticks=ticks))
+    assert run.failure is None and run.finest == 1 and run.evaluated == 12 + 12 * 32 == sum(ticks)
+    assert ticks == [12] + [64] * 6 and 0 < run.min_margin < math.inf  # 2 parents (64 cells) per chunk
+    capped = adaptive_net(c, _limits(max_points=100))
+    assert capped.failure == "the adaptive net would exceed max_points = 100 (evaluated 12, 384 cells pending at level 1)"
+    assert capped.eps == net_covering_radius(c.delta, 6, 1) and capped.evaluated == 12
+    at_once = adaptive_net(_real_bounds(1.0), _limits())
+    assert at_once.failure is None and at_once.finest == 0 and at_once.evaluated == 12
+
+
+def test_adaptive_net_in_one_dimension_cannot_refine():
+    c = _bounds(1, Lip=1e6, a_cubic=1e6)
+    run = adaptive_net(c, _limits())
+    assert run.failure == "a net cell fails and cannot be refined further" and run.evaluated == 2
+
+
+def test_nets_stop_at_the_time_limit():
+    c = _instance_bounds(0.0, Lip=1e-9)
+    run = uniform_net(c, 2, _limits(time_limit=1e-12, batch=3))
+    assert run.failure == "time limit 1e-12 s reached after 3 net points" and run.evaluated == 3
+    run = adaptive_net(c, _limits(time_limit=1e-12, batch=100))
+    assert run.failure == "time limit 1e-12 s reached after 6 net points (level 0)"
+
+
+def test_uniform_level_is_the_first_with_covering_radius_at_most_eps():
+    for delta, m, eps in ((1.0, 3, 0.3), (0.5, 6, 1e-3), (2.0, 2, 5.0)):
+        level, why, total = ce._uniform_level(delta, m, eps, 10 ** 30)
+        assert net_covering_radius(delta, m, level) <= eps
+        assert level == 0 or net_covering_radius(delta, m, level - 1) > eps
+        assert total == 2 * m * 2 ** (level * (m - 1)) and why is None
+    level, why, total = ce._uniform_level(1.0, 3, 0.3, 10)
+    assert why == f"the uniform net of covering radius 0.3 on S(x0, 1) needs {total} points > max_points = 10"
+    assert ce._uniform_level(1.0, 1, 1e-9, 10)[:2] == (0, None)
+
+
+def test_an_overflow_on_the_net_is_inconclusive_with_the_points_done(monkeypatch):
+    import landscape.certify_epsnet_net as net
+
+    p = Problem.random(2, 1, 3, seed=1)
+    calls = []
+    real = net.evaluate
+
+    def overflow_on_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise NetOverflow
+        return real(*a, **kw)
+
+    delta = ce.certify_epsnet(p, p.U_star).radius
+    monkeypatch.setattr(net, "evaluate", overflow_on_second)
+    # 16 times the default radius: the 12 face cells fail, their halves go in chunks of 64; the second chunk overflows
+    c = ce.certify_epsnet(p, p.U_star, delta=16 * delta, batch=64)
+    assert c.verdict == "inconclusive" and c.margins["net_points"] == 12 + 64 and len(calls) == 3
+    assert c.reason == "the float64 evaluation of G or its gradient on the net overflows: nothing can be proven here"
