@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, _ROOT)
-sys.path.insert(0, os.path.join(_ROOT, "tests"))  # the per-task loop, the tests' oracle, is the baseline here
+sys.path.insert(0, os.path.join(_ROOT, "tests", "theory"))  # the per-task loop, the tests' oracle, is the baseline here
 
 from linear_reference import LOOP_STEPS  # noqa: E402
 from theory import linear_experiment as le  # noqa: E402

@@ -558,7 +558,7 @@ def test_real_signal_stops_census_with_one_line_and_the_rerun_resumes(how, tmp_p
 
     from test_robust_cli import _wait_for_lines, _worker_pids
 
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
     out = tmp_path / "c"
     cmd = [sys.executable, "-m", "landscape", "census", "--grid", "d=3;k=1;T=3", "--instances", "6", "--starts",
            "1500", "--gd-runs", "0", "--figure1-runs", "0", "--min-instances", "1", "--chunk-seconds", "0.001",
@@ -598,7 +598,7 @@ def test_resume_after_a_real_sigkill_equals_an_uninterrupted_run(full_run, tmp_p
     import sys
     import time
 
-    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
     env = dict(os.environ, PYTHONPATH=root)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "landscape", *ARGS, "--out", str(out)]

@@ -21,7 +21,7 @@ from theory.problem import Problem
 from theory.reduced import reduced_grad, reduced_hess, reduced_loss
 from theory.symmetry import restricted_inertia
 
-INSTANCES = Path(__file__).resolve().parent.parent / "landscape" / "instances"
+INSTANCES = Path(__file__).resolve().parents[2] / "landscape" / "instances"
 
 
 def _inside(ball, exact: Fraction) -> bool:

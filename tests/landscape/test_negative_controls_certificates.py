@@ -27,7 +27,7 @@ from theory.minima import d1_family_point
 from theory.problem import Problem, ProblemError
 from theory.reduced import reduced_grad, reduced_hess, reduced_loss
 
-INSTANCES = Path(__file__).resolve().parent.parent / "landscape" / "instances"
+INSTANCES = Path(__file__).resolve().parents[2] / "landscape" / "instances"
 
 
 def _in(lo_hi, exact: Fraction) -> bool:

@@ -23,7 +23,7 @@ from strategies import seeds
 from theory.problem import Problem
 from theory.reduced import reduced_grad, reduced_hess, reduced_loss
 
-INSTANCES = Path(__file__).resolve().parent.parent / "landscape" / "instances"
+INSTANCES = Path(__file__).resolve().parents[2] / "landscape" / "instances"
 
 
 @settings(max_examples=60, deadline=None)
