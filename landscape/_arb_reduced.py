@@ -4,7 +4,7 @@ Same closed forms as :mod:`theory.reduced` (docs/convention.md), written over ``
 that every result is a ball that contains the exact real value for every point of the input balls (outward rounding
 is arb's). theory's float64 versions cannot serve here: a certificate needs enclosures, not approximations, and arb
 has no automatic differentiation, so the three closed forms are written out once more, kept small, and tested
-against theory's floats (tests/test_certify_interval.py).
+against theory's floats (tests/landscape/test_certify_interval.py).
 
 The problem is re-read from its stored float64 arrays ``A*`` (d, d) and ``U*`` (T, d, k), which are exact binary
 numbers; ``W_t = A* + U*_t U*_t^T`` is formed in arb, so the exact instance (not its rounded ``problem.W``) is the one

@@ -3,7 +3,7 @@
 Why this exists next to :mod:`theory.reduced`: the functions there take one point, and at the sizes the search runs
 (n = T d k = 9) NumPy's per-call overhead, not arithmetic, sets the speed. The search iterates many starts in
 lock-step, so it needs the same formulas over a leading batch axis ``B``. The formulas are those of
-:mod:`theory.reduced` (docs/convention.md), and ``tests/test_landscape_search.py`` checks every function here against theory's on each slice.
+:mod:`theory.reduced` (docs/convention.md), and ``tests/landscape/test_landscape_search.py`` checks every function here against theory's on each slice.
 
 Shapes: ``U`` is ``(B, T, d, k)``; flat points are ``(B, n)`` with ``n = T d k`` in theory's order. ``problem`` is a
 :class:`theory.problem.Problem` (one instance for every row) or an array of task matrices ``W`` of shape

@@ -20,7 +20,7 @@ only by the autograd references, when they run.
 
 from ._lazy import lazy_exports
 
-#: submodule -> the public names it defines (its ``__all__``; tests/test_theory_api.py keeps the two equal)
+#: submodule -> the public names it defines (its ``__all__``; tests/theory/test_theory_api.py keeps the two equal)
 _MODULES = {
     "problem": ("ProblemError", "Problem", "MetaPoint", "require_remark_3_1", "require_finite", "first_nonfinite"),
     "meta": ("meta_residuals", "meta_loss", "meta_grad", "meta_grad_flat", "meta_hvp", "meta_hess"),

@@ -18,7 +18,7 @@ approximation); the settings and panels are :mod:`theory.linear_settings`, the r
 :mod:`theory.linear_results`.
 
 Every run and task is computed at once on stacked arrays (``(runs, T, d, d)``); ``run_setting(s, steps=...)`` runs
-the same algorithm with other step factories (the tests' per-run, per-task loop in ``tests/linear_reference.py`` is
+the same algorithm with other step factories (the tests' per-run, per-task loop in ``tests/theory/linear_reference.py`` is
 the oracle and the benchmark baseline).
 
 Step sizes (plain gradient descent, one fixed step per run and stage, computed from that run's data only):
@@ -165,7 +165,7 @@ def _finetune_step(A: np.ndarray, test: Stats) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------------
 # gradient descent. A step function maps the parameters to ``(logged values (..., m), squared gradient norm (...),
-# next parameters)``; the step functions here work on stacked arrays (tests/linear_reference.py loops instead).
+# next parameters)``; the step functions here work on stacked arrays (tests/theory/linear_reference.py loops instead).
 
 
 def _descend(step, params, iters: int, gtol: float = 0.0, check_every: int = 250):
