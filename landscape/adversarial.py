@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from theory.cli_contract import require_int
 from theory.problem import Problem, ProblemError
 
 from .search import instance_seed, search_record
@@ -86,8 +87,7 @@ def hill_climb_record(spec: dict) -> dict:
     came from and the history (round, score, accepted, sigma)."""
     opts = {**DEFAULTS, **(spec.get("adversarial") or {})}
     rounds, sigma = opts["rounds"], float(opts["sigma"])
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
-        raise ProblemError(f"adversarial rounds must be an integer >= 0, got {rounds!r}")
+    require_int("adversarial rounds", rounds, minimum=0)
     if not (np.isfinite(sigma) and sigma > 0):
         raise ProblemError(f"adversarial sigma must be a finite number > 0, got {sigma!r}")
     i, seed = int(spec["index"]), int(spec["seed"])

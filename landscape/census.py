@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from theory.cli_contract import require_int
 from theory.problem import Problem, ProblemError
 
 __all__ = ["DEFAULT_GRID", "CensusOptions", "parse_grid", "census_seed", "instance_cost", "plan", "cell_config",
@@ -57,12 +58,6 @@ OUTCOMES = ("spurious_certified", "spurious_uncertified", "global_min", "saddle"
 # machine gives the same records.
 _A, _B, _C = {1: 0.05, 2: 0.2}, {1: 1.8e-4, 2: 3.4e-4}, 3e-7
 _G0, _G2 = 0.0125, 2.5e-6
-
-
-def _positive_int(name, v, *, zero=False):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if zero else 1):
-        raise ProblemError(f"{name} must be an integer {'>= 0' if zero else '> 0'}, got {v!r}")
-    return int(v)
 
 
 @dataclass(frozen=True)
@@ -99,9 +94,9 @@ class CensusOptions:
 
     def __post_init__(self):
         for name in ("instances", "starts", "min_instances", "epsnet_max_points"):
-            _positive_int(name, getattr(self, name))
+            require_int(name, getattr(self, name))
         for name in ("seed", "gd_runs", "figure1_runs", "epsnet_max_n"):
-            _positive_int(name, getattr(self, name), zero=True)
+            require_int(name, getattr(self, name), minimum=0)
         for name in ("budget", "chunk_seconds", "gd_scale"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:

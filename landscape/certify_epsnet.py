@@ -79,7 +79,6 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 
 from theory.problem import Problem
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 from threadpoolctl import threadpool_limits
 
+from theory.cli_contract import require_int
 from theory.problem import Problem, ProblemError
 
 __all__ = ["run_spec", "run_all", "WorkerLost"]
@@ -122,8 +123,7 @@ def run_all(specs: Iterable[dict], *, workers: int | None = None, scheduler=None
     if scheduler is not None:
         yield from _run_dask(specs, scheduler, connect_timeout, fn)
         return
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise ProblemError(f"workers must be an integer >= 0, got {workers!r}")
+    require_int("workers", workers, minimum=0, allow_none=True)
     if workers in (0, 1):
         for s in specs:
             yield fn(s)

@@ -4,7 +4,7 @@
 start scales and methods, with all rows of all instances iterated together by :mod:`landscape.lockstep`, and the
 starts of an instance drawn from one generator (:func:`start_points`).
 
->>> from theory.problem import Problem
+from theory.problem import Problem
 >>> ps = [Problem.random(3, 1, 3, seed=s) for s in (0, 1)]
 >>> out = search_instances(ps, [0, 1], starts=4, seed=0, gd_runs=0)
 >>> [len(solves) for solves, _, _ in out]
@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from theory.cli_contract import require_int
 from theory.problem import Problem, ProblemError
 
 from .lockstep import FIGURE1_INIT_SCALE, descend_rows, figure1_descent, solve_rows
@@ -66,8 +67,7 @@ def search_instances(problems: list[Problem], indices, *, starts: int, seed: int
     instances share the call.
     """
     for name, v in (("starts", starts), ("gd_runs", gd_runs), ("figure1_runs", figure1_runs)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ProblemError(f"{name} must be an integer >= 0, got {v!r}")
+        require_int(name, v, minimum=0)
     if not scales or any(not (np.isfinite(s) and s > 0) for s in scales):
         raise ProblemError(f"scales must be a non-empty list of finite numbers > 0, got {list(scales)}")
     opts = options or SolverOptions()

@@ -21,7 +21,7 @@ We write these loops instead of calling ``scipy.optimize.root`` / ``minimize``: 
 (3, 1, 3) MINPACK's ``lm`` needed ~125 evaluations per solve (180 solves/s) and ``trust-exact`` ran at 1.5 solves/s
 at (10, 2, 3) because the orbit makes the Hessian singular; the loops below need ~10-30 Hessians per solve.
 
->>> from theory.problem import Problem
+from theory.problem import Problem
 >>> p = Problem.random(d=3, k=1, T=3, seed=0)
 >>> r = solve_critical(p, p.U_star + 0.01, method="newton")
 >>> r.status, r.loss < 1e-20
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from theory.cli_contract import require_int
 from theory.problem import Problem, ProblemError
 
 from . import _batched
@@ -67,11 +68,8 @@ class SolverOptions:
 
     def __post_init__(self):
         for name in ("max_iter", "gd_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ProblemError(f"{name} must be a positive integer, got {v!r}")
-        if isinstance(self.polish, bool) or not isinstance(self.polish, (int, np.integer)) or self.polish < 0:
-            raise ProblemError(f"polish must be an integer >= 0, got {self.polish!r}")
+            require_int(name, getattr(self, name))
+        require_int("polish", self.polish, minimum=0)
         for name in ("gtol", "diverge", "gd_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
@@ -292,8 +290,7 @@ def search_instance(problem: Problem, *, starts: int, seed: int, instance: int =
     ``gd_scale * r``. Returns ``(solves, gd_results)``, solves in start order.
     """
     for name, v in (("starts", starts), ("gd_runs", gd_runs)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ProblemError(f"{name} must be an integer >= 0, got {v!r}")
+        require_int(name, v, minimum=0)
     if not scales or any(not (np.isfinite(s) and s > 0) for s in scales):
         raise ProblemError(f"scales must be a non-empty list of finite numbers > 0, got {list(scales)}")
     opts = options or SolverOptions()
