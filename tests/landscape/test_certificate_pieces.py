@@ -309,3 +309,53 @@ def test_cause_of_a_failed_krawczyk_test_states_the_condition_number_and_gradien
     assert sym.endswith("condition number 3)")  # eigenvalues of [[1, 2], [2, 1]]: 3 and -1
     assert ci._cause(np.zeros((0, 0)), np.zeros(0)) == ("x0 is not close enough to a critical point (gradient norm 0, "
                                                         "with a well-conditioned Hessian: condition number 1)")
+
+
+def test_second_order_at_an_exactly_zero_midpoint_eigenvalue():
+    """Hessian enclosure diag(0, 2, 3), exact: nothing is proven either way (lambda_min 0 is neither > 0 nor a
+    direction with v^T H v < 0)."""
+    s, box = _start_and_box(_diag(0, 2, 3))
+    margins = {}
+    with ar.working_precision(128):
+        verdict, reason, kind = ci._second_order(s, box, "x*", 0.5, margins)
+    assert verdict == "inconclusive" and margins["negative_curvature_upper"] == 0.0
+    assert reason == ("x* exists, but its Hessian is neither proven positive definite nor proven to have a negative "
+                      "direction (midpoint lambda_min 0, v^T H v <= 0)")
+
+
+def test_radius_exactly_at_max_radius_is_tried():
+    x0 = np.array([3.0])
+    opts = ci._options(x0, None, None, 30.0, 8, 128)  # max_radius = 1e-3 (1 + 3)
+    assert ci._radii(1e-3, x0, opts) == [opts.max_radius]  # 4 x 1e-3 == 1e-3 x 4, exactly
+
+
+def test_u_star_in_box_only_when_every_coordinate_is_within_r():
+    p = Problem.random(2, 1, 3, seed=0)
+    x0 = validate_point(p, p.U_star + 0.1)
+    with ar.working_precision(128):
+        s = ci._start(p, x0)
+    assert not ci._ustar_in_box(s, 0.05) and ci._ustar_in_box(s, 0.2)
+    flipped = validate_point(p, -p.U_star - 0.1)  # column signs matched before the distance is taken
+    with ar.working_precision(128):
+        assert ci._ustar_in_box(ci._start(p, flipped), 0.2)
+    q = Problem.random(3, 2, 3, seed=0)
+    with ar.working_precision(128):
+        assert not ci._ustar_in_box(ci._start(q, validate_point(q, q.U_star)), 1.0)  # k = 2: a slice, never
+
+
+def test_float_newton_reasons_name_the_overflow_without_warnings(monkeypatch):
+    import warnings
+
+    p = Problem.random(2, 1, 3, seed=0)
+    x = 1e160 * np.random.default_rng(0).standard_normal(p.n_reduced)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the float64 overflow reaches the caller
+        c = ci.certify_interval(p, x)
+    assert c.reason == (f"the float64 Hessian at x0 overflows (max |x0| entry {np.max(np.abs(x)):.3g}): no Newton "
+                        "preconditioner, nothing can be proven here in float64")
+    # a finite Hessian so small that the Newton step overflows: 1e-300 I against a gradient of order 1e10
+    monkeypatch.setattr(ci, "reduced_hess", lambda x0, problem: 1e-300 * np.eye(len(x0)))
+    Cf, Jf, step, why = ci._float_newton(p, np.ones(6), None, np.full(6, 1e10))
+    assert (Cf, Jf, step) == (None, None, None)
+    assert why == ("the Newton step |C f(0)| overflows float64: the Hessian at x0 is (nearly) singular for the size of "
+                   "its gradient")
