@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import timeit
@@ -57,8 +56,7 @@ def environment() -> dict:
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then ``os.replace``)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`theory.atomic.atomic_write_text`)."""
+    from theory.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -159,11 +158,9 @@ def _run(args) -> int:
               "per_step": rows, "statistics_vs_samples": srow, "one_setting": setting, "figure": figure}
     text = json.dumps(report, indent=1)
     if args.out:
-        folder = os.path.dirname(os.path.abspath(args.out))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, args.out)
+        from theory.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     if args.json:
         print(text)
     return 0

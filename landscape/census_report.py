@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .census import OUTCOMES
-from .store import atomic_path
+from theory.atomic import atomic_path
 
 __all__ = ["wilson", "fraction", "check_census_record", "cell_summary", "markdown", "margins",
            "margins_markdown", "heat_maps", "POOLED"]
@@ -214,16 +214,17 @@ def margins_markdown(rows: list[dict]) -> str:
 def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
     """A PNG of one fraction over the grid: one panel per k, d across, T down; each cell shows ``k/n`` and is
     coloured by the fraction (grey: not run)."""
+    # the object-oriented Figure API with an Agg canvas: no pyplot global state, no backend switch in the caller
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     ks = sorted({c["k"] for c in cells})
     ds = sorted({c["d"] for c in cells})
     Ts = sorted({c["T"] for c in cells})
-    fig, axes = plt.subplots(1, len(ks), figsize=(0.75 * len(ds) * len(ks) + 2.0, 0.75 * len(Ts) + 1.6),
-                             squeeze=False, layout="constrained")
+    fig = Figure(figsize=(0.75 * len(ds) * len(ks) + 2.0, 0.75 * len(Ts) + 1.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(ks), squeeze=False)
     vmax = max([_get(c, key)["fraction"] or 0.0 for c in cells if _get(c, key)] + [1e-3])
     for ax, k in zip(axes[0], ks):
         grid = np.full((len(Ts), len(ds)), np.nan)
@@ -236,7 +237,7 @@ def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
                         color="white" if fr["fraction"] < 0.5 * vmax else "black")
             elif c["k"] == k:
                 ax.text(ds.index(c["d"]), Ts.index(c["T"]), "not run", ha="center", va="center", fontsize=6)
-        cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=vmax, aspect="auto")
         ax.set_xticks(range(len(ds)), [str(d) for d in ds])
         ax.set_yticks(range(len(Ts)), [str(T) for T in Ts])
@@ -245,11 +246,8 @@ def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
         ax.set_title(f"k = {k}")
     fig.colorbar(im, ax=list(axes[0]), label="fraction")
     fig.suptitle(title, fontsize=9)
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def _get(cell: dict, key: str):

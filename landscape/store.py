@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from contextlib import contextmanager
 
 import numpy as np
 
+from theory.atomic import atomic_write_text
 from theory.problem import ProblemError
 
 __all__ = ["load", "check_run", "open_run", "append", "canonical", "save_instance", "load_instance", "check_record",
@@ -28,33 +27,6 @@ __all__ = ["load", "check_run", "open_run", "append", "canonical", "save_instanc
 
 _REQUIRED = ("index", "config", "problem", "critical_points")
 
-
-
-@contextmanager
-def atomic_path(path: str, suffix: str = ".tmp"):
-    """Yield a temporary path beside ``path`` (its folder created); on success the file is fsynced and renamed to
-    ``path``, on any error removed: ``path`` is the old file or the whole new one, never half written."""
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=".landscape-", suffix=suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets the permissions of a plain open()
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (:func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def _read_text(path: str) -> str:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .result import CLASSES
-from .store import atomic_path
+from theory.atomic import atomic_path
 
 __all__ = ["summarize", "plot"]
 
@@ -83,14 +83,15 @@ def summarize(records: list[dict]) -> dict:
 def plot(records: list[dict], path: str) -> None:
     """Write a PNG: left, ``log10 G`` at every distinct critical point by class; right, the Hessian eigenvalues on
     the quotient at each critical point (symlog scale), one column per point, sorted by G."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object-oriented Figure API with an Agg canvas: no pyplot global state, no backend switch in the caller
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     colours = {"global_min": "tab:green", "spurious_min": "tab:red", "saddle": "tab:blue", "degenerate": "tab:gray"}
     pts = [c for rec in records for c in rec["critical_points"]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
     floor = 1e-32
     for cls in CLASSES:
         vals = [math.log10(max(c["loss"], floor)) for c in pts if c["class"] == cls]
@@ -111,8 +112,5 @@ def plot(records: list[dict], path: str) -> None:
     ax2.set_ylabel("Hessian eigenvalues on the quotient")
     fig.suptitle(f"{len(records)} instances, {len(pts)} distinct critical points")
     fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")

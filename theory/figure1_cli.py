@@ -30,11 +30,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+from .atomic import atomic_write_bytes
 from .cli_contract import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, check_memory, check_output_dir, deferred_sigint
 from .linear_experiment import run_panels
 from .linear_results import setting_summary, summary_rows
@@ -81,22 +81,6 @@ def _overrides(args) -> dict:
         if value is not None:
             kw[name] = value
     return kw
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _memory_bytes(s: Settings) -> int:
@@ -269,7 +253,7 @@ def run(args) -> int:
         with deferred_sigint():  # the folder is made and filled in one go: a Ctrl-C now waits until it is complete
             os.makedirs(out, exist_ok=True)
             for name, data in files.items():
-                _atomic_write(os.path.join(out, name), data)
+                atomic_write_bytes(os.path.join(out, name), data)
     except KeyboardInterrupt:
         print(f"interrupted after writing {out} (complete)", file=sys.stderr)
         return EXIT_INTERRUPTED
