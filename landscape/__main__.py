@@ -41,6 +41,7 @@ def _scales(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m landscape`` (every subcommand; ``--help`` of each lists its options)."""
     ap = OneLineParser(prog="python -m landscape",
                        description="Critical points of the Meta-LoRA reduced loss G: search, certify, summarise. "
                                    "Exit status 0 done, 2 bad input, 3 search stopped by a dead worker (rerun to "

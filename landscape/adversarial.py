@@ -84,7 +84,14 @@ def initial_problem(d: int, k: int, T: int, seed: int, chain: int) -> tuple[Prob
 def hill_climb_record(spec: dict) -> dict:
     """Run one chain (spec of :func:`landscape.fanout.run_spec` with ``spec["adversarial"]`` holding ``rounds`` and
     ``sigma``) and return the record of its best instance with an ``adversarial`` entry: the score, the round it
-    came from and the history (round, score, accepted, sigma)."""
+    came from and the history (round, score, accepted, sigma).
+
+    Raises
+    ------
+    ProblemError
+        ``adversarial`` rounds not an integer >= 0, or sigma not a finite number > 0; or a bad instance (from
+        :class:`theory.problem.Problem`).
+    """
     opts = {**DEFAULTS, **(spec.get("adversarial") or {})}
     rounds, sigma = opts["rounds"], float(opts["sigma"])
     require_int("adversarial rounds", rounds, minimum=0)

@@ -63,7 +63,14 @@ def check_census_record(rec: dict, where: str, config: dict) -> None:
     """Refuse (``ProblemError`` starting with ``where``) a record, already accepted by
     :func:`landscape.store.check_record`, that is not a census record of the cell whose options are ``config``
     (:func:`landscape.census.cell_config`): other options, or the census keys :func:`cell_summary` reads missing
-    or of the wrong type."""
+    or of the wrong type.
+
+    Raises
+    ------
+    ProblemError
+        The record was made with other options than the plan, or a key is missing or of the wrong type (the message
+        names the record and the key).
+    """
     from theory.problem import ProblemError
 
     if rec["config"] != config:

@@ -65,6 +65,12 @@ def search_instances(problems: list[Problem], indices, *, starts: int, seed: int
     :data:`FIGURE1_INIT_SCALE` (absolute, as in Figure 1). A result's ``seed`` is its row number j. Every row is
     iterated with all rows of all instances in one lock-step batch per kind; the results do not depend on which
     instances share the call.
+
+    Raises
+    ------
+    ProblemError
+        ``starts``, ``gd_runs`` or ``figure1_runs`` not an integer >= 0, ``scales`` empty or not finite and > 0, or
+        instances of different sizes.
     """
     for name, v in (("starts", starts), ("gd_runs", gd_runs), ("figure1_runs", figure1_runs)):
         require_int(name, v, minimum=0)

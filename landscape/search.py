@@ -108,6 +108,11 @@ def solve_critical(problem: Problem, U0, *, method: str = "newton", options: Sol
     """Run one Newton-type solve from ``U0`` (``(T, d, k)`` or flat ``(T d k,)``); see the module docstring.
 
     The returned :class:`SearchResult` has ``inertia=None``: classification is :mod:`landscape.classify`'s job.
+
+    Raises
+    ------
+    ProblemError
+        ``U0`` without ``T d k`` entries (or a bad ``options`` value, from :class:`SolverOptions`).
     """
     x = np.asarray(U0, dtype=np.float64)
     if x.size != problem.n_reduced:
@@ -130,6 +135,12 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
     Each start keeps its own damping ``mu``: divided by 5 after an accepted step, multiplied by 4 and retried on the
     same eigen-decomposition after a rejected one. ``method`` is one name for all rows or one per row. ``seconds``
     of each result is the batch's wall time over ``B``.
+
+    Raises
+    ------
+    ProblemError
+        A start without ``T d k`` entries, a method name not in ``("newton", "min")`` or a list of methods of
+        another length than the starts.
     """
     opts = options or SolverOptions()
     X = np.array(X0, dtype=np.float64, copy=True)
@@ -230,7 +241,13 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
 
 def gradient_descent(problem: Problem, U0, *, options: SolverOptions | None = None, seed: int = -1,
                      scale: float = float("nan")) -> SearchResult:
-    """Plain gradient descent from one start; see :func:`gradient_descent_batch`."""
+    """Plain gradient descent from one start; see :func:`gradient_descent_batch`.
+
+    Raises
+    ------
+    ProblemError
+        ``U0`` without ``T d k`` entries.
+    """
     x = np.asarray(U0, dtype=np.float64)
     if x.size != problem.n_reduced:
         raise ProblemError(f"U0 must have T*d*k = {problem.n_reduced} entries, got {x.size}")
@@ -288,6 +305,11 @@ def search_instance(problem: Problem, *, starts: int, seed: int, instance: int =
     ``scales[j % len(scales)] * r`` (``r`` = :func:`problem_scale`) and method ``"newton"`` for even
     ``j // len(scales)``, ``"min"`` for odd; gradient-descent run ``m`` uses start index ``starts + m`` and scale
     ``gd_scale * r``. Returns ``(solves, gd_results)``, solves in start order.
+
+    Raises
+    ------
+    ProblemError
+        ``starts`` or ``gd_runs`` not an integer >= 0, or ``scales`` empty or not finite and > 0.
     """
     for name, v in (("starts", starts), ("gd_runs", gd_runs)):
         require_int(name, v, minimum=0)

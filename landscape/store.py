@@ -94,7 +94,14 @@ def check_record(rec, where: str) -> None:
     :meth:`Problem.from_dict` refuses, a critical point whose class is unknown, whose loss is not a finite number or
     whose point is not a finite array of shape ``(T, d, k)``, eigenvalues that are not numbers, gradient-descent rows
     of unknown classes, solve counts that are not integers, or an adversarial entry without score and history: what
-    ``summary``, ``certify`` and a resumed ``search`` read."""
+    ``summary``, ``certify`` and a resumed ``search`` read.
+
+    Raises
+    ------
+    ProblemError
+        A key is missing or of the wrong type, the problem does not load, the config disagrees with it, or a critical
+        point's class, loss, point or eigenvalues are invalid (the message names the record, the point and the key).
+    """
     from theory.problem import Problem, first_nonfinite
 
     from .result import CLASSES
@@ -164,7 +171,13 @@ def load(path: str) -> list[dict]:
 def check_run(path: str, config: dict) -> tuple[list[dict], str]:
     """Read-only part of :func:`open_run`: the finished records of ``path`` (none if it does not exist) and the
     state of its tail (as :func:`_parse` reports it), after refusing a bad record (naming file and line) or a record
-    made with another ``config``. Lets a command check every file it will resume before it writes anything."""
+    made with another ``config``. Lets a command check every file it will resume before it writes anything.
+
+    Raises
+    ------
+    ProblemError
+        A record of ``path`` is invalid (:func:`check_record`) or was written with another ``config``.
+    """
     if not os.path.lexists(path):
         return [], "ok"
     records, tail = _parse(path)
@@ -218,7 +231,13 @@ def append(path: str, record: dict) -> None:
 
     The tail is checked first: a last record whose newline is missing gets it back (instead of the new record being
     glued onto it); a last line that is cut off (not valid JSON) is refused, since appending would bury it in the
-    middle of the file (:func:`open_run` repairs it)."""
+    middle of the file (:func:`open_run` repairs it).
+
+    Raises
+    ------
+    ProblemError
+        The last line of ``path`` is cut off (:func:`open_run` repairs it first).
+    """
     line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
     with open(path, "a+b") as fh:
         last = _last_line(fh)
@@ -303,7 +322,13 @@ def _instance(path: str, data):
 
 def read_results_or_instance(path: str):
     """``("instance", (problem, U, data))`` for an instance file (one JSON object with ``problem`` and ``point``),
-    else ``("results", records)`` (:func:`load`); every refusal is a ``ProblemError`` naming the file."""
+    else ``("results", records)`` (:func:`load`); every refusal is a ``ProblemError`` naming the file.
+
+    Raises
+    ------
+    ProblemError
+        ``path`` does not exist, is a folder, is not UTF-8, or holds an invalid record or instance.
+    """
     if not os.path.lexists(path):
         raise ProblemError(f"results file {path!r} does not exist")
     text = _read_text(path)

@@ -49,6 +49,7 @@ def _run_verify(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m theory`` (every subcommand; ``--help`` of each lists its options)."""
     parser = OneLineParser(prog="python -m theory", description="Closed-form maths of the linear Meta-LoRA model.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_verify(sub)

@@ -11,7 +11,13 @@ import sys
 
 def lazy_exports(package: str, exports: dict[str, str]):
     """``(__getattr__, __dir__)`` for the package named ``package``, whose public name ``n`` lives in the submodule
-    ``exports[n]``; a name is imported on first access and then cached in the package's namespace."""
+    ``exports[n]``; a name is imported on first access and then cached in the package's namespace.
+
+    Raises
+    ------
+    AttributeError
+        (from the returned ``__getattr__``) for a name not in ``exports``.
+    """
     namespace = vars(sys.modules[package])
 
     def __getattr__(name: str):

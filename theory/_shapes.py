@@ -8,6 +8,13 @@ from .problem import Problem, ProblemError
 
 
 def as_A(A, problem: Problem) -> np.ndarray:
+    """``A`` as a float64 array of shape ``(d, d)``.
+
+    Raises
+    ------
+    ProblemError
+        ``A`` has another shape.
+    """
     A = np.asarray(A, dtype=np.float64)
     if A.shape != (problem.d, problem.d):
         raise ProblemError(f"A must have shape (d, d) = {(problem.d, problem.d)}, got {A.shape}")
@@ -15,7 +22,13 @@ def as_A(A, problem: Problem) -> np.ndarray:
 
 
 def as_U(U, problem: Problem) -> np.ndarray:
-    """Accept ``U`` as ``(T, d, k)`` or flat ``(T d k,)``; return ``(T, d, k)``."""
+    """Accept ``U`` as ``(T, d, k)`` or flat ``(T d k,)``; return ``(T, d, k)``.
+
+    Raises
+    ------
+    ProblemError
+        ``U`` has neither shape.
+    """
     U = np.asarray(U, dtype=np.float64)
     shape = (problem.T, problem.d, problem.k)
     if U.shape == (problem.n_reduced,):

@@ -169,7 +169,13 @@ def _check_creatable(option: str, path: str) -> None:
 
 def check_output_file(option: str, path) -> None:
     """Refuse an output file path before any work (:class:`ProblemError` naming ``option`` and the value): an
-    existing folder, an empty name, or a place where the file (and its missing parent folders) cannot be made."""
+    existing folder, an empty name, or a place where the file (and its missing parent folders) cannot be made.
+
+    Raises
+    ------
+    ProblemError
+        For each case above, naming ``option`` and ``path``.
+    """
     _check_name(option, path)
     if os.path.isdir(path):
         raise _refuse(f"{option} {path!r} is a folder; give the name of a file to write")
@@ -178,7 +184,13 @@ def check_output_file(option: str, path) -> None:
 
 def check_output_dir(option: str, path) -> None:
     """Refuse an output folder path before any work, without creating it: an existing file, an empty name, or a
-    place where the folder cannot be made or written."""
+    place where the folder cannot be made or written.
+
+    Raises
+    ------
+    ProblemError
+        For each case above, naming ``option`` and ``path``.
+    """
     _check_name(option, path)
     if os.path.lexists(path) and not os.path.isdir(path):
         raise _refuse(f"{option} {path!r} exists and is not a folder")
@@ -198,7 +210,13 @@ def physical_memory() -> int | None:
 
 def check_memory(what: str, nbytes: int) -> None:
     """Refuse sizes whose arrays (``nbytes``, an estimate of the largest ones a command allocates) exceed this
-    machine's physical memory, before any work; ``what`` names the options and the arrays."""
+    machine's physical memory, before any work; ``what`` names the options and the arrays.
+
+    Raises
+    ------
+    ProblemError
+        The estimate exceeds the physical memory.
+    """
     total = physical_memory()
     if total is not None and nbytes > total:
         need = f"{nbytes / 2 ** 30:.3g} GiB" if nbytes < 10 ** 300 else f"about 2^{nbytes.bit_length()} bytes"

@@ -25,6 +25,9 @@ __all__ = ["VerifyReport", "run_verify"]
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """What :func:`run_verify` found: the ``problem``, the ``solve`` (:class:`theory.optimize.SolveResult`) and the
+    ``checks`` (:class:`theory.checks.CheckResult`, one per theorem check), and whether all passed."""
+
     problem: Problem
     solve: SolveResult
     checks: tuple[CheckResult, ...]
