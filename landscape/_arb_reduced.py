@@ -23,6 +23,8 @@ from contextlib import contextmanager
 import numpy as np
 from flint import arb, arb_mat, ctx
 
+from ._batched import eigh
+
 __all__: list[str] = []
 
 
@@ -195,7 +197,7 @@ def lambda_min_lower(A: arb_mat):
     Am = mid_matrix(A)
     if not np.all(np.isfinite(Am)):
         return float("-inf"), np.full(A.nrows(), np.nan), None
-    lam, V = np.linalg.eigh(0.5 * (Am + Am.T))
+    lam, V = eigh(0.5 * (Am + Am.T))
     Va = arb_mat(V.tolist())
     b = gershgorin_lower(Va.transpose() * A * Va)
     if not b > 0:

@@ -20,6 +20,30 @@ import numpy as np
 from theory.problem import Problem
 
 
+def eigh(H: np.ndarray):
+    """``numpy.linalg.eigh`` of a symmetric matrix ``(n, n)`` or a stack ``(B, n, n)``: ``(lam, V)``, eigenvalues
+    ascending, eigenvectors as columns.
+
+    NumPy's bundled LAPACK (``dsyevd`` with eigenvectors) fails to converge on rare finite symmetric matrices (one
+    60 x 60 Hessian met by the search at (d, k, T) = (10, 2, 3) is kept in ``tests/landscape/data``), and then
+    raises for the whole stack. Here the stack is retried one matrix at a time, and a matrix NumPy still refuses is
+    decomposed by SciPy's ``eigh`` with the MRRR driver (``driver="evr"``), so one hard matrix neither stops a
+    batch nor changes the other rows' results. Non-finite matrices give NaN, as NumPy's do.
+    """
+    try:
+        return np.linalg.eigh(H)
+    except np.linalg.LinAlgError:
+        if H.ndim == 2:
+            import scipy.linalg
+
+            return scipy.linalg.eigh(H, driver="evr")
+    lam = np.empty(H.shape[:-1])
+    V = np.empty(H.shape)
+    for i, a in enumerate(H):
+        lam[i], V[i] = eigh(a)
+    return lam, V
+
+
 def residuals(U: np.ndarray, problem: Problem | np.ndarray) -> np.ndarray:
     """``E_t = D_t - mean_s D_s``, ``D_t = U_t U_t^T - W_t``; ``(B, T, d, k) -> (B, T, d, d)``."""
     D = U @ np.swapaxes(U, -1, -2) - (problem.W if isinstance(problem, Problem) else problem)

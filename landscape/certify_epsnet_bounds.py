@@ -17,6 +17,7 @@ from theory.problem import Problem
 from theory.reduced import reduced_hess
 
 from . import _arb_reduced as ar
+from ._batched import eigh
 from .certify_common import Gauge, gauge, signed_ustar, transversal, zero_loss_upper
 from .certify_epsnet_net import UNIT_ROUNDOFF, NetBounds, gamma
 
@@ -78,7 +79,7 @@ def net_setup(problem: Problem, x0: np.ndarray, delta: float | None, metric: str
     if not np.all(np.isfinite(Jf)):
         return Setup(loss, g, failure=f"the float64 Hessian at x0 overflows (max |x0| entry "
                      f"{float(np.max(np.abs(x0))):.3g}): no metric for the net, nothing can be proven here in float64")
-    lam, V = np.linalg.eigh(Jf)
+    lam, V = eigh(Jf)
     margins["hessian_min_eig_mid"] = float(lam[0])
     if not lam[0] > 1e-10 * max(1.0, float(np.max(np.abs(lam)))):
         return Setup(loss, g, failure=f"the float Hessian at x0{' on the gauge slice' if g.Q is not None else ''} "

@@ -135,7 +135,7 @@ def _newton_step(R, X, f, g, mu, polish, status, active, idx, gn, is_newton, opt
     eig = ~fast
     lmax = ub.copy()
     if eig.any():
-        lam, V = np.linalg.eigh(H[eig])
+        lam, V = _batched.eigh(H[eig])
         c = np.einsum("bji,bj->bi", V, g[idx[eig]])
         lmax[eig] = np.maximum(np.abs(lam).max(axis=1), 1e-300)
         pe = pol[eig]

@@ -178,7 +178,7 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
         idx, Hs = idx[fin], Hs[fin]
         if idx.size == 0:
             continue
-        lam, V = np.linalg.eigh(Hs)
+        lam, V = _batched.eigh(Hs)
         c = np.einsum("bji,bj->bi", V, g[idx])
         lmax = np.maximum(np.abs(lam).max(axis=1), 1e-300)
         # starts already below tolerance take plain Newton steps (pseudo-inverse: the orbit's zero eigenvalues get

@@ -1,0 +1,76 @@
+"""The search's eigen-decompositions survive a matrix NumPy's LAPACK cannot decompose.
+
+``tests/landscape/data/eigh_nonconvergence_d10_k2_T3.npy`` is a finite symmetric 60 x 60 Hessian of G met by the
+lock-step search (``search_instances`` on ``Problem.random(10, 2, 3, seed=s)``, s = 0..5, seed 0): NumPy 2.4's
+bundled ``dsyevd`` with eigenvectors raised "Eigenvalues did not converge" on it, and so for the whole batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from landscape import _batched
+
+HARD = Path(__file__).parent / "data" / "eigh_nonconvergence_d10_k2_T3.npy"
+
+
+def _check_decomposition(H, lam, V):
+    n = H.shape[0]
+    assert np.all(np.diff(lam) >= 0)
+    assert np.allclose(V.T @ V, np.eye(n), atol=1e-12)
+    assert np.linalg.norm(V @ np.diag(lam) @ V.T - H) <= 1e-12 * np.linalg.norm(H)
+    assert np.allclose(lam, scipy.linalg.eigh(H, eigvals_only=True, driver="ev"), rtol=1e-10,
+                       atol=1e-12 * np.abs(lam).max())
+
+
+def test_the_hard_hessian_is_decomposed():
+    H = np.load(HARD)
+    assert H.shape == (60, 60) and np.all(np.isfinite(H)) and np.array_equal(H, H.T)
+    lam, V = _batched.eigh(H)
+    _check_decomposition(H, lam, V)
+    stack = np.stack([np.eye(60), H, np.diag(np.arange(60.0))])
+    lam_s, V_s = _batched.eigh(stack)
+    _check_decomposition(H, lam_s[1], V_s[1])
+    for i in (0, 2):  # the other rows are NumPy's own result, bit for bit
+        want = np.linalg.eigh(stack[i])
+        assert np.array_equal(lam_s[i], want[0]) and np.array_equal(V_s[i], want[1])
+
+
+def test_a_refused_matrix_falls_back_to_scipy_and_the_others_keep_numpys_result(monkeypatch):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 5, 5))
+    stack = A + np.swapaxes(A, 1, 2)
+    real = np.linalg.eigh
+
+    def refuses_row_1(H):  # as NumPy does on the hard matrix: raise for it, and for any stack holding it
+        if (H.ndim == 3 and any(np.array_equal(h, stack[1]) for h in H)) or np.array_equal(H, stack[1]):
+            raise np.linalg.LinAlgError("Eigenvalues did not converge")
+        return real(H)
+
+    monkeypatch.setattr(np.linalg, "eigh", refuses_row_1)
+    lam, V = _batched.eigh(stack)
+    want = scipy.linalg.eigh(stack[1], driver="evr")
+    assert np.array_equal(lam[1], want[0]) and np.array_equal(V[1], want[1])
+    for i in (0, 2):
+        assert np.array_equal(lam[i], real(stack[i])[0]) and np.array_equal(V[i], real(stack[i])[1])
+    single = _batched.eigh(stack[1])
+    assert np.array_equal(single[0], want[0])
+    nan = _batched.eigh(np.array([[np.inf, 0.0], [0.0, 1.0]]))  # non-finite input: NaN, as NumPy gives
+    assert np.isnan(nan[0]).all()
+
+
+@pytest.mark.slow
+def test_search_where_the_hard_hessian_was_met_finishes():
+    from threadpoolctl import threadpool_limits
+
+    from landscape.multisearch import search_instances
+    from theory.problem import Problem
+
+    problems = [Problem.random(10, 2, 3, seed=s) for s in range(6)]
+    with threadpool_limits(1):
+        out = search_instances(problems, range(6), starts=64, seed=0, gd_runs=0)
+    assert len(out) == 6 and all(len(solves) == 64 for solves, *_ in out)
