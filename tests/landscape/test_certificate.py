@@ -64,3 +64,19 @@ def test_to_dict_is_strict_json_and_keeps_finite_numbers(verdict, kind, lo, hi, 
         else:
             assert got == want
     assert len(back["margins"]["radii"]) == len(nested)
+
+
+def test_certificate_json_keeps_types_and_copies_its_margins():
+    margins = {1: 2.5, "flags": (True, None, "x"), "inf": -math.inf, "n": 3}
+    c = Certificate(verdict="certified-minimum", method="epsnet", loss=None, radius=math.nan, seconds=1.5,
+                    reason="r", margins=margins, minimum_kind="global", gauge="g", n=6)
+    margins["late"] = 1.0  # the certificate keeps its own copy
+    assert "late" not in c.margins
+    d = c.to_dict()
+    assert d == {"verdict": "certified-minimum", "method": "epsnet", "loss": None, "radius": None, "seconds": 1.5,
+                 "reason": "r", "margins": {"1": 2.5, "flags": [True, None, "x"], "inf": None, "n": 3},
+                 "minimum_kind": "global", "gauge": "g", "n": 6}
+    assert d["margins"]["n"] is not True and type(d["margins"]["n"]) is int and d["margins"]["flags"][0] is True
+    assert c.certified and not c.spurious
+    assert Certificate(verdict="inconclusive", method="krawczyk", loss=(0.0, 1.0), radius=0.5, seconds=2.0,
+                       reason="r").to_dict()["radius"] == 0.5
