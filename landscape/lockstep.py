@@ -15,7 +15,7 @@ an LU solve), and at (10, 2, 3) ``eigh`` and the Hessian's 7-index ``einsum`` as
   small damping.
 
 The steps agree with ``solve_batch``'s up to round-off (on the same starts nearly every start ends with the same
-status at the same critical orbit; ``tests/landscape/test_landscape_census.py``). A row's arithmetic does not depend on the
+status at the same critical orbit; ``tests/landscape/test_census_kernel.py``). A row's arithmetic does not depend on the
 other rows of its batch, so results are bit for bit the same whichever instances share a call.
 
 Also here: gradient descent on G (:func:`descend_rows`) and on the full loss ``L(A, U)`` from the initialisation of
