@@ -156,7 +156,7 @@ def test_workers_make_no_named_semaphore_for_tqdm():
     assert kinds and not any(k.startswith("multiprocessing") for k in kinds), kinds
 
 
-# the in-process fuzz of `census` options, as tests/test_fuzz_cli.py does for `search` (stubbed work)
+# the in-process fuzz of `census` options, as tests/landscape/test_fuzz_landscape_cli.py does for `search` (stubbed work)
 GRIDS = st.sampled_from([("d=3;k=1;T=3", True), ("d=3,4;k=1,2;T=3,4", True), ("default", True), ("T=3", True),
                          ("d=3;d=4", False), ("x=1", False), ("T=1", False), ("d=1;k=2", False), ("", False),
                          ("d=;k=1", False), ("d=3,3", False), ("d=0", False)])
@@ -176,9 +176,9 @@ SECONDS = st.one_of(st.sampled_from(["1", "0.5", "6000", "0", "-1", "nan", "inf"
 
 @pytest.fixture(scope="module")
 def fuzz():
-    import test_fuzz_cli
+    import fuzz_support
 
-    return test_fuzz_cli
+    return fuzz_support
 
 
 def _census_spec(f):
@@ -204,17 +204,17 @@ def test_fuzz_census_options(fuzz):
 
         names = {name for name, _, _ in opts}
         valid = all(ok for _, _, ok in opts) and not {"--workers", "--scheduler"} <= names
-        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(fanout, "run_all", fuzz._reached):
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(fanout, "run_all", fuzz.reached):
             open(os.path.join(tmp, "a_file"), "w").close()
             os.mkdir(os.path.join(tmp, "a_dir"))
-            before = fuzz._listing(tmp)
-            code, out, err = fuzz._call(lmain.main, ["census", *fuzz._argv(opts, tmp)])
+            before = fuzz.listing(tmp)
+            code, out, err = fuzz.call_main(lmain.main, ["census", *fuzz.make_argv(opts, tmp)])
             if code != "reached":
-                assert fuzz._listing(tmp) == before
+                assert fuzz.listing(tmp) == before
         if valid:
             assert code == (0 if "--dry-run" in names else "reached"), (opts, err)
         else:
-            fuzz._assert_refused(code, out, err)
+            fuzz.assert_refused(code, out, err)
     check()
 
 
