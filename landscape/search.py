@@ -143,18 +143,9 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
         another length than the starts.
     """
     opts = options or SolverOptions()
-    X = np.array(X0, dtype=np.float64, copy=True)
-    B = X.shape[0] if X.ndim >= 1 else 0
-    X = X.reshape(B, -1)
-    methods = [method] * B if isinstance(method, str) else list(method)
-    if len(methods) != B:
-        raise ProblemError(f"method must be one name or one per start ({B}), got {len(methods)} names")
-    for m in set(methods):
-        if m not in _METHODS:
-            raise ProblemError(f"method must be one of {_METHODS}, got {m!r}")
+    X, methods = _checked_starts(problem, X0, method)
+    B = X.shape[0]
     is_newton = np.array([m == "newton" for m in methods], dtype=bool)
-    if X.shape[1] != problem.n_reduced:
-        raise ProblemError(f"each start must have T*d*k = {problem.n_reduced} entries, got {X.shape[1]}")
     seeds = [-1] * B if seeds is None else [int(s) for s in seeds]
     scales = [float("nan")] * B if scales is None else [float(s) for s in scales]
     shape = (problem.T, problem.d, problem.k)
@@ -186,10 +177,7 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
         pol = gn[idx] <= gtol
         if pol.any():
             p_idx = idx[pol]
-            lp, cp = lam[pol], c[pol]
-            keep = np.abs(lp) > 1e-12 * lmax[pol, None]
-            coef = np.where(keep, cp / np.where(keep, lp, 1.0), 0.0)
-            X[p_idx] -= np.einsum("bij,bj->bi", V[pol], coef)
+            X[p_idx] -= _pseudo_inverse_step(lam[pol], V[pol], c[pol], lmax[pol])
             polish[p_idx] -= 1
             f[p_idx], g[p_idx] = _batched.loss_grad(X[p_idx].reshape(-1, *shape), problem)
         st = ~pol
@@ -199,27 +187,7 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
         nw = is_newton[s_idx]
         fresh = np.isnan(mu[s_idx])
         mu[s_idx[fresh]] = 1e-3 * np.where(nw, lmax * lmax, lmax)[fresh]
-        merit = np.where(nw, np.einsum("bi,bi->b", g[s_idx], g[s_idx]), f[s_idx])
-        pending = np.arange(s_idx.size)
-        for _trial in range(60):
-            rows = s_idx[pending]
-            m = mu[rows][:, None]
-            lp = lam[pending]
-            nwp = nw[pending][:, None]
-            coef = c[pending] * np.where(nwp, lp / (lp * lp + m), 1.0 / (np.abs(lp) + m))
-            Xn = X[rows] - np.einsum("bij,bj->bi", V[pending], coef)
-            fn, gnew = _batched.loss_grad(Xn.reshape(-1, *shape), problem)
-            new_merit = np.where(nwp[:, 0], np.einsum("bi,bi->b", gnew, gnew), fn)
-            ok = np.isfinite(new_merit) & (new_merit < merit[pending])
-            acc = rows[ok]
-            X[acc], f[acc], g[acc] = Xn[ok], fn[ok], gnew[ok]
-            lm_ok = 1e-14 * lmax[pending[ok]]
-            floor = np.where(nw[pending[ok]], lm_ok * lm_ok, lm_ok)
-            mu[acc] = np.maximum(mu[acc] / 5.0, floor)
-            mu[rows[~ok]] *= 4.0
-            pending = pending[~ok]
-            if pending.size == 0:
-                break
+        pending = _damped_trials(problem, X, f, g, mu, s_idx, (lam, V, c, lmax), nw)
         if pending.size:
             # no damping decreases the merit: at round-off level that is convergence, otherwise the solve stalled
             rows = s_idx[pending]
@@ -237,6 +205,62 @@ def solve_batch(problem: Problem, X0, *, method="newton", options: SolverOptions
                          inertia=None, min_eigenvalue=float("nan"), iterations=int(iters[b]), seed=seeds[b],
                          seconds=seconds, status=str(status[b]), method=methods[b], scale=scales[b])
             for b in range(B)]
+
+
+def _checked_starts(problem: Problem, X0, method) -> tuple[np.ndarray, list]:
+    """The starts as a float64 copy ``(B, n)`` and one method name per start; refuses what solve_batch refuses."""
+    X = np.array(X0, dtype=np.float64, copy=True)
+    B = X.shape[0] if X.ndim >= 1 else 0
+    X = X.reshape(B, -1)
+    methods = [method] * B if isinstance(method, str) else list(method)
+    if len(methods) != B:
+        raise ProblemError(f"method must be one name or one per start ({B}), got {len(methods)} names")
+    for m in set(methods):
+        if m not in _METHODS:
+            raise ProblemError(f"method must be one of {_METHODS}, got {m!r}")
+    if X.shape[1] != problem.n_reduced:
+        raise ProblemError(f"each start must have T*d*k = {problem.n_reduced} entries, got {X.shape[1]}")
+    return X, methods
+
+
+def _pseudo_inverse_step(lam, V, c, lmax) -> np.ndarray:
+    """``V diag(1 / lam) c`` over the eigenvalues with ``|lam| > 1e-12 lambda_max`` (the others, the orbit's zero
+    eigenvalues among them, get no step): the undamped Newton step of a start already below tolerance."""
+    keep = np.abs(lam) > 1e-12 * lmax[:, None]
+    coef = np.where(keep, c / np.where(keep, lam, 1.0), 0.0)
+    return np.einsum("bij,bj->bi", V, coef)
+
+
+def _damped_trials(problem: Problem, X, f, g, mu, s_idx, eig, nw) -> np.ndarray:
+    """Damped steps of the rows ``s_idx`` from their eigen-decompositions ``eig = (lam, V, c = V^T g, lmax)``:
+    ``V diag(lam / (lam^2 + mu)) c`` (``"newton"``) or ``V diag(1 / (|lam| + mu)) c`` (``"min"``), each row retried
+    with 4x the damping until its merit (``||grad G||^2`` or G) decreases, at most 60 trials; ``mu / 5`` (floored)
+    after an accepted step. Updates ``X``, ``f``, ``g``, ``mu`` in place; returns the positions (into ``s_idx``)
+    of the rows no damping helped."""
+    lam, V, c, lmax = eig
+    shape = (problem.T, problem.d, problem.k)
+    merit = np.where(nw, np.einsum("bi,bi->b", g[s_idx], g[s_idx]), f[s_idx])
+    pending = np.arange(s_idx.size)
+    for _trial in range(60):
+        rows = s_idx[pending]
+        m = mu[rows][:, None]
+        lp = lam[pending]
+        nwp = nw[pending][:, None]
+        coef = c[pending] * np.where(nwp, lp / (lp * lp + m), 1.0 / (np.abs(lp) + m))
+        Xn = X[rows] - np.einsum("bij,bj->bi", V[pending], coef)
+        fn, gnew = _batched.loss_grad(Xn.reshape(-1, *shape), problem)
+        new_merit = np.where(nwp[:, 0], np.einsum("bi,bi->b", gnew, gnew), fn)
+        ok = np.isfinite(new_merit) & (new_merit < merit[pending])
+        acc = rows[ok]
+        X[acc], f[acc], g[acc] = Xn[ok], fn[ok], gnew[ok]
+        lm_ok = 1e-14 * lmax[pending[ok]]
+        floor = np.where(nw[pending[ok]], lm_ok * lm_ok, lm_ok)
+        mu[acc] = np.maximum(mu[acc] / 5.0, floor)
+        mu[rows[~ok]] *= 4.0
+        pending = pending[~ok]
+        if pending.size == 0:
+            break
+    return pending
 
 
 def gradient_descent(problem: Problem, U0, *, options: SolverOptions | None = None, seed: int = -1,
