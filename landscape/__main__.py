@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resume), 130 interrupted.")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    s = sub.add_parser("search", help="search instances for critical points of G; results as JSON lines")
+    s = sub.add_parser("search", help="search instances for critical points of G; results as JSON lines",
+                       description="Newton-type solves from many starts on random (or hill-climbed) instances; each "
+                                   "finished instance is appended to --out as one JSON line (rerun to resume).")
     s.add_argument("--d", type=positive_int, required=True, help="dimension d")
     s.add_argument("--k", type=positive_int, required=True, help="adapter rank k")
     s.add_argument("--T", type=positive_int, required=True, help="number of tasks T")
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scales", type=_scales, default=[0.1, 0.5, 1.0, 2.0],
                    help="start scales, relative to sqrt(max_t ||W_t - mean W||_2) (default 0.1,0.5,1,2)")
 
-    c = sub.add_parser("certify", help="certify the spurious-minimum candidates (and a sample of other points)")
+    c = sub.add_parser("certify", help="certify the spurious-minimum candidates (and a sample of other points)",
+                       description="Re-evaluate G from each stored instance and prove (or fail to prove) that a "
+                                   "critical point is a strict local minimum; prints one row per point.")
     c.add_argument("results", help="results file of `search`, or an instance file (landscape/instances/*.json)")
     c.add_argument("--method", choices=tuple(CERTIFICATES), default="krawczyk",
                    help="the certificate (default krawczyk: interval arithmetic; epsnet: the paper's eps-net)")
@@ -79,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object {\"rows\": [...]}")
     c.add_argument("--out", default=None, help="also write the JSON object to this file")
 
-    m = sub.add_parser("summary", help="counts per class, smallest spurious G, where gradient descent ended")
+    m = sub.add_parser("summary", help="counts per class, smallest spurious G, where gradient descent ended",
+                       description="Counts of distinct critical points per class over a results file, the smallest "
+                                   "spurious G and where the gradient-descent runs ended.")
     m.add_argument("results", help="results file of `search`")
     m.add_argument("--json", action="store_true", help="print one JSON object")
     m.add_argument("--png", default=None, help="write a PNG of loss values and Hessian spectra here")

@@ -76,7 +76,9 @@ def add_parsers(sub) -> None:
     c.add_argument("--scheduler", default=None, help="address of a Dask scheduler, e.g. tcp://10.0.0.1:8786")
     c.add_argument("--dry-run", action="store_true", help="print the plan (cells, instances, skips) and stop")
 
-    s = sub.add_parser("census-summary", help="table (JSON, Markdown) and heat maps of a census folder")
+    s = sub.add_parser("census-summary", help="table (JSON, Markdown) and heat maps of a census folder",
+                       description="Read a census folder and write census.json, census.md (one row per cell, every "
+                                   "fraction with its 95% Wilson interval) and the heat maps.")
     s.add_argument("folder", help="census folder (the --out of census)")
     s.add_argument("--out", default=None, help="write census.json, census.md and the PNGs here (default: folder)")
     s.add_argument("--json", action="store_true", help="print census.json's content")
