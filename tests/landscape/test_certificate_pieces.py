@@ -293,14 +293,18 @@ def test_interval_failure_message_names_the_radii_tried():
 
 
 def test_cause_of_a_failed_krawczyk_test_states_the_condition_number_and_gradient_norm():
-    singular = ci._cause(np.diag([2.0 ** 27, 1.0]), np.array([3.0, 4.0]))  # condition number 1.34e8 > 1e8
-    assert singular == ("the Hessian at x0 is (nearly) singular (condition number 1.34e+08, smallest |eigenvalue| 1; "
-                        "gradient norm 5): x0 may be a degenerate critical point, which the Krawczyk test cannot "
+    import warnings
+
+    singular = ci._cause(np.diag([2.0 ** 27, 0.5]), np.array([3.0, 4.0]))  # condition number 2^28 = 2.68e8 > 1e8
+    assert singular == ("the Hessian at x0 is (nearly) singular (condition number 2.68e+08, smallest |eigenvalue| "
+                        "0.5; gradient norm 5): x0 may be a degenerate critical point, which the Krawczyk test cannot "
                         "isolate (a singular Jacobian of the gradient)")
-    at = ci._cause(np.diag([-1e8, 1.0]), np.array([3.0, 4.0]))  # |eigenvalues|: condition number exactly 1e8
-    assert at == ("x0 is not close enough to a critical point (gradient norm 5, with a well-conditioned Hessian: "
+    at = ci._cause(np.diag([-2e8, 2.0]), np.array([0.3, 0.4]))  # |eigenvalues|: condition number exactly 1e8
+    assert at == ("x0 is not close enough to a critical point (gradient norm 0.5, with a well-conditioned Hessian: "
                   "condition number 1e+08)")
-    zero = ci._cause(np.diag([0.0, 1.0]), np.array([0.0, 0.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a zero eigenvalue is an infinite condition number, not a division by zero
+        zero = ci._cause(np.diag([0.0, 1.0]), np.array([0.0, 0.0]))
     assert "(condition number inf, smallest |eigenvalue| 0; gradient norm 0)" in zero
     huge = ci._cause(np.eye(2), np.array([3e300, 4e300]))  # the norm is taken scaled: no overflow
     assert huge == ("x0 is not close enough to a critical point (gradient norm 5e+300, with a well-conditioned "
@@ -353,9 +357,29 @@ def test_float_newton_reasons_name_the_overflow_without_warnings(monkeypatch):
         c = ci.certify_interval(p, x)
     assert c.reason == (f"the float64 Hessian at x0 overflows (max |x0| entry {np.max(np.abs(x)):.3g}): no Newton "
                         "preconditioner, nothing can be proven here in float64")
-    # a finite Hessian so small that the Newton step overflows: 1e-300 I against a gradient of order 1e10
-    monkeypatch.setattr(ci, "reduced_hess", lambda x0, problem: 1e-300 * np.eye(len(x0)))
-    Cf, Jf, step, why = ci._float_newton(p, np.ones(6), None, np.full(6, 1e10))
-    assert (Cf, Jf, step) == (None, None, None)
-    assert why == ("the Newton step |C f(0)| overflows float64: the Hessian at x0 is (nearly) singular for the size of "
-                   "its gradient")
+    # a finite Hessian so small that the Newton step overflows (1e-300 I against a gradient of order 1e10), or is
+    # inf - inf (a Hessian whose inverse has entries of both signs near 1e300): said so, without warnings
+    overflow = 1e-300 * np.eye(6)
+    mixed = np.linalg.inv(1e300 * np.array([[1.0, -1.0], [1.0, 1.0]]))
+    for H, f0 in ((overflow, np.full(6, 1e10)), (mixed, np.array([1e10, 1e10]))):
+        monkeypatch.setattr(ci, "reduced_hess", lambda x0, problem, H=H: H)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Cf, Jf, step, why = ci._float_newton(p, np.ones(H.shape[0]), None, f0)
+        assert (Cf, Jf, step) == (None, None, None)
+        assert why == ("the Newton step |C f(0)| overflows float64: the Hessian at x0 is (nearly) singular for the "
+                       "size of its gradient")
+
+
+def test_eight_radii_are_tried_by_default():
+    """A degenerate critical point (every U_t = n, n orthogonal to U*'s columns: grad G = 0 and a zero Hessian
+    eigenvalue): the Newton step is tiny, so the default radii 4 |C f(0)| 30^i all fit under max_radius, and the
+    default max_tries = 8 stops them."""
+    import scipy.linalg
+
+    p = Problem.random(4, 1, 3, seed=0)
+    n = scipy.linalg.null_space(p.U_star[:, :, 0])[:, 0]
+    c = ci.certify_interval(p, np.stack([n[:, None]] * 3))
+    radii = c.margins["radii_tried"]
+    assert c.verdict == "inconclusive" and len(radii) == 8 and radii[-1] * 30 <= 1e-3 * (1 + np.max(np.abs(n)))
+    assert f"(8 radii from {radii[0]:.3g} to {radii[-1]:.3g}, " in c.reason and "(nearly) singular" in c.reason
