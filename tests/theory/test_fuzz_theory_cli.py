@@ -1,11 +1,6 @@
 """Fuzz suite of ``python -m theory`` (verify, figure1; docs/robustness.md).
 
-Hypothesis drives ``main(argv)`` in-process with generated options, each value good or bad by the rule the help
-states. Every run must end in exit status 2 with exactly one message line on stderr (nothing on stdout, no
-traceback, no file created or changed), or in the documented result: the command reaches its work (stubbed here by
-``Reached``, so the fuzz stays fast) or, for a corrupted file that is still a valid one, exits 0. An option whose
-value breaks its rule must give exit 2. The default run takes a bounded slice (``FAST``); ``-m slow`` runs the long
-one (``SLOW``).
+What every run must end in, and the slices (``FAST`` by default, ``SLOW`` with ``-m slow``): tests/fuzz_support.py.
 """
 
 from __future__ import annotations
