@@ -3,11 +3,11 @@
 Search (:mod:`landscape.search`), classification up to the O(k)^T symmetry (:mod:`landscape.classify`), fan-out
 over processes or a Dask cluster (:mod:`landscape.fanout`), JSON-lines results (:mod:`landscape.store`), an
 adversarial search over ground truths (:mod:`landscape.adversarial`), summaries (:mod:`landscape.summary`), and the
-certificates (:mod:`landscape.certify_interval`, :mod:`landscape.certify_epsnet`). All the maths comes from
-:mod:`theory`.
+certificates (:mod:`landscape.certify_interval`, :mod:`landscape.certify_epsnet`; by name through
+:func:`landscape.certifier`). All the maths comes from :mod:`theory`.
 """
 
-import importlib
+from theory._lazy import lazy_exports
 
 #: public name -> the submodule defining it; imported on first use (PEP 562), so that ``python -m landscape`` starts
 #: without NumPy and can answer a Ctrl-C during its start-up with one line (theory.cli_contract)
@@ -16,18 +16,10 @@ _EXPORTS = {
     "CLASSES": "result", "STATUS_MESSAGES": "result", "SearchResult": "result",
     "SolverOptions": "search", "gradient_descent": "search", "search_instance": "search", "search_record": "search",
     "solve_critical": "search",
+    "Certificate": "certificate", "CertificateError": "certificate", "VERDICTS": "certificate",
+    "MINIMUM_KINDS": "certificate", "CERTIFICATES": "certify_registry", "certifier": "certify_registry",
 }
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -22,14 +22,14 @@ True
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 from flint import arb, arb_mat
 
-from theory.problem import Problem
+from theory.cli_contract import require_int
+from theory.problem import Problem, ProblemError
 from theory.symmetry import symmetry_tangent
 
 from . import _arb_reduced as ar
@@ -82,17 +82,19 @@ def positive(name: str, value, *, allow_none: bool = True) -> float | None:
     return v
 
 
-def integer(name: str, value, minimum: int, rule: str) -> int:
-    """``value`` as an ``int`` (NumPy integers too, never ``bool``) that is at least ``minimum``.
+def integer(name: str, value, minimum: int) -> int:
+    """``value`` as an ``int`` (NumPy integers too, never ``bool``) that is at least ``minimum``
+    (:func:`theory.cli_contract.require_int`, raising the certificates' error).
 
     Raises
     ------
     CertificateError
-        ``"<name> must be <rule>, got <value>"``.
+        ``"<name> must be a positive integer (> 0), got <value>"`` (or ``an integer >= <minimum>``).
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise CertificateError(f"{name} must be {rule}, got {value!r}")
-    return int(value)
+    try:
+        return require_int(name, value, minimum=minimum)
+    except ProblemError as exc:
+        raise CertificateError(str(exc)) from None
 
 
 def symmetry_group(T: int) -> str:

@@ -112,9 +112,9 @@ def _options(delta, eps, metric, max_points, time_limit, batch, prec) -> _Option
     time_limit = positive("time_limit", time_limit, allow_none=False)
     if metric not in METRICS:
         raise CertificateError(f"metric must be one of {METRICS}, got {metric!r}")
-    max_points = integer("max_points", max_points, 1, "a positive integer")
-    batch = integer("batch", batch, 1, "a positive integer")
-    prec = integer("prec", prec, 53, "an integer number of bits >= 53")
+    max_points = integer("max_points", max_points, 1)
+    batch = integer("batch", batch, 1)
+    prec = integer("prec (bits)", prec, 53)
     return _Options(delta, eps, "euclidean" if eps is not None else metric, max_points, time_limit, batch, prec)
 
 

@@ -110,8 +110,8 @@ def _options(x0, radius, max_radius, growth, max_tries, prec) -> _Options:
     growth = positive("growth", growth, allow_none=False)
     if growth <= 1:
         raise CertificateError(f"growth must be > 1, got {growth}")
-    max_tries = integer("max_tries", max_tries, 1, "a positive integer")
-    prec = integer("prec", prec, 53, "an integer number of bits >= 53")
+    max_tries = integer("max_tries", max_tries, 1)
+    prec = integer("prec (bits)", prec, 53)
     if max_radius is None:
         max_radius = 1e-3 * (1.0 + float(np.max(np.abs(x0))))
     return _Options(radius, max_radius, growth, max_tries, prec)

@@ -41,8 +41,8 @@ from theory.problem import Problem, ProblemError
 from . import _batched
 from .result import SearchResult
 
-__all__ = ["SolverOptions", "problem_scale", "solve_critical", "solve_batch", "gradient_descent", "random_start", "search_instance",
-           "start_seed", "solve_batch", "gradient_descent_batch", "descent_arrived"]
+__all__ = ["SolverOptions", "problem_scale", "solve_critical", "solve_batch", "gradient_descent", "gradient_descent_batch",
+           "random_start", "start_seed", "instance_seed", "search_instance", "search_record", "descent_arrived"]
 
 _METHODS = ("newton", "min")
 
