@@ -44,6 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir)))
 
+from llm.atomic import atomic_write_text  # noqa: E402
 from theory.cli_contract import (OneLineParser, check_output_file, nonneg_int, positive_int,  # noqa: E402
                                  run_command)
 from theory.problem import ProblemError  # noqa: E402
@@ -509,15 +510,6 @@ def run(args) -> dict:
     return result
 
 
-def _atomic_write(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def format_text(res: dict) -> str:
     lines = [f"device: {res['device_name']}  threads: {res['threads']['torch_threads']}  seed: {res['seed']}"]
     if "rows" in res:
@@ -553,7 +545,7 @@ def _main(args) -> int:
     res = run(args)
     text = json.dumps(res, indent=2)
     if args.out:
-        _atomic_write(args.out, text + "\n")
+        atomic_write_text(args.out, text + "\n")
     print(text if args.json else format_text(res))
     return 0
 

@@ -127,7 +127,7 @@ def _run_retrain(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    from .checkpoint import atomic_write_text
+    from .atomic import atomic_write_text
     from .data import load_tasks
     from .report import json_ready
     from .train import finetune_tasks

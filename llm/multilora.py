@@ -56,7 +56,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 
 __all__ = [
     "MultiTaskLoraLinear",

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_mod
 from . import stats
-from .checkpoint import atomic_write_text
+from .atomic import atomic_write_text
 from .config import Config, LLMError
 from .data import TaskSet, load_tasks
 from .models import load_hf_model, load_tokenizer
