@@ -518,7 +518,7 @@ def test_bf16_autocast_runs_and_stays_close(mode):
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_lora_dropout_keeps_one_minus_p_and_rescales(p):
     """The LoRA-branch dropout has nn.Dropout's law: keep with probability 1 - p, kept values scaled by 1/(1-p)."""
-    from llm.multilora import _lora_dropout
+    from llm.multilora.layers import _lora_dropout
 
     def dropout(x, training):
         masked, factor = _lora_dropout(x, nn.Dropout(p), training)
