@@ -11,7 +11,8 @@ no padding: the worst case of a batch). The schedules process the same round:
 
 Throughput is pairs ("examples") per second over the round, median over ``--rounds`` timed rounds after
 ``--warmup`` rounds; the schedules are interleaved round by round so a noisy shared machine slows them alike.
-The models come from ``llm.models`` (the cross-encoder ``Scorer`` with ``BatchedAdapters`` / ``PeftAdapters``) and
+The models come from ``llm.models`` (the cross-encoder ``Scorer``) with ``llm.adapters``' ``BatchedAdapters`` /
+``PeftAdapters`` and
 the loss from ``Scorer.loss``: what ``python -m llm retrain --scorer cross --freeze-layers 0`` runs.
 
 Data pipeline (``--pipeline``): 10,000 samples of 20 candidates built from chitchat turns (seeded), tokenised by
@@ -133,7 +134,8 @@ def build(schedule: str, *, model: str, n_tasks: int, rank: int, alpha: float, d
     """The cross-encoder ``Scorer`` of one schedule, every parameter trainable, on ``device``; and its AdamW."""
     import torch
 
-    from llm.models import BatchedAdapters, PeftAdapters, Scorer
+    from llm.adapters import BatchedAdapters, PeftAdapters
+    from llm.models import Scorer
 
     hf = _hf_model(model, seed)
     common = dict(kind="cross", seed=seed)

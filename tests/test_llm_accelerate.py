@@ -33,7 +33,7 @@ from llm.__main__ import main
 rank = int(os.environ.get("RANK", "0"))
 log = {{"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "batches": {{}}, "saves": []}}
 state = {{"epoch": None}}
-real_epoch, real_collate, real_save = llm.train._train_epoch, llm.tokens.Split.batch, llm.checkpoint.save_checkpoint
+real_epoch, real_collate, real_save = llm.train.train_epoch, llm.tokens.Split.batch, llm.checkpoint.save_checkpoint
 
 def train_epoch(*a, **kw):
     state["epoch"] = kw["epoch"]
@@ -51,7 +51,7 @@ def save(out_dir, epoch, **kw):
     log["saves"].append(epoch)
     return real_save(out_dir, epoch, **kw)
 
-llm.train._train_epoch = train_epoch
+llm.train.train_epoch = train_epoch
 llm.tokens.Split.batch = collate
 llm.train.ckpt_mod.save_checkpoint = save
 code = main(sys.argv[1:])

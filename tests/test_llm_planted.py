@@ -318,7 +318,7 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
 def test_cli_ctrl_c_while_writing_leaves_no_half_written_file(tmp_path, capsys, monkeypatch):
     """Ctrl-C while the second file is being renamed into place: one line, exit 130, the first file whole, no
     temporary file left."""
-    import llm.checkpoint
+    import llm.atomic
     import llm.planted
 
     result = _synthetic_result(sr_k=[4, 5], meta_k=[1, 2], sr_top=[1, 1], meta_top=[1, 2],
@@ -331,7 +331,7 @@ def test_cli_ctrl_c_while_writing_leaves_no_half_written_file(tmp_path, capsys, 
             raise KeyboardInterrupt
         real_replace(src, dst)
         done.append(dst)
-    monkeypatch.setattr(llm.checkpoint.os, "replace", replace_then_interrupt)
+    monkeypatch.setattr(llm.atomic.os, "replace", replace_then_interrupt)
     out = tmp_path / "o"
     rc, _, err = _cli(["--preset", "smoke", "--out", str(out)], capsys)
     monkeypatch.undo()

@@ -17,8 +17,9 @@ from llm.data import build_tasks, read_chitchat  # noqa: E402
 from llm.models import Scorer, load_hf_model, load_tokenizer  # noqa: E402
 from llm.prefix import SplitCache, split_encoder  # noqa: E402
 from llm.tokens import tokenise  # noqa: E402
-from llm.train import (_optimizer, build_finetune_model, build_retrain_model, evaluate, finetune,  # noqa: E402
-                       make_accelerator, retrain, select_epoch)
+from llm.finetune import build_finetune_model, finetune  # noqa: E402
+from llm.loop import evaluate, make_accelerator, make_optimizer, select_epoch  # noqa: E402
+from llm.train import build_retrain_model, retrain  # noqa: E402
 from test_llm_support import chitchat_file, tiny_bert, tiny_roberta  # noqa: E402,F401
 
 T = 3
@@ -68,7 +69,7 @@ def test_sequential_meta_lora_batch_of_task_t_changes_only_base_head_t_adapter_t
     cfg = _cfg(request.getfixturevalue(f"tiny_{kind}"), scorer="cross", warmup_fraction=0.0)  # lr > 0 at step 1
     model = build_retrain_model(cfg, "meta-lora", 4, T, seed=0, schedule="sequential")
     split = _split(cfg, tasks, model)
-    opt, _ = _optimizer([p for p in model.parameters() if p.requires_grad], 1e-2, cfg, 10)
+    opt, _ = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-2, cfg, 10)
 
     def step(t):
         opt.zero_grad(set_to_none=True)
@@ -368,10 +369,10 @@ def test_resume_after_a_real_sigkill_equals_an_uninterrupted_run(tiny_bert, chit
 
 
 def test_task_rounds_hold_every_task_at_every_step_and_each_sample_once_per_epoch():
-    from llm.train import _TaskRounds
+    from llm.loop import TaskRounds
 
     tasks = torch.tensor([0] * 6 + [1] * 6 + [2] * 3)
-    rounds = _TaskRounds(tasks, 2, seed=4)
+    rounds = TaskRounds(tasks, 2, seed=4)
     for epoch in range(2):
         rounds.epoch = epoch
         steps = list(rounds)
@@ -386,7 +387,7 @@ def test_task_rounds_hold_every_task_at_every_step_and_each_sample_once_per_epoc
 @pytest.mark.parametrize("scorer", ["bi", "cross"])
 def test_joint_finetuning_gives_each_adapter_its_own_tasks_gradient(tiny_bert, tasks, scorer):
     """The summed per-task losses of a joint step give adapter t exactly the gradient of task t's loss alone."""
-    from llm.train import _TaskRounds
+    from llm.loop import TaskRounds
 
     cfg = _cfg(tiny_bert, scorer=scorer, freeze_layers=1, lora_dropout=0.0)
     test = list(tasks.retrain)
@@ -396,7 +397,7 @@ def test_joint_finetuning_gives_each_adapter_its_own_tasks_gradient(tiny_bert, t
             if "lora_B" in n:
                 p.normal_(0, 0.3)
     split = SplitCache(cfg, load_tokenizer(tiny_bert)).get(test, "train", model.lower)
-    idx = next(iter(_TaskRounds(split.tasks, 2, seed=0)))
+    idx = next(iter(TaskRounds(split.tasks, 2, seed=0)))
     b = split.batch(torch.tensor(idx), negatives=2, generator=torch.Generator().manual_seed(1))
     per = model.loss(model(split.store.inputs(b["seqs"]), b["seq_tasks"]), b, in_batch=True, reduction="none")
     joint = sum(per[b["tasks"] == t].mean() for t in range(len(test)))
@@ -417,15 +418,11 @@ def test_joint_finetuning_gives_each_adapter_its_own_tasks_gradient(tiny_bert, t
 @settings(max_examples=60, deadline=None)
 def test_task_pieces_cut_a_step_into_whole_tasks(sizes, limit):
     """Pieces concatenate to the step, never split a task, and stay within the limit unless one task exceeds it."""
-    import llm.train as train_mod
+    from llm.loop import task_pieces
 
     tasks = torch.tensor([t for t, n in enumerate(sizes) for _ in range(n)])
     idx = torch.arange(len(tasks))
-    old, train_mod._PIECE_SAMPLES = train_mod._PIECE_SAMPLES, limit
-    try:
-        pieces = train_mod._task_pieces(idx, tasks)
-    finally:
-        train_mod._PIECE_SAMPLES = old
+    pieces = task_pieces(idx, tasks, limit)
     assert torch.equal(torch.cat(pieces), idx)
     owner = [{int(tasks[i]) for i in p} for p in pieces]
     assert all(not (a & b) for j, a in enumerate(owner) for b in owner[j + 1:])  # a task lies in one piece
@@ -442,7 +439,8 @@ def test_joint_finetuning_in_pieces_equals_one_pass(tiny_bert, tasks, monkeypatc
     the cut)."""
     import shutil
 
-    import llm.train as train_mod
+    import llm.finetune
+    import llm.loop
 
     model = str(tmp_path / "no_dropout")
     shutil.copytree(tiny_bert, model)
@@ -455,8 +453,8 @@ def test_joint_finetuning_in_pieces_equals_one_pass(tiny_bert, tasks, monkeypatc
     test = list(tasks.test)
     runs = []
     for limit in (1, 10_000):
-        monkeypatch.setattr(train_mod, "_PIECE_SAMPLES", limit)
-        runs.append(train_mod.finetune_tasks(cfg, model, test, rank=4, seed=3, progress=False))
+        monkeypatch.setattr(llm.loop, "PIECE_SAMPLES", limit)
+        runs.append(llm.finetune.finetune_tasks(cfg, model, test, rank=4, seed=3, progress=False))
     for a, b in zip(*runs):
         assert len(a.losses) == 2 and all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in zip(a.losses, b.losses))
         assert a.val_accuracies == b.val_accuracies and a.correct == b.correct
