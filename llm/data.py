@@ -38,6 +38,22 @@ SPLITS = ("train", "validation", "heldout")
 
 @dataclass(frozen=True)
 class Turn:
+    """One message of a conversation.
+
+    Attributes
+    ----------
+    speaker : str or None
+        Its speaker's id (a task of chitchat is one speaker); ``None`` for a speaker that is never a task
+        (ConvAI2's partner).
+    text : str
+        The message (chitchat: consecutive utterances of one sender joined by a space).
+    candidates : tuple of str or None
+        ConvAI2 only: the file's 20 candidates for this reply, the true one among them; ``None`` otherwise.
+
+    >>> Turn("alice", "hi there").candidates is None
+    True
+    """
+
     speaker: str | None  # None: a speaker that is never a task (ConvAI2's partner)
     text: str
     candidates: tuple[str, ...] | None = None  # ConvAI2: the file's candidates for this reply
@@ -45,12 +61,40 @@ class Turn:
 
 @dataclass(frozen=True)
 class Conversation:
+    """A dialogue: its id (chitchat's key, or ConvAI2's persona and episode) and its turns in order.
+
+    Attributes
+    ----------
+    id : str
+        Unique within one data file; samples record it so that splits never share a conversation.
+    turns : tuple of Turn
+        ``(n_turns,)`` in the order spoken.
+    """
+
     id: str
     turns: tuple[Turn, ...]
 
 
 @dataclass(frozen=True)
 class Sample:
+    """One item of dialogue continuation: a context and ``C = 20`` candidate replies, one of them true.
+
+    Attributes
+    ----------
+    context : str
+        The preceding turns (at most ``Config.context_turns``), joined by spaces.
+    candidates : tuple of str
+        ``(C,)`` distinct candidate replies.
+    label : int
+        Index in ``[0, C)`` of the true continuation: ``candidates[label]``.
+    conversation : str
+        Id of the :class:`Conversation` the sample comes from.
+
+    >>> s = Sample("how are you?", ("fine", "blue"), 0, "c1")
+    >>> s.candidates[s.label]
+    'fine'
+    """
+
     context: str
     candidates: tuple[str, ...]  # (C,)
     label: int  # candidates[label] is the true continuation
@@ -76,11 +120,25 @@ class Task:
 
 @dataclass(frozen=True)
 class TaskSet:
+    """The tasks of one experiment: ``T`` retraining tasks and ``T'`` test tasks (distinct speakers / personas).
+
+    Attributes
+    ----------
+    retrain : tuple of Task
+        ``(T,)`` tasks retrained on (SR pooled, Meta-LoRA one adapter each); their ``heldout`` is empty.
+    test : tuple of Task
+        ``(T',)`` unseen tasks, fine-tuned and scored.
+    source : str
+        Where the data came from (``'chitchat'`` or the ConvAI2 file's path).
+    """
+
     retrain: tuple[Task, ...]  # T tasks
     test: tuple[Task, ...]  # T' tasks
     source: str
 
     def summary(self) -> dict:
+        """Names and split sizes: ``{"source", "retrain": [{"task", "train", "heldout", "validation"}], "test": [...]}``
+        (sample counts per split)."""
         def sizes(t: Task) -> dict:
             return {"task": t.name, **{s: len(t.split(s)) for s in SPLITS}}
 
