@@ -7,7 +7,7 @@ writes (at most 60 MiB, refused otherwise)::
     DIR/model/model.safetensors     the packaged all-MiniLM-L6-v2 weights cast to float16 (22.7M parameters)
     DIR/model/config.json           its config with ``"dtype": "float32"`` so from_pretrained loads it in float32
     DIR/model/tokenizer.json, tokenizer_config.json, vocab.txt, special_tokens_map.json
-    DIR/data/tasks.json             the task set (texts of every sample) built by ``llm.data.build_tasks``
+    DIR/data/tasks.json             the task set (texts of every sample) built by ``llm.tasks.build_tasks``
     DIR/data/splits.safetensors     the tokenised splits (``llm.tokens.Split`` tensors) the comparison needs:
                                     the retraining tasks' training and validation samples, and each test task's
                                     training, validation and held-out samples

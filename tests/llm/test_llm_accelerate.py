@@ -15,14 +15,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 
 pytest.importorskip("accelerate")
 torch = pytest.importorskip("torch")
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
 PROBE = r'''
 import json, os, sys
