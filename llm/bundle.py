@@ -46,7 +46,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spe
 
 
 def bundle_config(preset: str):
-    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM)."""
+    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM).
+
+    Raises
+    ------
+    LLMError
+        For a preset other than those of :data:`BUNDLE_PRESETS`.
+    """
     from .config import LLMError
     from .config import preset as cfg_preset
 

@@ -122,7 +122,15 @@ def read_state(ckpt: str) -> dict:
 
 
 def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
-    """Restore parameters, optimizer, scheduler and the torch RNG from ``ckpt``; return its ``state.json``."""
+    """Restore parameters, optimizer, scheduler and the torch RNG from ``ckpt``; return its ``state.json``.
+
+    Raises
+    ------
+    LLMError
+        When the checkpoint's tensors do not match ``model`` (made with other options).
+    OSError
+        When a file of the checkpoint is missing or unreadable.
+    """
     from safetensors.torch import load_file
 
     params = load_file(os.path.join(ckpt, "train_state.safetensors"))

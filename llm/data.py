@@ -109,7 +109,13 @@ class Task:
     validation: tuple[Sample, ...] = ()
 
     def split(self, which: str) -> tuple[Sample, ...]:
-        """The samples of split ``which`` (one of :data:`SPLITS`)."""
+        """The samples of split ``which`` (one of :data:`SPLITS`).
+
+        Raises
+        ------
+        LLMError
+            For a name not in :data:`SPLITS`.
+        """
         if which not in SPLITS:
             raise LLMError(f"split must be one of {SPLITS}, got {which!r}")
         return getattr(self, which)
@@ -150,6 +156,12 @@ def read_chitchat(path: str | None = None) -> list[Conversation]:
 
     Each message (consecutive utterances of one sender) becomes one turn, its utterances joined by a space;
     consecutive messages of the same sender are merged.
+
+    Raises
+    ------
+    DataError
+        When the file is unreadable, not JSON, or a conversation is malformed (the message names the file, and
+        the line where JSON parsing stopped).
     """
     if path is None:
         import chitchat_dataset

@@ -201,7 +201,13 @@ def train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelerat
                  task_sum: bool = False) -> float:
     """One epoch; returns the mean training loss. ``task_sum``: the loss of a batch is the sum over its tasks of
     each task's mean loss, so that every task's adapter gets exactly the gradient of its own fine-tuning (computed
-    in pieces of whole tasks, :func:`task_pieces`)."""
+    in pieces of whole tasks, :func:`task_pieces`).
+
+    Raises
+    ------
+    NonFiniteLossError
+        When a loss is not finite (names the epoch and step; the caller keeps its last checkpoint).
+    """
     pmodel.train()
     batches.epoch = epoch
     negatives = _negatives(cfg, split)

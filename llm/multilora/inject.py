@@ -94,7 +94,13 @@ def inject_multitask_lora(model: nn.Module, *, n_tasks: int, r: int, alpha: floa
 
 
 def inject_multitask_head(model: nn.Module, *, n_tasks: int, module_name: str) -> MultiTaskHead:
-    """Replace the ``nn.Linear`` at ``module_name`` by a :class:`MultiTaskHead` whose T heads start as its copies."""
+    """Replace the ``nn.Linear`` at ``module_name`` by a :class:`MultiTaskHead` whose T heads start as its copies.
+
+    Raises
+    ------
+    ValueError
+        When ``module_name`` is not a submodule of ``model`` or not an ``nn.Linear``.
+    """
     try:
         linear = model.get_submodule(module_name)
     except AttributeError as exc:
@@ -124,6 +130,14 @@ def task_ids(model: nn.Module, ids: torch.Tensor) -> Iterator[None]:
     """Within the block, example b of every batch through ``model`` uses task ``ids[b]`` (ids: LongTensor (B,)).
 
     Works through wrappers (DDP, accelerate) since it walks ``model.modules()``. Nested use is refused.
+
+    Raises
+    ------
+    ValueError
+        When the model holds no multi-task layer, ``ids`` is not a 1-D integer tensor, or an id lies outside
+        ``[0, T)``.
+    RuntimeError
+        When a ``task_ids`` block is already active on the model.
     """
     mods = multitask_modules(model)
     if not mods:

@@ -99,6 +99,13 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         """Add task t's delta weight into the base weight (then only batches of task t are accepted).
 
         As peft's ``safe_merge``: the merged weight is computed on a copy and refused if not finite.
+
+        Raises
+        ------
+        RuntimeError
+            When a task is already merged.
+        ValueError
+            When the merged weight would not be finite (nothing is changed).
         """
         if self.merged_task is not None:
             raise RuntimeError(f"task {self.merged_task} is already merged; unmerge first")
@@ -234,6 +241,14 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
 
 
 def check_sizes(*, n_tasks, r, alpha, dropout) -> None:
+    """Refuse sizes a stacked layer cannot have.
+
+    Raises
+    ------
+    ValueError
+        When ``n_tasks`` or ``r`` is not an integer >= 1, ``alpha`` not a finite number > 0, or ``dropout``
+        outside ``[0, 1)``.
+    """
     if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks <= 0:
         raise ValueError(f"n_tasks must be an integer >= 1, got {n_tasks!r}")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
@@ -245,10 +260,12 @@ def check_sizes(*, n_tasks, r, alpha, dropout) -> None:
 
 
 def check_mode(mode: str) -> None:
+    """Raises ``ValueError`` when ``mode`` is not one of :data:`MODES`."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def check_task(t, n_tasks: int) -> None:
+    """Raises ``ValueError`` when ``t`` is not an integer task index in ``[0, n_tasks)``."""
     if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < n_tasks:
         raise ValueError(f"task index must be an integer in [0, {n_tasks}), got {t!r}")

@@ -67,6 +67,11 @@ def export_task_adapter(model: nn.Module, t: int, out_dir: str | os.PathLike, *,
     is written whole. ``peft.PeftModel.from_pretrained(base, out_dir)`` on a model of the same class and base
     weights as ``model`` (before injection) then computes what ``model`` computes for task t. Both files are
     written atomically (temporary file + rename).
+
+    Raises
+    ------
+    ValueError
+        When ``model`` holds no multi-task LoRA or ``t`` is not a task index in ``[0, T)``.
     """
     import peft
     from safetensors.torch import save_file
