@@ -14,16 +14,9 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from llm.multilora import (  # noqa: E402
-    MultiTaskLoraLinear,
-    export_task_adapter,
-    import_task_adapter,
-    inject_multitask_head,
-    inject_multitask_lora,
-    multitask_modules,
-    task_ids,
-    unload_multitask_lora,
-)
+from llm.multilora import MultiTaskLoraLinear, inject_multitask_head, inject_multitask_lora  # noqa: E402
+from llm.multilora import multitask_modules, task_ids, unload_multitask_lora  # noqa: E402
+from llm.multilora.peft_io import export_task_adapter, import_task_adapter  # noqa: E402
 from multilora_support import TOL, build_pair, mixed_batch, randomise_adapters, tiny_model  # noqa: E402
 
 torch.set_num_threads(1)
