@@ -27,9 +27,17 @@ __all__ = ["make_accelerator", "Batches", "TaskRounds", "make_loader", "set_thre
 
 @functools.lru_cache(maxsize=None)
 def make_accelerator(device: str | None = None):
-    """One ``Accelerator`` per device (accelerate's state is a singleton): CUDA + bf16 when present, else the CPU.
+    """One ``Accelerator`` per device: CUDA + bf16 when present, else the CPU.
 
-    Raises :class:`LLMError` for an unknown device or CUDA asked for without one.
+    The cache is the one piece of process state in ``llm``, and it mirrors accelerate's own: accelerate keeps its
+    process state (``AcceleratorState``) as a singleton that refuses a second, different set-up in the same
+    process, so every retraining and fine-tuning of one process (a table runs many) shares the accelerator of its
+    device. Callers pass the device explicitly; nothing else is kept between calls.
+
+    Raises
+    ------
+    LLMError
+        For an unknown device, or CUDA asked for without one.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
