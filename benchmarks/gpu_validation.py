@@ -45,6 +45,7 @@ sys.path.insert(0, HERE)
 
 import llm_speed  # noqa: E402
 
+from llm.atomic import atomic_write_text  # noqa: E402
 from theory.cli_contract import OneLineParser, check_output_dir, nonneg_int, run_command  # noqa: E402
 
 BUDGET_S = 8 * 60
@@ -159,13 +160,6 @@ def _markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT"), help="result folder (default: $OUT)")
@@ -230,9 +224,9 @@ def _main(args) -> int:
         res["within_budget"] = res["wall_s"] <= BUDGET_S
         from llm.report import json_ready
 
-        _atomic_write(os.path.join(args.out, "gpu_validation.json"),
+        atomic_write_text(os.path.join(args.out, "gpu_validation.json"),
                       json.dumps(json_ready(res), indent=1, default=str) + "\n")
-        _atomic_write(os.path.join(args.out, "gpu_validation.md"), _markdown(res))
+        atomic_write_text(os.path.join(args.out, "gpu_validation.md"), _markdown(res))
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps({"out": os.path.abspath(args.out), "wall_s": round(res["wall_s"], 1),

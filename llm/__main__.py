@@ -71,7 +71,7 @@ def _config(args):
     cfg = _preset_with(args)
     check_model(cfg.model, cfg.freeze_layers)
     if args.device is not None:
-        from .train import make_accelerator
+        from .loop import make_accelerator
 
         make_accelerator(args.device)
     return cfg
@@ -127,10 +127,10 @@ def _run_retrain(args) -> int:
 
 
 def _run_finetune(args) -> int:
-    from .checkpoint import atomic_write_text
+    from .atomic import atomic_write_text
     from .data import load_tasks
     from .report import json_ready
-    from .train import finetune_tasks
+    from .finetune import finetune_tasks
 
     cfg = _config(args)
     if args.out:
@@ -171,6 +171,15 @@ def _run_table(args) -> int:
     return EXIT_OK
 
 
+def _schedule_option(p: argparse.ArgumentParser) -> None:
+    """``--schedule``: its choices and help read from the adapter registry (:data:`llm.adapters.ADAPTERS`)."""
+    from .adapters import ADAPTERS, default_schedule
+
+    kinds = "; ".join(f"{name}: {cls.help}" for name, cls in ADAPTERS.items())
+    p.add_argument("--schedule", choices=list(ADAPTERS), default=None,
+                   help=f"Meta-LoRA adapter type ({kinds}; default {default_schedule()})")
+
+
 def _add_table(sub) -> None:
     p = sub.add_parser("table", help="the whole comparison with its controls -> table.md, table.json, accuracy.png",
                        description="SR and Meta-LoRA retraining, LoRA fine-tuning of every test task and the controls "
@@ -183,8 +192,7 @@ def _add_table(sub) -> None:
                    help="ranks r of Meta-LoRA-r (default: preset's; the paper's Table 1: 8 16)")
     p.add_argument("--finetune-ranks", type=_positive, nargs="+", default=None,
                    help="fine-tuning LoRA ranks r' (default: preset's; the paper's Table 1: 8 16)")
-    p.add_argument("--schedule", choices=["sequential", "batched"], default=None,
-                   help="Meta-LoRA schedule (default sequential: one task per batch)")
+    _schedule_option(p)
     p.add_argument("--resume", action="store_true", help="reuse finished pieces in --out/runs")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrained encoders (by default removed once the table is written)")
@@ -199,9 +207,7 @@ def _add_retrain_finetune(sub) -> None:
     _common(p)
     p.add_argument("--method", choices=["sr", "meta-lora"], required=True, help="sr or meta-lora")
     p.add_argument("--rank", type=_positive, default=8, help="LoRA rank r of Meta-LoRA-r (ignored for sr)")
-    p.add_argument("--schedule", choices=["sequential", "batched"], default=None,
-                   help="Meta-LoRA: batched (all tasks per batch, llm.multilora; default when present) or "
-                        "sequential (peft named adapters, one task per batch)")
+    _schedule_option(p)
     p.add_argument("--seed", type=_nonneg, default=0, help="seed of initialisation, batch order, dropout (default 0)")
     p.add_argument("--out", required=True, help="run folder (checkpoints)")
     p.add_argument("--resume", action="store_true", help="continue from the last finished epoch in --out")
@@ -220,6 +226,17 @@ def _add_retrain_finetune(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m llm`` parser with its subcommands ``table``, ``retrain``, ``finetune``, ``bundle`` and
+    ``planted``; a usage error exits with status 2 and one message.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Parsing sets ``args.func``, the subcommand's runner (``args -> exit status``).
+
+    >>> build_parser().parse_args(["retrain", "--method", "sr", "--out", "run"]).rank
+    8
+    """
     parser = _Parser(prog="python -m llm", description="Meta-LoRA vs standard retraining of a pretrained encoder on "
                                                        "multi-speaker dialogue (the paper's Section 4.2, Table 1).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -235,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run ``python -m llm`` with ``argv`` (default ``sys.argv[1:]``); nothing is raised to the caller.
+
+    Returns
+    -------
+    int
+        Exit status: 0 success, 1 a run failed (a non-finite loss), 2 bad input (one message naming the value and
+        the rule, on stderr), 130 interrupted (Ctrl-C; finished pieces are kept for ``--resume``).
+    """
     # peft calls a transformers method that transformers 5 deprecated: a notice for peft's authors, not for users
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
     # No network at run time: models are the packaged one, a local folder or the local Hugging Face cache. A user who

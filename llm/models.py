@@ -20,8 +20,8 @@ batch of one task uses only that task's head (the other heads get no gradient at
 head on the pooled vectors and gathers each sequence's own logits.
 
 Adapters (Meta-LoRA and fine-tuning): LoRA of rank ``r`` on every linear layer of the trained transformer blocks
-(:func:`lora_targets`), one adapter per task: peft named adapters (:class:`PeftAdapters`, one task per batch) or
-the stacked layers of ``llm.multilora`` (:class:`BatchedAdapters`, mixed batches).
+(:func:`lora_targets`), one adapter per task, of one of the types registered in :data:`llm.adapters.ADAPTERS`
+(peft named adapters, one task per batch, or the stacked layers of ``llm.multilora``, mixed batches).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .config import DEFAULT_MODEL, LORA_PREFIX, LLMError, ModelError
 from .prefix import split_encoder
 
 __all__ = ["LORA_TARGETS", "LORA_PREFIX", "lora_targets", "resolve_model", "load_tokenizer", "load_hf_model",
-           "TaskHeads", "Scorer", "PeftAdapters", "BatchedAdapters", "lora_config", "n_blocks", "check_model"]
+           "TaskHeads", "Scorer", "lora_config", "n_blocks", "check_model"]
 
 _LINEARS = r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)"
 # Every linear layer of the transformer blocks (BERT and RoBERTa module names); the pooler and heads are not adapted.
@@ -179,69 +179,11 @@ class TaskHeads(nn.Module):
         return every[pair_tasks, torch.arange(x.shape[0], device=x.device)]
 
 
-class PeftAdapters:
-    """One peft named adapter per task (``task0`` .. ``task{T-1}``): one task per batch (the reference schedule)."""
-
-    schedule = "sequential"
-
-    def __init__(self, hf_model, n_tasks: int, r: int, alpha: float, dropout: float, targets: str = LORA_TARGETS):
-        from peft import get_peft_model
-
-        self.config = lora_config(r, alpha, dropout, targets)
-        self.names = [f"task{t}" for t in range(n_tasks)]
-        self.peft = get_peft_model(hf_model, copy.deepcopy(self.config), adapter_name=self.names[0])
-        for name in self.names[1:]:
-            self.peft.add_adapter(name, copy.deepcopy(self.config))
-        self.peft.base_model.set_adapter(self.names[0])
-
-    @contextlib.contextmanager
-    def select(self, pair_tasks: torch.Tensor, task: int | None):
-        if task is None:
-            raise ValueError("the sequential schedule needs batches of one task (got a mixed batch)")
-        self.peft.base_model.set_adapter(self.names[task])
-        # peft's set_adapter also turns requires_grad off for the other adapters; keep it on, so that the set of
-        # trainable tensors never changes (DDP registers it once). An adapter outside the forward pass gets no
-        # gradient at all (None), so AdamW leaves it exactly as it is.
-        for n, p in self.peft.base_model.model.named_parameters():
-            if LORA_PREFIX in n:
-                p.requires_grad_(True)
-        yield
-
-    def export(self, out_dir: str) -> None:
-        """Every task's adapter in peft's format under ``out_dir/task{t}/``."""
-        self.peft.save_pretrained(out_dir, selected_adapters=self.names)
-
-
-class BatchedAdapters:
-    """All tasks' adapters stacked in ``llm.multilora`` layers: a mixed batch with per-example task ids."""
-
-    schedule = "batched"
-
-    def __init__(self, hf_model, n_tasks: int, r: int, alpha: float, dropout: float, targets: str = LORA_TARGETS):
-        from . import multilora
-
-        self.multilora = multilora
-        lora_config(r, alpha, dropout)  # validates r
-        self.n_tasks = n_tasks
-        self.model = hf_model
-        self.replaced = multilora.inject_multitask_lora(hf_model, n_tasks=n_tasks, r=r, alpha=alpha,
-                                                        dropout=dropout, target_modules=targets)
-
-    def select(self, pair_tasks: torch.Tensor, task: int | None):
-        """Per-pair task index (P,) for every stacked layer during the forward pass."""
-        return self.multilora.task_ids(self.model, pair_tasks)
-
-    def export(self, out_dir: str) -> None:
-        name = getattr(self.model.config, "_name_or_path", None) or None
-        for t in range(self.n_tasks):
-            self.multilora.export_task_adapter(self.model, t, os.path.join(out_dir, f"task{t}"),
-                                               base_model_name_or_path=name)
-
-
 class Scorer(nn.Module):
     """Upper part of an HF encoder + a scoring rule (``kind`` 'bi' or 'cross', see the module docstring).
 
-    ``n_tasks`` heads (cross) and, through ``make_adapters(hf_model)``, per-task adapters. ``freeze_layers = f``:
+    ``n_tasks`` heads (cross) and, through ``make_adapters(hf_model)``, per-task adapters (an
+    :class:`llm.adapters.TaskAdapters`). ``freeze_layers = f``:
     the embeddings and blocks ``0..f-1`` are the frozen lower part (:attr:`lower`; their outputs are computed
     once outside the model) and :meth:`encode` runs :attr:`upper` on its inputs (token ids when ``f = 0``,
     ``inputs_embeds`` otherwise).

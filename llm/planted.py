@@ -140,7 +140,13 @@ PRESETS = {
 
 
 def planted_preset(name: str, **overrides) -> PlantedConfig:
-    """The preset ``name`` with ``overrides`` (None values ignored); LLMError for an unknown name or bad value."""
+    """The preset ``name`` with ``overrides`` (None values ignored); LLMError for an unknown name or bad value.
+
+    Raises
+    ------
+    LLMError
+        For an unknown preset name or an invalid value.
+    """
     if name not in PRESETS:
         raise LLMError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     return PRESETS[name].replace(**{k: v for k, v in overrides.items() if v is not None})

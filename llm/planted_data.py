@@ -117,7 +117,13 @@ class Split:
 
 
 def split_pool(pool_size: int, *, seed: int, m: int, n_max: int, N: int, T_max: int) -> Split:
-    """The seed's disjoint split of the pool (module docstring); LLMError when the pool is too small."""
+    """The seed's disjoint split of the pool (module docstring); LLMError when the pool is too small.
+
+    Raises
+    ------
+    LLMError
+        When the pool holds fewer turns than the split needs.
+    """
     need = m + n_max + N * T_max
     if need > pool_size:
         raise LLMError(f"the split needs {need} turns but the pool holds {pool_size}")

@@ -82,7 +82,13 @@ def load_encoder(name: str = "minilm") -> nn.Module:
 
 
 def layer_position(name: str) -> tuple[int, int]:
-    """``(block, stage)`` of a chosen layer's name (see the module docstring); LLMError for other names."""
+    """``(block, stage)`` of a chosen layer's name (see the module docstring); LLMError for other names.
+
+    Raises
+    ------
+    LLMError
+        For a name that is not a linear layer of a transformer block.
+    """
     m = _BLOCK.fullmatch(name)
     if m is None or m.group(2) not in STAGES:
         raise LLMError(f"layer {name!r} is not a linear layer of a transformer block "
@@ -210,7 +216,13 @@ def forward_top(model: nn.Module, cache: Cache) -> torch.Tensor:
 
 def layer_output(model: nn.Module, cache: Cache, name: str) -> torch.Tensor:
     """Output ``(B, L, d_out)`` of the chosen layer ``name`` on the cached input (the linear limit's prediction);
-    ``name`` must sit at the cache's resume point."""
+    ``name`` must sit at the cache's resume point.
+
+    Raises
+    ------
+    LLMError
+        When ``name`` is not at the cache's resume point.
+    """
     if layer_position(name) != (cache.block, cache.stage):
         raise LLMError(f"layer {name!r} is not at the resume point (block {cache.block}, stage {cache.stage})")
     return model.get_submodule(name)(cache.tensors[0])

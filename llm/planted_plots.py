@@ -1,4 +1,5 @@
-"""PNG panels of ``llm planted`` (matplotlib, Agg): one panel per setting (T, k); lines are medians over seeds,
+"""PNG panels of ``llm planted`` (matplotlib's object API: ``matplotlib.figure.Figure``, no pyplot, no backend
+switch in the caller's process): one panel per setting (T, k); lines are medians over seeds,
 bands the range (min to max) over seeds; the three bases are the SR base, the Meta-LoRA base and the pretrained
 ``W0`` without retraining ("none").
 
@@ -21,14 +22,12 @@ LABELS = {"none": "no retraining (W0)", "sr": "SR", "meta-lora": "Meta-LoRA",
 
 
 def _grid(settings):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     ks = sorted({k for _, k in settings})
     Ts = sorted({T for T, _ in settings})
-    fig, axes = plt.subplots(len(ks), len(Ts), figsize=(3.6 * len(Ts), 3.0 * len(ks)), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(Ts), 3.0 * len(ks)))
+    axes = fig.subplots(len(ks), len(Ts), squeeze=False)
     where = {(T, k): axes[ks.index(k)][Ts.index(T)] for T, k in settings}
     for (T, k), ax in where.items():
         ax.set_title(f"T = {T}, k = {k}", fontsize=9)
@@ -100,10 +99,11 @@ def _spectra_plot(summary, settings):
 
 
 def _n_plot(summary, setting):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     T, k = setting
-    fig, ax = plt.subplots(figsize=(4.5, 3.3))
+    fig = Figure(figsize=(4.5, 3.3))
+    ax = fig.subplots()
     for r_, style in ((k, "-"), ((T + 1) * k, "--")):
         for method in ("none", "sr", "meta-lora"):
             rows = sorted((r for r in summary["rows"]

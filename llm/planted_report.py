@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from .checkpoint import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 from .planted import finetune_ranks
 
 __all__ = ["summarise", "write_outputs", "json_view"]
@@ -212,12 +212,6 @@ def _csvs(result) -> dict[str, str]:
     }
 
 
-def _close(fig) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
 def write_outputs(out: str, result: dict, summary: dict, command: str) -> list[str]:
     """Write ``summary.json``, the CSVs, ``command.txt`` and the PNG panels into ``out`` (each file atomically:
     temporary file + rename); returns the file names."""
@@ -233,7 +227,6 @@ def write_outputs(out: str, result: dict, summary: dict, command: str) -> list[s
     for name, fig in write_plots(result, summary):
         with atomic_path(os.path.join(out, name), suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110, format="png")
-        _close(fig)
         names.append(name)
     atomic_write_text(os.path.join(out, "command.txt"), command + "\n")
     doc = {"command": command, **{k: result[k] for k in ("config", "layers", "pool", "elapsed_s", "threads",

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import NonFiniteLossError
+from .config import LORA_PREFIX, NonFiniteLossError
 from .planted_model import Cache, base_linear, current_weights, masked_mse, set_weights
 
 __all__ = ["RetrainResult", "FinetuneCurve", "retrain", "finetune", "input_second_moment", "weighted_spectrum"]
@@ -120,7 +120,7 @@ def retrain(model, names: tuple[str, ...], cache: Cache, targets: torch.Tensor, 
             lin.weight.requires_grad_(True)
         groups = [{"params": [lin.weight for lin in linears], "lr": lr}]
         if injected:
-            groups.append({"params": [p for n, p in model.named_parameters() if ".lora_" in n],
+            groups.append({"params": [p for n, p in model.named_parameters() if f".{LORA_PREFIX}" in n],
                            "lr": lr if lr_adapter is None else lr_adapter})
         opt = torch.optim.Adam(groups)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)

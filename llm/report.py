@@ -17,7 +17,7 @@ import json
 import math
 import os
 
-from .checkpoint import atomic_path, atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 
 __all__ = ["write", "to_markdown", "verdict", "plot_curves", "json_ready"]
 

@@ -48,7 +48,13 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
 
 def sign_flip_p(d) -> float:
     """Exact two-sided sign-flip (randomisation) p-value of ``mean(d) = 0`` over all ``2^n`` sign patterns of
-    ``d`` (n,): the fraction of patterns whose ``|mean|`` is at least the observed one (ties counted)."""
+    ``d`` (n,): the fraction of patterns whose ``|mean|`` is at least the observed one (ties counted).
+
+    Raises
+    ------
+    ValueError
+        When ``n > 20`` (the enumeration of ``2^n`` patterns would be too long).
+    """
     d = np.asarray(d, dtype=float)
     if d.size > 20:
         raise ValueError(f"exact sign-flip enumerates 2^n patterns; n = {d.size} is too many (at most 20)")
@@ -86,6 +92,11 @@ def seeds_tasks_interval(x, groups, level: float = 0.95) -> tuple[float, float, 
     ``var = var(seed means) / S + T / (T - 1) * sum_t (n_t (q_t - mean))^2 / N^2`` with ``q_t`` the mean of task
     ``t``'s ``n_t`` items over seeds; degrees of freedom by Welch-Satterthwaite. Slightly conservative (the
     seed-by-item residual enters both terms).
+
+    Raises
+    ------
+    ValueError
+        When ``groups`` does not have one entry per item (column of ``x``).
     """
     x = _as_matrix(x, "x")
     g = np.asarray(groups)

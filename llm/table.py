@@ -25,12 +25,14 @@ import numpy as np
 
 from . import checkpoint as ckpt_mod
 from . import stats
-from .checkpoint import atomic_write_text
+from .atomic import atomic_write_text
 from .config import Config, LLMError
 from .data import TaskSet, load_tasks
+from .finetune import evaluate_base, finetune_tasks
+from .loop import make_accelerator
 from .models import load_hf_model, load_tokenizer
 from .prefix import SplitCache
-from .train import evaluate_base, finetune_tasks, make_accelerator, retrain
+from .train import retrain
 
 __all__ = ["table_rows", "run_table", "row_label", "comparisons_of"]
 
@@ -50,6 +52,23 @@ def table_rows(cfg: Config) -> list[dict]:
 
 
 def row_label(r: dict) -> str:
+    """The row's name in the table: ``"<retraining> -> <fine-tuning>"``.
+
+    Parameters
+    ----------
+    r : dict
+        A row of :func:`table_rows`: ``method`` (``'none'``, ``'SR'`` or ``'Meta-LoRA'``), ``retrain_rank`` and
+        ``finetune_rank`` (``None`` for no fine-tuning).
+
+    Returns
+    -------
+    str
+
+    >>> row_label({"method": "Meta-LoRA", "retrain_rank": 8, "finetune_rank": 8})
+    'Meta-LoRA-8 -> LoRA-8'
+    >>> row_label({"method": "none", "retrain_rank": None, "finetune_rank": None})
+    'none -> none'
+    """
     left = {"none": "none", "SR": "SR"}.get(r["method"], f"Meta-LoRA-{r['retrain_rank']}")
     right = "none" if r["finetune_rank"] is None else f"LoRA-{r['finetune_rank']}"
     return f"{left} -> {right}"

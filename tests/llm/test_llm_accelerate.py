@@ -15,14 +15,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 
 pytest.importorskip("accelerate")
 torch = pytest.importorskip("torch")
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir))
 
 PROBE = r'''
 import json, os, sys
@@ -33,7 +32,7 @@ from llm.__main__ import main
 rank = int(os.environ.get("RANK", "0"))
 log = {{"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")), "batches": {{}}, "saves": []}}
 state = {{"epoch": None}}
-real_epoch, real_collate, real_save = llm.train._train_epoch, llm.tokens.Split.batch, llm.checkpoint.save_checkpoint
+real_epoch, real_collate, real_save = llm.train.train_epoch, llm.tokens.Split.batch, llm.checkpoint.save_checkpoint
 
 def train_epoch(*a, **kw):
     state["epoch"] = kw["epoch"]
@@ -51,7 +50,7 @@ def save(out_dir, epoch, **kw):
     log["saves"].append(epoch)
     return real_save(out_dir, epoch, **kw)
 
-llm.train._train_epoch = train_epoch
+llm.train.train_epoch = train_epoch
 llm.tokens.Split.batch = collate
 llm.train.ckpt_mod.save_checkpoint = save
 code = main(sys.argv[1:])

@@ -3,13 +3,10 @@ gradients for a mixed batch of several tasks, export to / import from peft's ada
 
 Tiny random BERT and RoBERTa configurations are built here (no downloads); float64 so the tolerances are tight.
 """
-
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 
 import pytest
 import torch
@@ -24,80 +21,15 @@ from llm.multilora import (  # noqa: E402
     MultiTaskHead,
     MultiTaskLoraLinear,
     export_task_adapter,
-    import_task_adapter,
-    inject_multitask_head,
     inject_multitask_lora,
     multitask_modules,
     set_mode,
     task_ids,
-    unload_multitask_lora,
 )
+from multilora_support import TOL, build_pair, mixed_batch, tiny_model  # noqa: E402
 
 torch.set_num_threads(1)
-TOL = dict(rtol=1e-9, atol=1e-11)
 
-
-def _tiny(arch: str, seed: int = 0):
-    kw = dict(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
-              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2)
-    torch.manual_seed(seed)
-    if arch == "bert":
-        model = transformers.BertForSequenceClassification(transformers.BertConfig(max_position_embeddings=32, **kw))
-    else:
-        model = transformers.RobertaForSequenceClassification(
-            transformers.RobertaConfig(max_position_embeddings=40, pad_token_id=1, **kw))
-    return model.double()
-
-
-def _randomise(model, seed: int, scale: float = 0.3):
-    """Give every adapter and head slice random values (B starts at zero, which would hide errors)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, m in multitask_modules(model):
-            for p in m.parameters(recurse=False):
-                p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
-
-def _peft_twin(base, ours, names, *, T, r, alpha, heads: bool):
-    """A peft model with adapters t0..t{T-1} holding exactly our adapters' (and heads') values; base trainable."""
-    cfg = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(names),
-                          modules_to_save=["classifier"] if heads else None)
-    pm = peft.get_peft_model(copy.deepcopy(base), cfg, adapter_name="t0")
-    for t in range(1, T):
-        pm.add_adapter(f"t{t}", cfg)
-    with torch.no_grad():
-        for name, m in multitask_modules(ours):
-            pmod = pm.base_model.model.get_submodule(name)
-            for t in range(T):
-                if isinstance(m, MultiTaskLoraLinear):
-                    pmod.lora_A[f"t{t}"].weight.copy_(m.lora_A[t])
-                    pmod.lora_B[f"t{t}"].weight.copy_(m.lora_B[t])
-                else:
-                    pmod.modules_to_save[f"t{t}"].weight.copy_(m.weight[t])
-                    pmod.modules_to_save[f"t{t}"].bias.copy_(m.bias[t])
-    for n, p in pm.named_parameters():
-        if "lora_" not in n and "modules_to_save" not in n and "original_module" not in n:
-            p.requires_grad_(True)
-    return pm
-
-
-def _build(arch, *, T=3, r=4, alpha=8, heads=None, seed=0):
-    heads = (arch == "bert") if heads is None else heads
-    base = _tiny(arch, seed)
-    ours = copy.deepcopy(base)
-    names = inject_multitask_lora(ours, n_tasks=T, r=r, alpha=alpha, dropout=0.0, target_modules="all-linear")
-    if heads:
-        inject_multitask_head(ours, n_tasks=T, module_name="classifier")
-    _randomise(ours, seed + 1)
-    return base, ours, names, _peft_twin(base, ours, names, T=T, r=r, alpha=alpha, heads=heads)
-
-
-def _batch(seed, n=7, length=9):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 60, (n, length), generator=g)
-    mask = torch.ones(n, length, dtype=torch.long)
-    mask[1, 6:] = 0  # some padding, so the attention mask matters
-    return ids, mask
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -215,11 +147,11 @@ def test_dropout_is_identity_in_eval_and_only_on_the_lora_branch():
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_mixed_batch_outputs_and_gradients_match_peft_task_by_task(arch):
     T = 3
-    base, ours, names, pm = _build(arch, T=T)
+    base, ours, names, pm = build_pair(arch, T=T)
     assert len(names) == (2 * 6 + 1 if arch == "bert" else 2 * 6)  # RoBERTa's pooler is unused by its head
     ours.train()
     pm.train()
-    x, mask = _batch(1)
+    x, mask = mixed_batch(1)
     ids = torch.tensor([2, 0, 1, 0, 2, 1, 1])
     with task_ids(ours, ids):
         logits = ours(input_ids=x, attention_mask=mask).logits
@@ -262,10 +194,10 @@ def test_mixed_batch_outputs_and_gradients_match_peft_task_by_task(arch):
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_merged_outputs_match_peft_merged(arch):
     T = 3
-    _, ours, names, pm = _build(arch, T=T, seed=4)
+    _, ours, names, pm = build_pair(arch, T=T, seed=4)
     ours.eval()
     pm.eval()
-    x, mask = _batch(2)
+    x, mask = mixed_batch(2)
     ids = torch.tensor([1, 1, 0, 2, 0, 1, 2])
     with torch.no_grad(), task_ids(ours, ids):
         unmerged = ours(input_ids=x, attention_mask=mask).logits
@@ -291,137 +223,6 @@ def test_merged_outputs_match_peft_merged(arch):
         torch.testing.assert_close(ours(input_ids=x, attention_mask=mask).logits, unmerged, **TOL)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# export / import in peft's format
-
-
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
-def test_export_loads_in_peft_with_same_outputs(arch, tmp_path):
-    T = 3
-    base, ours, names, _ = _build(arch, T=T, seed=7)
-    with torch.no_grad():  # retraining changes the base too: export must go with the unloaded base
-        for n, p in ours.named_parameters():
-            if "lora_" not in n and n.endswith("base_layer.weight"):
-                p.add_(0.01)
-    ours.eval()
-    x, mask = _batch(3)
-    ids = torch.tensor([0, 1, 2, 0, 1, 2, 2])
-    with torch.no_grad(), task_ids(ours, ids):
-        logits = ours(input_ids=x, attention_mask=mask).logits
-    for t in range(T):
-        out = export_task_adapter(ours, t, tmp_path / f"task{t}", base_model_name_or_path="tiny")
-        with open(os.path.join(out, "adapter_config.json"), encoding="utf-8") as fh:
-            cfg = json.load(fh)
-        assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and sorted(cfg["target_modules"]) == names
-        assert cfg["base_model_name_or_path"] == "tiny"
-        assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
-    plain = unload_multitask_lora(copy.deepcopy(ours))
-    assert not multitask_modules(plain)
-    for t in range(T):
-        loaded = peft.PeftModel.from_pretrained(copy.deepcopy(plain), str(tmp_path / f"task{t}"))
-        loaded.eval()
-        rows = ids == t
-        with torch.no_grad():
-            theirs = loaded(input_ids=x[rows], attention_mask=mask[rows]).logits
-        torch.testing.assert_close(logits[rows], theirs, **TOL)
-
-
-def test_import_round_trip_and_peft_saved_adapter(tmp_path):
-    T = 3
-    base, ours, names, pm = _build("bert", T=T, seed=11)
-    export_task_adapter(ours, 1, tmp_path / "t1")
-    other = copy.deepcopy(base)
-    inject_multitask_lora(other, n_tasks=T, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    inject_multitask_head(other, n_tasks=T, module_name="classifier")
-    import_task_adapter(other, 2, tmp_path / "t1")
-    for (name, m), (_, o) in zip(multitask_modules(ours), multitask_modules(other)):
-        for p, q in zip(m.parameters(recurse=False), o.parameters(recurse=False)):
-            assert torch.equal(q[2], p[1]), name
-            assert not torch.equal(q[0], p[1]) or torch.count_nonzero(p[1]) == 0
-    # an adapter saved by peft itself (adapter "t0" of the twin) imports into task 0
-    pm.save_pretrained(str(tmp_path / "peft_saved"), selected_adapters=["t0"])
-    import_task_adapter(other, 0, tmp_path / "peft_saved" / "t0")  # peft saves a non-default adapter in a subfolder
-    for (name, m), (_, o) in zip(multitask_modules(ours), multitask_modules(other)):
-        if isinstance(m, MultiTaskLoraLinear):
-            assert torch.equal(o.lora_A[0], m.lora_A[0]) and torch.equal(o.lora_B[0], m.lora_B[0]), name
-    # wrong rank is refused, naming both values
-    wrong = copy.deepcopy(base)
-    inject_multitask_lora(wrong, n_tasks=T, r=2, alpha=8, dropout=0.0, target_modules="all-linear")
-    with pytest.raises(ValueError, match="r=4.*r=2"):
-        import_task_adapter(wrong, 0, tmp_path / "t1")
-    with pytest.raises(ValueError, match="not found"):
-        import_task_adapter(other, 0, tmp_path / "nothing")
-
-
-@pytest.mark.parametrize("arch, head", [("bert", "classifier"), ("roberta", "classifier.out_proj")])
-def test_seq_cls_export_loads_in_peft_and_reproduces_each_tasks_logits(arch, head, tmp_path):
-    """peft's SEQ_CLS models save and expect the whole classification module (RoBERTa: dense + out_proj)."""
-    T = 2
-    base = _tiny(arch, 3)
-    ours = copy.deepcopy(base)
-    inject_multitask_lora(ours, n_tasks=T, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-    inject_multitask_head(ours, n_tasks=T, module_name=head)
-    _randomise(ours, 5)
-    ours.eval()
-    x, mask = _batch(4)
-    for t in range(T):
-        export_task_adapter(ours, t, tmp_path / f"t{t}", task_type="SEQ_CLS")
-        with open(tmp_path / f"t{t}" / "adapter_config.json", encoding="utf-8") as fh:
-            assert json.load(fh)["modules_to_save"] == ["classifier"]
-        loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / f"t{t}")).eval()
-        with torch.no_grad(), task_ids(ours, torch.full((x.shape[0],), t)):
-            mine = ours(input_ids=x, attention_mask=mask).logits
-            theirs = loaded(input_ids=x, attention_mask=mask).logits
-        torch.testing.assert_close(mine, theirs, **TOL)
-        # and the folder imports back into another task slot with the same outputs
-        other = copy.deepcopy(base)
-        inject_multitask_lora(other, n_tasks=T, r=4, alpha=8, dropout=0.0, target_modules="all-linear")
-        inject_multitask_head(other, n_tasks=T, module_name=head)
-        import_task_adapter(other, 1 - t, tmp_path / f"t{t}")
-        with torch.no_grad(), task_ids(other.eval(), torch.full((x.shape[0],), 1 - t)):
-            torch.testing.assert_close(other(input_ids=x, attention_mask=mask).logits, mine, **TOL)
-
-
-def _peft_saved(tmp_path, base, **lora_kw):
-    cfg = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"], **lora_kw)
-    pm = peft.get_peft_model(copy.deepcopy(base), cfg)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)
-    path = tmp_path / "saved"
-    pm.save_pretrained(str(path))
-    return path
-
-
-@pytest.mark.parametrize("lora_kw, field", [
-    (dict(alpha_pattern={"query": 32}), "alpha_pattern"),
-    (dict(rank_pattern={"value": 2}), "rank_pattern"),
-    (dict(use_rslora=True), "use_rslora"),
-    (dict(use_dora=True), "use_dora"),
-    (dict(bias="lora_only"), "bias"),
-])
-def test_import_refuses_peft_fields_it_would_compute_differently(lora_kw, field, tmp_path):
-    base = _tiny("bert", 1)
-    path = _peft_saved(tmp_path, base, **lora_kw)
-    ours = copy.deepcopy(base)
-    inject_multitask_lora(ours, n_tasks=2, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"])
-    with pytest.raises(ValueError, match=field):
-        import_task_adapter(ours, 0, path)
-
-
-def test_import_of_a_plain_peft_adapter_matches_peft(tmp_path):
-    base = _tiny("bert", 2)
-    path = _peft_saved(tmp_path, base, alpha_pattern={"query": 8})  # a pattern equal to the global alpha: same
-    ours = copy.deepcopy(base)
-    inject_multitask_lora(ours, n_tasks=2, r=4, alpha=8, dropout=0.0, target_modules=["query", "value"])
-    import_task_adapter(ours, 1, path)
-    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(path)).eval()
-    x, mask = _batch(2)
-    with torch.no_grad(), task_ids(ours.eval(), torch.ones(x.shape[0], dtype=torch.long)):
-        torch.testing.assert_close(ours(input_ids=x, attention_mask=mask).logits,
-                                   loaded(input_ids=x, attention_mask=mask).logits, **TOL)
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # modes, heads, errors
@@ -429,8 +230,8 @@ def test_import_of_a_plain_peft_adapter_matches_peft(tmp_path):
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
 def test_grouped_mode_equals_gather_mode(arch):
-    _, ours, _, _ = _build(arch, T=4, seed=2)
-    x, mask = _batch(4)
+    _, ours, _, _ = build_pair(arch, T=4, seed=2)
+    x, mask = mixed_batch(4)
     ids = torch.tensor([3, 3, 0, 2, 0, 3, 2])
     outs, grads = [], []
     for mode in ("gather", "grouped"):
@@ -462,7 +263,7 @@ def test_head_from_linear_gathers_per_example():
 
 
 def test_bad_input_is_refused_with_clear_errors():
-    model = _tiny("bert")
+    model = tiny_model("bert")
     for kwargs, pattern in [
         (dict(n_tasks=0, r=4), "n_tasks must be an integer >= 1, got 0"),
         (dict(n_tasks=2, r=0), "rank r must be an integer >= 1, got 0"),
@@ -476,7 +277,7 @@ def test_bad_input_is_refused_with_clear_errors():
         inject_multitask_lora(model, n_tasks=2, r=2, alpha=8, dropout=0.0, target_modules=["no_such_layer"])
     assert not multitask_modules(model)  # nothing was changed by the refused calls
     inject_multitask_lora(model, n_tasks=2, r=2, alpha=8, dropout=0.0, target_modules=["query", "value"])
-    x, mask = _batch(0, n=3)
+    x, mask = mixed_batch(0, n=3)
     with pytest.raises(RuntimeError, match="no task index set"):
         model(input_ids=x)
     with pytest.raises(ValueError, match=r"must lie in \[0, 2\)"):
@@ -518,7 +319,7 @@ def test_bf16_autocast_runs_and_stays_close(mode):
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_lora_dropout_keeps_one_minus_p_and_rescales(p):
     """The LoRA-branch dropout has nn.Dropout's law: keep with probability 1 - p, kept values scaled by 1/(1-p)."""
-    from llm.multilora import _lora_dropout
+    from llm.multilora.layers import _lora_dropout
 
     def dropout(x, training):
         masked, factor = _lora_dropout(x, nn.Dropout(p), training)

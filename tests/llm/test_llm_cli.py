@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 from llm.__main__ import main  # noqa: E402
 from test_llm_support import chitchat_file, tiny_bert, write_chitchat  # noqa: E402,F401
 
-ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir)
 
 
 def _smoke(model, data, *extra):

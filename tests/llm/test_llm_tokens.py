@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from llm.config import preset  # noqa: E402
-from llm.data import Sample, Task, build_tasks, read_chitchat  # noqa: E402
+from llm.data import Sample, Task, read_chitchat  # noqa: E402
+from llm.tasks import build_tasks  # noqa: E402
 from llm.tokens import tokenise, tokenizer_fingerprint  # noqa: E402
 from test_llm_support import write_chitchat  # noqa: E402
 

@@ -94,6 +94,67 @@ def chitchat_file(tmp_path_factory) -> str:
     return write_chitchat(str(tmp_path_factory.mktemp("chitchat") / "chitchat.json"))
 
 
+# ------------------------------------------------------------------------ small retraining / fine-tuning setups
+
+T = 3  # retraining tasks of the small task set
+
+
+@pytest.fixture(scope="module")
+def tasks(chitchat_file):
+    """The smoke preset's task set on :func:`chitchat_file` with ``T`` retraining and 2 test tasks."""
+    from llm.config import preset
+    from llm.data import read_chitchat
+    from llm.tasks import build_tasks
+
+    cfg = preset("smoke").replace(n_retrain_tasks=T, n_test_tasks=2)
+    return build_tasks(read_chitchat(chitchat_file), cfg)
+
+
+def small_cfg(model: str, **kw):
+    """The smoke preset on ``model`` with ``T`` retraining tasks, short sequences, nothing frozen, one thread."""
+    from llm.config import preset
+
+    base = dict(model=model, n_retrain_tasks=T, n_test_tasks=2, threads=1, max_length=20, candidate_length=8,
+                freeze_layers=0)
+    base.update(kw)
+    return preset("smoke").replace(**base)
+
+
+def params_named(model, pattern: str) -> dict:
+    """``{name: parameter}`` of ``model``'s parameters whose name contains ``pattern``."""
+    return {n: p for n, p in model.named_parameters() if pattern in n}
+
+
+def retrain_split(cfg, tasks, model, which="train"):
+    """The tokenised split ``which`` of the retraining tasks, on ``model``'s lower part."""
+    from llm.models import load_tokenizer
+    from llm.prefix import SplitCache
+
+    return SplitCache(cfg, load_tokenizer(cfg.model)).get(tasks.retrain, which, model.lower)
+
+
+def task_batch(split, t, n=2, negatives=2, seed=0):
+    """A batch of the first ``n`` samples of task ``t`` with ``negatives`` drawn negatives each."""
+    idx = torch.nonzero(split.tasks == t).flatten()[:n]
+    return split.batch(idx, negatives=negatives, generator=torch.Generator().manual_seed(seed))
+
+
+def batch_loss(model, split, b, task):
+    """The training loss of batch ``b`` (all of task ``task``, or ``None`` for mixed)."""
+    feats = model(split.store.inputs(b["seqs"]), b["seq_tasks"], task)
+    return model.loss(feats, b)
+
+
+def has_gradient(p) -> bool:
+    """``p`` received a gradient with a non-zero entry."""
+    return p.grad is not None and bool(p.grad.ne(0).any())
+
+
+def no_gradient(p) -> bool:
+    """``p`` received no gradient, or an all-zero one."""
+    return p.grad is None or bool(p.grad.eq(0).all())
+
+
 def test_support_files_are_readable(tmp_path):
     """The synthetic files parse with the package's readers (guards every test that uses them)."""
     from llm.data import read_chitchat, read_convai2

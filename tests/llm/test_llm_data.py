@@ -6,19 +6,18 @@ import os
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from llm.config import CandidateError, DataError, LLMError, preset
-from llm.data import build_tasks, read_chitchat, read_convai2
+from llm.data import read_chitchat, read_convai2
+from llm.tasks import build_tasks
 from test_llm_support import write_chitchat, write_convai2
 
-SHARED_FILE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data",
+SHARED_FILE = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, os.pardir, "shared", "data",
                            "convai2_valid_self_original_head.txt")
 
 CFG = preset("smoke").replace(n_retrain_tasks=3, n_test_tasks=2, retrain_samples=6, test_train_samples=3,
                               validation_samples=2, heldout_samples=3, per_conversation=2)
-CASES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "cases")
+CASES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, os.pardir, "shared", "cases")
 
 
 # ------------------------------------------------------------------------------------------------------ ConvAI2

@@ -1,0 +1,271 @@
+"""The stacked layers of :mod:`llm.multilora`: T LoRA adapters (or T linear heads) in one module, example b using
+task ``t_b``'s (the formulas, and why this is not peft, are in the package docstring).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["MultiTaskLoraLinear", "MultiTaskHead", "MODES", "DEFAULT_MODE", "check_sizes", "check_mode",
+           "check_task"]
+
+MODES = ("gather", "grouped")
+DEFAULT_MODE = "gather"
+
+
+class _TaskIndexMixin:
+    """The per-example task index, set by :func:`task_ids` and read by ``forward``."""
+
+    n_tasks: int
+    _task_ids: torch.Tensor | None
+
+    def _ids_for(self, x: torch.Tensor) -> torch.Tensor:
+        ids = self._task_ids
+        if ids is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: no task index set; run the forward pass inside "
+                "`with llm.multilora.task_ids(model, ids):` (ids: LongTensor of shape (batch,))"
+            )
+        if ids.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}: task index has {ids.shape[0]} entries but the input's leading "
+                f"(batch) dimension is {x.shape[0]}; they must be equal"
+            )
+        if ids.device != x.device:
+            ids = ids.to(x.device)
+        return ids
+
+
+class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
+    """A base ``nn.Linear`` plus T LoRA adapters, example b using adapter ``t_b``.
+
+    Parameters
+    ----------
+    base_layer : nn.Linear with weight ``W: (d_out, d_in)``; kept as ``self.base_layer`` (trainable unless frozen).
+    n_tasks : T >= 1.
+    r : rank >= 1.
+    alpha : LoRA alpha; ``scaling = alpha / r`` (peft's default, no rsLoRA).
+    dropout : probability in [0, 1) of the dropout applied to the LoRA branch's input.
+    mode : "gather" or "grouped" (same numbers, different kernels).
+
+    Attributes
+    ----------
+    lora_A : Parameter ``(T, r, d_in)``; lora_B : Parameter ``(T, d_out, r)``.
+
+    ``forward(x)`` with ``x: (B, ..., d_in)`` returns ``(B, ..., d_out)``:
+    ``W x + bias + scaling * B[t_b] (A[t_b] dropout(x_b))``.
+    """
+
+    def __init__(self, base_layer: nn.Linear, *, n_tasks: int, r: int, alpha: float, dropout: float = 0.0,
+                 mode: str = DEFAULT_MODE):
+        super().__init__()
+        check_sizes(n_tasks=n_tasks, r=r, alpha=alpha, dropout=dropout)
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"MultiTaskLoraLinear wraps nn.Linear, got {type(base_layer).__name__}")
+        check_mode(mode)
+        self.base_layer = base_layer
+        self.n_tasks, self.r, self.alpha = int(n_tasks), int(r), float(alpha)
+        self.scaling = self.alpha / self.r
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.mode = mode
+        self.merged_task: int | None = None
+        w = base_layer.weight
+        self.lora_A = nn.Parameter(torch.empty(n_tasks, r, self.in_features, dtype=w.dtype, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(n_tasks, self.out_features, r, dtype=w.dtype, device=w.device))
+        self.lora_dropout = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self._task_ids = None
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """peft's default init, task by task: ``A[t]`` kaiming-uniform (a = sqrt(5), fan_in = d_in), ``B[t] = 0``.
+
+        Each ``(r, d_in)`` slice is initialised by its own call, in task order, exactly as peft initialises an
+        ``nn.Linear(d_in, r)`` per adapter (a single call on the 3-D tensor would use fan_in = r * d_in).
+        """
+        with torch.no_grad():
+            for t in range(self.n_tasks):
+                nn.init.kaiming_uniform_(self.lora_A[t], a=math.sqrt(5))
+            self.lora_B.zero_()
+
+    def get_delta_weight(self, t: int) -> torch.Tensor:
+        """``scaling * B[t] @ A[t]``, shape ``(d_out, d_in)`` (peft's ``get_delta_weight``)."""
+        check_task(t, self.n_tasks)
+        return self.scaling * (self.lora_B[t] @ self.lora_A[t])
+
+    def merge(self, t: int) -> None:
+        """Add task t's delta weight into the base weight (then only batches of task t are accepted).
+
+        As peft's ``safe_merge``: the merged weight is computed on a copy and refused if not finite.
+
+        Raises
+        ------
+        RuntimeError
+            When a task is already merged.
+        ValueError
+            When the merged weight would not be finite (nothing is changed).
+        """
+        if self.merged_task is not None:
+            raise RuntimeError(f"task {self.merged_task} is already merged; unmerge first")
+        with torch.no_grad():
+            merged = self.base_layer.weight.data + self.get_delta_weight(t).to(self.base_layer.weight.dtype)
+            if not torch.isfinite(merged).all():
+                raise ValueError(f"merging task {t}'s adapter gives non-finite weights; not merged")
+            self.base_layer.weight.data.copy_(merged)
+        self.merged_task = int(t)
+
+    def unmerge(self) -> None:
+        if self.merged_task is None:
+            return
+        with torch.no_grad():
+            delta = self.get_delta_weight(self.merged_task).to(self.base_layer.weight.dtype)
+            self.base_layer.weight.data.sub_(delta)
+        self.merged_task = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = self._ids_for(x)
+        result = self.base_layer(x)
+        if self.merged_task is not None:
+            if bool((ids != self.merged_task).any()):
+                raise RuntimeError(f"task {self.merged_task} is merged but the batch holds other tasks; unmerge first")
+            return result
+        lead = x.shape
+        # dropout's 1 / (1 - p) is folded into the scaling, applied to the small (B, N, r) tensor
+        x3, drop_scale = _lora_dropout(x, self.lora_dropout, self.training)
+        x3 = x3.reshape(lead[0], -1, lead[-1])  # (B, N, d_in)
+        x3 = x3.to(self.lora_A.dtype) if not torch.is_autocast_enabled() else x3
+        scaling = self.scaling * drop_scale
+        if self.mode == "gather":
+            a = self.lora_A.index_select(0, ids)  # (B, r, d_in)
+            b = self.lora_B.index_select(0, ids)  # (B, d_out, r)
+            h = torch.bmm(x3, a.transpose(1, 2)) * scaling  # (B, N, r)
+            res3 = result.reshape(lead[0], -1, self.out_features)
+            if torch.is_autocast_enabled():
+                out = torch.baddbmm(res3, h, b.transpose(1, 2))
+            else:  # as peft: the LoRA branch in the adapters' dtype, the sum in the base's
+                out = torch.baddbmm(res3, h.to(res3.dtype), b.transpose(1, 2).to(res3.dtype))
+            return out.reshape(*lead[:-1], self.out_features)
+        delta = _grouped_delta(x3, ids, self.lora_A, self.lora_B, scaling)
+        return result + delta.reshape(*lead[:-1], self.out_features).to(result.dtype)
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, r={self.r}, alpha={self.alpha}, mode={self.mode!r}"
+
+
+def _lora_dropout(x: torch.Tensor, module: nn.Module, training: bool) -> tuple[torch.Tensor, float]:
+    """peft's LoRA dropout, as ``(masked x, factor)``: dropout(x) = factor * masked x.
+
+    Each element is kept with probability 1 - p and scaled by 1 / (1 - p) (``nn.Dropout``'s law, what peft
+    uses); identity in eval mode (factor 1). On the CPU the keep-mask comes from ``rand(x.shape) >= p`` (about 3x
+    faster here than ``nn.Dropout``'s ``bernoulli_``, which was ~10% of a MiniLM training step with 36 adapted
+    layers) and the 1 / (1 - p) is returned as ``factor`` so the caller applies it to the small rank-r tensor.
+    On other devices the fused ``nn.functional.dropout`` is used (factor 1).
+    """
+    p = getattr(module, "p", 0.0)
+    if not training or p == 0.0:
+        return x, 1.0
+    if x.device.type != "cpu":
+        return nn.functional.dropout(x, p, True), 1.0
+    keep = torch.rand(x.shape, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype, device=x.device) >= p
+    return torch.where(keep, x, 0.0), 1.0 / (1.0 - p)
+
+
+def _grouped_delta(x3: torch.Tensor, ids: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                   scaling: float) -> torch.Tensor:
+    """``delta[b] = scaling * x3[b] A[t_b]^T B[t_b]^T`` by one pair of matmuls per task present in the batch."""
+    n, length, _ = x3.shape
+    delta = x3.new_zeros(n, length, B.shape[1])
+    for t in torch.unique(ids).tolist():
+        rows = (ids == t).nonzero(as_tuple=True)[0]
+        xt = x3.index_select(0, rows)
+        dt = (xt @ A[t].transpose(0, 1)) @ (B[t].transpose(0, 1) * scaling)
+        delta = delta.index_copy(0, rows, dt.to(delta.dtype))
+    return delta
+
+
+class MultiTaskHead(_TaskIndexMixin, nn.Module):
+    """T stacked linear heads, example b using head ``t_b``.
+
+    ``weight: (T, n_labels, hidden)``, ``bias: (T, n_labels)``; ``forward(x)`` with ``x: (B, ..., hidden)`` returns
+    ``(B, ..., n_labels)`` with ``y_b = weight[t_b] x_b + bias[t_b]``. Built from an ``nn.Linear`` by
+    :meth:`from_linear`, every task's head starting as a copy of it (what peft's ``modules_to_save`` does per adapter).
+    """
+
+    def __init__(self, n_tasks: int, hidden: int, n_labels: int, *, bias: bool = True, dtype=None, device=None):
+        super().__init__()
+        if n_tasks <= 0:
+            raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+        self.n_tasks, self.in_features, self.out_features = int(n_tasks), int(hidden), int(n_labels)
+        self.weight = nn.Parameter(torch.zeros(n_tasks, n_labels, hidden, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(n_tasks, n_labels, dtype=dtype, device=device)) if bias else None
+        self._task_ids = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, n_tasks: int) -> MultiTaskHead:
+        head = cls(n_tasks, linear.in_features, linear.out_features, bias=linear.bias is not None,
+                   dtype=linear.weight.dtype, device=linear.weight.device)
+        with torch.no_grad():
+            head.weight.copy_(linear.weight.detach().expand(n_tasks, -1, -1))
+            if linear.bias is not None:
+                head.bias.copy_(linear.bias.detach().expand(n_tasks, -1))
+        return head
+
+    def task_linear(self, t: int) -> nn.Linear:
+        """Task t's head as a fresh ``nn.Linear`` (a copy)."""
+        check_task(t, self.n_tasks)
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                        dtype=self.weight.dtype, device=self.weight.device)
+        with torch.no_grad():
+            lin.weight.copy_(self.weight[t])
+            if self.bias is not None:
+                lin.bias.copy_(self.bias[t])
+        return lin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids = self._ids_for(x)
+        lead = x.shape
+        x3 = x.reshape(lead[0], -1, lead[-1])
+        w = self.weight.index_select(0, ids)  # (B, n_labels, hidden)
+        if torch.is_autocast_enabled():
+            y = torch.bmm(x3, w.transpose(1, 2))
+        else:
+            y = torch.bmm(x3.to(w.dtype), w.transpose(1, 2))
+        if self.bias is not None:
+            y = y + self.bias.index_select(0, ids).unsqueeze(1).to(y.dtype)
+        return y.reshape(*lead[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"n_tasks={self.n_tasks}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+def check_sizes(*, n_tasks, r, alpha, dropout) -> None:
+    """Refuse sizes a stacked layer cannot have.
+
+    Raises
+    ------
+    ValueError
+        When ``n_tasks`` or ``r`` is not an integer >= 1, ``alpha`` not a finite number > 0, or ``dropout``
+        outside ``[0, 1)``.
+    """
+    if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks <= 0:
+        raise ValueError(f"n_tasks must be an integer >= 1, got {n_tasks!r}")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise ValueError(f"LoRA rank r must be an integer >= 1, got {r!r}")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"LoRA alpha must be a finite number > 0, got {alpha!r}")
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+
+
+def check_mode(mode: str) -> None:
+    """Raises ``ValueError`` when ``mode`` is not one of :data:`MODES`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def check_task(t, n_tasks: int) -> None:
+    """Raises ``ValueError`` when ``t`` is not an integer task index in ``[0, n_tasks)``."""
+    if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < n_tasks:
+        raise ValueError(f"task index must be an integer in [0, {n_tasks}), got {t!r}")
