@@ -54,7 +54,8 @@ sum (2 E0 + Delta) * Delta`` (``Delta = E(x0 + h) - E0``, exact since E is quadr
 computed in float64, vectorised, with the a-priori rounding bound ``|fl(f) - f| <= gamma_K f_abs`` (Higham,
 *Accuracy and Stability of Numerical Algorithms*, 2nd ed., ch. 3: each monomial of the computed expression carries
 at most K factors ``(1 + delta_i)``, ``gamma_K = K u / (1 - K u)``, ``u = 2^-53``, ``f_abs`` the same expression on
-absolute values), plus the propagated error of the float ``E0``; the constants are in :func:`landscape.certify_epsnet_net.float_dG_grad`.
+absolute values), plus the propagated error of the float ``E0``; the constants are in
+:func:`landscape.certify_epsnet_net.float_dG_grad`.
 Evaluating the difference keeps the error proportional to |h| rather than to G. Each bound is doubled to absorb its
 own rounding; the few remaining float operations per cell carry a relative ``8 u`` allowance.
 

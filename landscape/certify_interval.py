@@ -235,7 +235,8 @@ def _second_order(s: _Start, box: _Box, where: str, ratio: float, margins: dict)
         margins["hessian_min_eig_lower"] = lam_lo
         kind, why = minimum_kind(lower=lo, upper=hi, ustar_inside=_ustar_in_box(s, box.r),
                                  zero_upper=zero_loss_upper(s.problem, s.Ws), region="the box")
-        return ("certified-minimum", f"{where} is a strict local minimum{' modulo the orbit' if s.Qa is not None else ''}: "
+        modulo = " modulo the orbit" if s.Qa is not None else ""
+        return ("certified-minimum", f"{where} is a strict local minimum{modulo}: "
                 f"Krawczyk ratio {ratio:.3g} < 1, Hessian on the box >= {lam_lo:.3g} > 0; {why}", kind)
     margins["hessian_min_eig_lower"] = None
     if lam[0] > 0:

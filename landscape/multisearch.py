@@ -4,7 +4,7 @@
 start scales and methods, with all rows of all instances iterated together by :mod:`landscape.lockstep`, and the
 starts of an instance drawn from one generator (:func:`start_points`).
 
-from theory.problem import Problem
+>>> from theory.problem import Problem
 >>> ps = [Problem.random(3, 1, 3, seed=s) for s in (0, 1)]
 >>> out = search_instances(ps, [0, 1], starts=4, seed=0, gd_runs=0)
 >>> [len(solves) for solves, _, _ in out]

@@ -18,10 +18,10 @@ Two Newton-type solvers share one eigen-decomposition ``H = V diag(lam) V^T`` of
   what practitioners run, from small random starts; its end point is polished by ``"newton"`` and classified.
 
 We write these loops instead of calling ``scipy.optimize.root`` / ``minimize``: measured here at (d, k, T) =
-(3, 1, 3) MINPACK's ``lm`` needed ~125 evaluations per solve (180 solves/s) and ``trust-exact`` ran at 1.5 solves/s
+(3, 1, 3) MINPACK's ``lm`` needed ~125 evaluations per solve (180 solves/s), and ``trust-exact`` ran at 1.5 solves/s
 at (10, 2, 3) because the orbit makes the Hessian singular; the loops below need ~10-30 Hessians per solve.
 
-from theory.problem import Problem
+>>> from theory.problem import Problem
 >>> p = Problem.random(d=3, k=1, T=3, seed=0)
 >>> r = solve_critical(p, p.U_star + 0.01, method="newton")
 >>> r.status, r.loss < 1e-20
@@ -41,8 +41,8 @@ from theory.problem import Problem, ProblemError
 from . import _batched
 from .result import SearchResult
 
-__all__ = ["SolverOptions", "problem_scale", "solve_critical", "solve_batch", "gradient_descent", "gradient_descent_batch",
-           "random_start", "start_seed", "instance_seed", "search_instance", "search_record", "descent_arrived"]
+__all__ = ["SolverOptions", "problem_scale", "solve_critical", "solve_batch", "gradient_descent", "descent_arrived",
+           "gradient_descent_batch", "random_start", "start_seed", "instance_seed", "search_instance", "search_record"]
 
 _METHODS = ("newton", "min")
 
@@ -232,11 +232,10 @@ def _pseudo_inverse_step(lam, V, c, lmax) -> np.ndarray:
 
 
 def _damped_trials(problem: Problem, X, f, g, mu, s_idx, eig, nw) -> np.ndarray:
-    """Damped steps of the rows ``s_idx`` from their eigen-decompositions ``eig = (lam, V, c = V^T g, lmax)``:
-    ``V diag(lam / (lam^2 + mu)) c`` (``"newton"``) or ``V diag(1 / (|lam| + mu)) c`` (``"min"``), each row retried
-    with 4x the damping until its merit (``||grad G||^2`` or G) decreases, at most 60 trials; ``mu / 5`` (floored)
-    after an accepted step. Updates ``X``, ``f``, ``g``, ``mu`` in place; returns the positions (into ``s_idx``)
-    of the rows no damping helped."""
+    """Damped steps of the rows ``s_idx`` from ``eig = (lam, V, c = V^T g, lmax)``: ``V diag(lam / (lam^2 + mu)) c``
+    (``"newton"``) or ``V diag(1 / (|lam| + mu)) c`` (``"min"``), each retried with 4x the damping until its merit
+    decreases (at most 60 trials), ``mu / 5`` (floored) after an accepted step. Updates ``X``, ``f``, ``g``, ``mu``
+    in place; returns the positions (into ``s_idx``) of the rows no damping helped."""
     lam, V, c, lmax = eig
     shape = (problem.T, problem.d, problem.k)
     merit = np.where(nw, np.einsum("bi,bi->b", g[s_idx], g[s_idx]), f[s_idx])

@@ -156,7 +156,7 @@ def test_workers_make_no_named_semaphore_for_tqdm():
     assert kinds and not any(k.startswith("multiprocessing") for k in kinds), kinds
 
 
-# the in-process fuzz of `census` options, as tests/landscape/test_fuzz_landscape_cli.py does for `search` (stubbed work)
+# the in-process fuzz of `census` options, as test_fuzz_landscape_cli.py does for `search` (stubbed work)
 GRIDS = st.sampled_from([("d=3;k=1;T=3", True), ("d=3,4;k=1,2;T=3,4", True), ("default", True), ("T=3", True),
                          ("d=3;d=4", False), ("x=1", False), ("T=1", False), ("d=1;k=2", False), ("", False),
                          ("d=;k=1", False), ("d=3,3", False), ("d=0", False)])
