@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from landscape import certify_epsnet as ce
-from landscape.certify_epsnet_net import (UNIT_ROUNDOFF, NetBounds, NetLimits, NetOverflow, adaptive_net, cube_points,
-                                          evaluate, float_dG_grad, gamma, net_covering_radius, uniform_net)
+from landscape.certify_epsnet_net import (UNIT_ROUNDOFF, NetBounds, NetLimits, NetOverflow, NetRun, adaptive_net,
+                                          cube_points, evaluate, float_dG_grad, gamma, net_covering_radius,
+                                          uniform_net)
 from strategies import seeds
 from theory.problem import Problem
 
@@ -250,3 +251,87 @@ def test_an_overflow_on_the_net_is_inconclusive_with_the_points_done(monkeypatch
     c = ce.certify_epsnet(p, p.U_star, delta=16 * delta, batch=64)
     assert c.verdict == "inconclusive" and c.margins["net_points"] == 12 + 64 and len(calls) == 3
     assert c.reason == "the float64 evaluation of G or its gradient on the net overflows: nothing can be proven here"
+
+
+class _Recorder:
+    """Stands in for ``evaluate``: records each call's cells and says whether they pass (``passes(level)``)."""
+
+    def __init__(self, passes):
+        self.calls, self.passes = [], passes
+
+    def __call__(self, face, sign, centres, level, c, *, local):
+        self.calls.append((face.copy(), sign.copy(), centres.copy(), level, local))
+        ok = np.full(face.size, bool(self.passes(level)))
+        return ok, np.where(ok, 1.0 + level, -1.0), False
+
+    def cells(self, level):
+        """``{(face, sign): sorted centres}`` of the cells evaluated at ``level``."""
+        out = {}
+        for face, sign, centres, lev, _ in self.calls:
+            if lev == level:
+                for f, s_, c in zip(face, sign, centres):
+                    out.setdefault((int(f), float(s_)), []).append(tuple(c))
+        return {k: sorted(v) for k, v in out.items()}
+
+
+def _grid(m: int, level: int):
+    """The dyadic cell centres of one face at ``level``: every ``-1 + (2 i + 1) / 2^level`` in each of m - 1
+    coordinates, written out independently of the code."""
+    import itertools
+
+    mg = 2 ** level
+    axis = [-1.0 + (2 * i + 1) / mg for i in range(mg)]
+    return sorted(itertools.product(axis, repeat=m - 1))
+
+
+@pytest.mark.parametrize("m,level,batch", [(3, 2, 5), (4, 1, 3), (2, 3, 100)])
+def test_uniform_net_evaluates_every_dyadic_cell_of_every_face_once(monkeypatch, m, level, batch):
+    import landscape.certify_epsnet_net as net
+
+    rec = _Recorder(lambda level: True)
+    monkeypatch.setattr(net, "evaluate", rec)
+    run = uniform_net(_bounds(m), level, _limits(batch=batch))
+    cells = rec.cells(level)
+    assert sorted(cells) == [(f, s_) for f in range(m) for s_ in (-1.0, 1.0)]
+    assert all(v == _grid(m, level) for v in cells.values())  # each centre once: no cell missed or repeated
+    assert all(not local and len(face) <= batch for face, _, _, _, local in rec.calls)
+    assert run == NetRun(2 * m * 2 ** (level * (m - 1)), 1.0 + level, level)
+
+
+def test_uniform_net_in_one_dimension_has_the_two_end_points(monkeypatch):
+    import landscape.certify_epsnet_net as net
+
+    rec = _Recorder(lambda level: True)
+    monkeypatch.setattr(net, "evaluate", rec)
+    run = uniform_net(_bounds(1), 3, _limits())
+    assert run.evaluated == 2 and rec.cells(3) == {(0, 1.0): [()], (0, -1.0): [()]}
+
+
+@pytest.mark.parametrize("m,batch", [(3, 2), (3, 64), (4, 5)])
+def test_adaptive_net_splits_a_failing_cell_into_its_halves(monkeypatch, m, batch):
+    """Every cell fails at level 0 and passes at level 1: the cells of level 1 are exactly the level-1 grid of every
+    face (each parent's 2^(m-1) halves, centres at +-1/2), tested with the local bound, in chunks of the batch."""
+    import landscape.certify_epsnet_net as net
+
+    rec = _Recorder(lambda level: level >= 1)
+    monkeypatch.setattr(net, "evaluate", rec)
+    run = adaptive_net(_bounds(m), _limits(batch=batch))
+    assert rec.cells(0) == {(f, s_): [(0.0,) * (m - 1)] for f in range(m) for s_ in (-1.0, 1.0)}
+    cells = rec.cells(1)
+    assert sorted(cells) == [(f, s_) for f in range(m) for s_ in (-1.0, 1.0)]
+    assert all(v == _grid(m, 1) for v in cells.values())
+    assert all(local for *_, local in rec.calls)
+    assert all(len(face) <= max(batch, 2 ** (m - 1)) for face, _, _, lev, _ in rec.calls if lev == 1)
+    assert run == NetRun(2 * m + 2 * m * 2 ** (m - 1), 2.0, 1)
+
+
+def test_net_walks_report_what_was_done_when_they_stop():
+    c = _instance_bounds(0.0, Lip=1e6)
+    assert uniform_net(c, 0, _limits(batch=2)) == NetRun(1, math.inf, 0, uniform_net(c, 0, _limits()).failure,
+                                                          net_covering_radius(0.5, 3, 0))
+    below = _bounds(3, E0f=np.array([-1.0, 0.5, 0.5]).reshape(3, 1, 1))
+    assert uniform_net(below, 0, _limits()) == NetRun(1, math.inf, 0, "BELOW")
+    assert adaptive_net(below, _limits()) == NetRun(6, math.inf, 0, "BELOW")
+    slow = _instance_bounds(0.0, Lip=1e-9)
+    stopped = uniform_net(slow, 2, _limits(time_limit=1e-12, batch=3))
+    assert stopped.finest == 2 and 0 < stopped.min_margin < math.inf and stopped.eps is None
