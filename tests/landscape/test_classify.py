@@ -174,3 +174,33 @@ def test_a_classification_without_eigenvalues_has_a_nan_minimum():
     cl = classify_point(Problem.random(3, 1, 3, seed=0), np.zeros(9))
     assert math.isnan(type(cl)(label="saddle", loss=1.0, grad_norm=0.0, inertia=(0, 0, 0),
                                eigenvalues=np.zeros(0), loss_threshold=1.0, eig_tol=1.0).min_eigenvalue)
+
+
+def test_a_point_that_is_not_finite_or_overflows_is_refused_naming_it():
+    import warnings
+
+    p = Problem.random(2, 1, 3, seed=0)
+    bad = p.U_star.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ProblemError, match=r"^U must have finite entries, found 1 "):
+        classify_point(p, bad)
+    # |U| ~ 1e80: G (~|U|^4) overflows while the gradient (~|U|^3) and Hessian (~|U|^2) do not; ~1e160: all do
+    for scale in (1e80, 1e160):
+        U = scale * np.random.default_rng(0).standard_normal((3, 2, 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the overflow is reported, not warned about
+            with pytest.raises(ProblemError) as err:
+                classify_point(p, U)
+        assert str(err.value) == ("G, its gradient or its Hessian overflow float64 at this point (max |U| entry "
+                                  f"{np.max(np.abs(U)):.3g}): it cannot be classified")
+
+
+def test_orbits_at_exactly_the_tolerance_are_merged():
+    """|P(U) - P(V)| equal to rtol max(1, |P(U)|), exactly in binary (U = 0, V one entry 2^-10, rtol 2^-20)."""
+    p = Problem.random(3, 1, 3, seed=0)
+    U, V = np.zeros((3, 3, 1)), np.zeros((3, 3, 1))
+    V[0, 0, 0] = 2.0 ** -10
+    assert np.linalg.norm(orbit_invariants(V) - orbit_invariants(U)) == 2.0 ** -20
+    assert same_orbit(U, V, rtol=2.0 ** -20) and not same_orbit(U, V, rtol=2.0 ** -21)
+    assert dedup(p, [_result(p, U, 1), _result(p, V, 2)], rtol=2.0 ** -20)[1] == [0, 0]
+    assert dedup(p, [_result(p, U, 1), _result(p, V, 2)], rtol=2.0 ** -21)[1] == [0, 1]
