@@ -124,3 +124,53 @@ def test_symmetry_refuses_with_the_error_root():
     with pytest.raises(ProblemError, match="group must be"):
         symmetry_tangent(np.ones((2, 4, 1)), group="SO(k)")
     assert issubclass(ProblemError, ValueError)  # callers catching ValueError keep working
+
+
+def _with_nan(shape, at):
+    a = np.ones(shape)
+    a[at] = np.nan
+    return a
+
+
+def test_each_refusal_of_a_non_finite_array_names_the_argument_and_the_first_bad_entry():
+    import re
+
+    from theory.checks import numerical_rank, theorem_3_2_rank
+    from theory.reduced import schur_complement
+    from theory.symmetry import inertia, quotient_basis
+
+    p = Problem.random(3, 1, 3, seed=0)
+    cases = [(lambda: numerical_rank(_with_nan((2, 3), (1, 2))), "M", 6, "nan at [1, 2]"),
+             (lambda: theorem_3_2_rank(p, _with_nan((3, 3), (0, 1)), p.U_star), "A", 9, "nan at [0, 1]"),
+             (lambda: schur_complement(_with_nan((4, 4), (3, 0)), 2), "H", 16, "nan at [3, 0]"),
+             (lambda: inertia(_with_nan((2, 2), (1, 1))), "the Hessian H", 4, "nan at [1, 1]"),
+             (lambda: quotient_basis(_with_nan((3, 3, 2), (2, 0, 1))), "U", 18, "nan at [2, 0, 1]")]
+    for call, name, size, first in cases:
+        with pytest.raises(ProblemError) as err:
+            call()
+        assert str(err.value) == f"{name} must have finite entries, found 1 non-finite ({first})", size
+        assert re.fullmatch(r".* \(nan at \[[0-9, ]+\]\)", str(err.value))
+
+
+def test_a_long_refused_value_is_shown_cut_at_60_characters():
+    at = "x" * 58  # its repr is 60 characters: shown whole
+    with pytest.raises(ProblemError) as err:
+        Problem(A_star=at, U_star=np.ones((3, 4, 1)))
+    assert str(err.value).endswith(f"got {at!r}")
+    longer = "x" * 59  # 61 characters: the first 57 and "..."
+    with pytest.raises(ProblemError) as err:
+        Problem(A_star=longer, U_star=np.ones((3, 4, 1)))
+    assert str(err.value).endswith(f"got {repr(longer)[:57]}...") and len(repr(longer)[:57]) == 57
+
+
+def test_the_d1_family_refuses_a_parameter_whose_point_overflows_without_warnings():
+    import warnings
+
+    from theory.minima import d1_family_point
+
+    p = Problem.random(3, 1, 2, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ProblemError) as err:
+            d1_family_point(p, 1000.0)
+    assert str(err.value) == ("s = 1000 overflows float64 (cosh(s) = inf): the family point is not representable")
