@@ -335,3 +335,40 @@ def test_net_walks_report_what_was_done_when_they_stop():
     slow = _instance_bounds(0.0, Lip=1e-9)
     stopped = uniform_net(slow, 2, _limits(time_limit=1e-12, batch=3))
     assert stopped.finest == 2 and 0 < stopped.min_margin < math.inf and stopped.eps is None
+
+
+def test_uniform_level_at_the_edges_of_its_rules():
+    # m = 2: delta sqrt(1) / eps = 1 / 0.6 -> level 1 (sqrt(m + 1) would give 2; m > 2 would give 0)
+    assert ce._uniform_level(1.0, 2, 0.6, 10 ** 9)[:2] == (1, None)
+    level, why, total = ce._uniform_level(1.0, 3, 0.3, 10 ** 9)
+    assert ce._uniform_level(1.0, 3, 0.3, total) == (level, None, total)  # exactly max_points: still walked
+    assert ce._uniform_level(1.0, 3, 0.3, total - 1)[1] is not None
+
+
+def test_u_star_inside_the_region_by_its_solved_coordinates():
+    from flint import arb_mat
+
+    from landscape import _arb_reduced as ar
+    from landscape.certify_epsnet_bounds import _ustar_inside
+
+    p = Problem.random(2, 1, 3, seed=0)
+    x0 = (p.U_star + 0.1 / np.sqrt(6)).ravel()  # |x0 - U*| = 0.1: with M = I, |z|^2 = 0.01
+    eye = arb_mat(np.eye(6).tolist())
+    with ar.working_precision(128):
+        assert _ustar_inside(p, x0, eye, 0.2)  # 0.01 < 0.04
+        assert not _ustar_inside(p, x0, eye, 0.05)  # 0.01 > 0.0025
+        assert not _ustar_inside(p, -x0, eye, 0.05) and _ustar_inside(p, -x0, eye, 0.2)  # signs matched first
+        assert not _ustar_inside(p, x0, arb_mat(6, 6), 0.2)  # a singular M proves nothing
+
+
+def test_the_progress_bar_shows_the_net_and_clears_itself(capsys):
+    p = Problem.random(2, 1, 3, seed=1)
+    delta = ce.certify_epsnet(p, p.U_star).radius
+    capsys.readouterr()
+    ce.certify_epsnet(p, p.U_star, delta=16 * delta, progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("\reps-net: 0pts [") and "\n" not in err  # leave=False: no line left behind
+    assert err.endswith("\r") and err.rstrip("\r").split("\r")[-1].strip() == ""
+    for quiet in (False, None):  # None: only on a terminal, and the test's stderr is not one
+        ce.certify_epsnet(p, p.U_star, delta=16 * delta, progress=quiet)
+        assert capsys.readouterr().err == ""
