@@ -144,7 +144,10 @@ def test_each_refusal_of_a_non_finite_array_names_the_argument_and_the_first_bad
              (lambda: theorem_3_2_rank(p, _with_nan((3, 3), (0, 1)), p.U_star), "A", 9, "nan at [0, 1]"),
              (lambda: schur_complement(_with_nan((4, 4), (3, 0)), 2), "H", 16, "nan at [3, 0]"),
              (lambda: inertia(_with_nan((2, 2), (1, 1))), "the Hessian H", 4, "nan at [1, 1]"),
-             (lambda: quotient_basis(_with_nan((3, 3, 2), (2, 0, 1))), "U", 18, "nan at [2, 0, 1]")]
+             (lambda: quotient_basis(_with_nan((3, 3, 2), (2, 0, 1))), "U", 18, "nan at [2, 0, 1]"),
+             (lambda: finetune_optimum(_with_nan((3, 3), (2, 2)), np.eye(3), 1), "the base A", 9, "nan at [2, 2]"),
+             (lambda: finetune_optimum(np.eye(3), _with_nan((3, 3), (0, 0)), 1), "the task matrix W", 9,
+              "nan at [0, 0]")]
     for call, name, size, first in cases:
         with pytest.raises(ProblemError) as err:
             call()
