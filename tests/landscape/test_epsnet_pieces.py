@@ -372,3 +372,41 @@ def test_the_progress_bar_shows_the_net_and_clears_itself(capsys):
     for quiet in (False, None):  # None: only on a terminal, and the test's stderr is not one
         ce.certify_epsnet(p, p.U_star, delta=16 * delta, progress=quiet)
         assert capsys.readouterr().err == ""
+
+
+def test_certificate_fields_and_reasons_say_which_region_and_slice():
+    import re
+
+    # the Euclidean sphere on the T = 2 slice (m = 3): region S(x0, delta), kind decided on B(x0, delta)
+    p = Problem.random(2, 1, 2, seed=1)
+    c = ce.certify_epsnet(p, p.U_star, metric="euclidean")
+    assert c.verdict == "certified-minimum" and c.n == 4 and c.method == "epsnet" and 0 < c.seconds < 60
+    assert c.reason.startswith(f"G > G(x0) on all of S(x0, {c.radius:.3g}) ({c.margins['net_points']} net points, ")
+    assert ("a local minimum of G on the gauge slice (transversal to the orbits: a local minimum of G modulo the "
+            "orbit) lies inside, within ") in c.reason
+    assert re.search(r"0 <= G\(x\*\) <= \S+ \(round-off level", c.reason) and c.gauge.startswith("slice x = x0 + Q z")
+    # the Hessian metric at k = 1, T = 3 (no slice): the ellipsoid, and U* proven inside x0 + M B(0, delta)
+    q = Problem.random(4, 1, 3, seed=0)
+    h = ce.certify_epsnet(q, q.U_star)
+    assert h.reason.startswith(f"G > G(x0) on all of the ellipsoid x0 + M S(0, {h.radius:.3g}) (24 net points, ")
+    assert f"a local minimum of G lies inside, within {h.margins['radius_x']:.3g} of x0; U* (column signs matched to " \
+           f"x0) lies in x0 + M B(0, {h.radius:.3g}) and G(U*) = 0" in h.reason
+    assert h.n == 12 and h.gauge == "none (k = 1, T != 2: the O(1)^T orbit is finite)"
+    # a far point with the Euclidean metric: the sphere named in the reason
+    far = ce.certify_epsnet(q, q.U_star.ravel() + 1e-3, delta=1e-6, metric="euclidean")
+    assert far.reason == ("a net point near S(x0, 1e-06) has G < G(x0) (rigorously): the test cannot pass at this "
+                          "delta") and far.margins["net_points"] > 0
+
+
+def test_eps_net_limits_at_their_edges():
+    p = Problem.random(2, 1, 3, seed=1)
+    one = ce.certify_epsnet(p, p.U_star, max_points=1)  # allowed, but even 2 m = 12 points are too many
+    assert one.reason == "even the coarsest net (2 m = 12 points) exceeds max_points = 1"
+    assert one.margins["net_points"] == 0 and one.verdict == "inconclusive"
+    many = ce.certify_epsnet(p, p.U_star, eps=1e-7, max_points=10 ** 6)  # the uniform net: the Euclidean sphere
+    level, _, total = ce._uniform_level(many.radius, 6, 1e-7, 10 ** 30)
+    assert many.margins["eps"] == 1e-7 and many.margins["net_points"] == total
+    assert ce.certify_epsnet(p, p.U_star, prec=53).verdict == "certified-minimum"
+    for kw, name in (({"delta": -1.0}, "delta"), ({"eps": 0.0}, "eps")):
+        with pytest.raises(Exception, match=rf"^{name} must be a positive finite number, got "):
+            ce.certify_epsnet(p, p.U_star, **kw)
