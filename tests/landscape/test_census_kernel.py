@@ -47,7 +47,7 @@ def test_full_loss_grad_equals_theory(p, seed):
     f, gA, gU = _batched.full_loss_grad(A, U, np.stack([p.W, p.W]))
     for b in range(2):
         rA, rU = meta_grad(A[b], U[b], p)
-        assert f[b] == pytest.approx(meta_loss(A[b], U[b], p), rel=1e-12)
+        assert f[b] == pytest.approx(meta_loss(A[b], U[b], p), rel=1e-12, abs=0)
         np.testing.assert_allclose(gA[b], rA, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(gU[b], rU, rtol=1e-12, atol=1e-12)
 
@@ -125,7 +125,7 @@ def test_wilson_matches_published_values(k, n, low, high):
 def test_wilson_zero_gives_the_bound_zero_implies(n):
     z2 = 1.959963984540054 ** 2
     lo, hi = census_report.wilson(0, n)
-    assert lo == 0.0 and hi == pytest.approx(z2 / (n + z2), rel=1e-9)
+    assert lo == 0.0 and hi == pytest.approx(z2 / (n + z2), rel=1e-9, abs=0)
 
 
 @settings(max_examples=10, deadline=None)

@@ -33,13 +33,13 @@ def _G0(p):
 def test_classify_global_saddle_degenerate_and_spurious_with_their_numbers():
     p = Problem.random(4, 1, 3, seed=0)
     g = classify_point(p, p.U_star)
-    assert g.label == "global_min" and g.loss_threshold == pytest.approx(1e-12 * max(1.0, _G0(p)), rel=1e-12)
+    assert g.label == "global_min" and g.loss_threshold == pytest.approx(1e-12 * max(1.0, _G0(p)), rel=1e-12, abs=0)
     assert g.symmetry == "O(k)^T" and g.inertia == (0, 0, 12) and g.grad_norm < 1e-12
     lam = np.linalg.eigvalsh(reduced_hess(p.U_star, p))
-    assert np.allclose(g.eigenvalues, lam, rtol=1e-9) and g.min_eigenvalue == pytest.approx(lam[0], rel=1e-9)
-    assert g.eig_tol == pytest.approx(1e-8 * lam[-1], rel=1e-9)
+    assert np.allclose(g.eigenvalues, lam, rtol=1e-9) and g.min_eigenvalue == pytest.approx(lam[0], rel=1e-9, abs=0)
+    assert g.eig_tol == pytest.approx(1e-8 * lam[-1], rel=1e-9, abs=0)
     s = classify_point(p, np.zeros((3, 4, 1)))
-    assert s.label == "saddle" and s.loss == pytest.approx(_G0(p), rel=1e-12) and s.inertia[0] > 0
+    assert s.label == "saddle" and s.loss == pytest.approx(_G0(p), rel=1e-12, abs=0) and s.inertia[0] > 0
     # the same saddle with every eigenvalue inside the zero band: second order cannot decide
     dg = classify_point(p, np.zeros((3, 4, 1)), eig_rtol=10.0)
     assert dg.label == "degenerate" and dg.inertia == (0, 12, 0)
@@ -48,7 +48,7 @@ def test_classify_global_saddle_degenerate_and_spurious_with_their_numbers():
     rec = json.loads((INSTANCES / "spurious_d3_k1_T3.json").read_text())
     q = Problem.from_dict(rec["problem"])
     sp = classify_point(q, rec["point"])
-    assert sp.label == "spurious_min" and sp.loss == pytest.approx(float(exact_G(q, rec["point"])), rel=1e-12)
+    assert sp.label == "spurious_min" and sp.loss == pytest.approx(float(exact_G(q, rec["point"])), rel=1e-12, abs=0)
 
 
 def test_classify_at_T2_quotients_the_boosts_and_small_G0_keeps_the_floor():
@@ -166,7 +166,7 @@ def test_critical_point_dict_carries_its_classification():
         "min_eigenvalue": c.min_eigenvalue, "eigenvalues": c.eigenvalues.tolist(), "loss_threshold": c.loss_threshold,
         "eig_tol": c.eig_tol, "symmetry": "O(k)^T", "hits": {"min": 1}, "first_seed": 3,
         "point": np.zeros((3, 4, 1)).tolist()}
-    assert c.loss == pytest.approx(_G0(p), rel=1e-12) and c.loss_threshold == pytest.approx(1e-12 * _G0(p))
+    assert c.loss == pytest.approx(_G0(p), rel=1e-12, abs=0) and c.loss_threshold == pytest.approx(1e-12 * _G0(p))
 
 
 

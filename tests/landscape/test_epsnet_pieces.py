@@ -29,7 +29,7 @@ def _gam(K: int) -> float:
 def test_unit_roundoff_and_gamma_are_highams():
     assert UNIT_ROUNDOFF == Fraction(1, 2 ** 53)
     for K in (1, 7, 40, 10 ** 6):
-        assert Fraction(gamma(K)) == pytest.approx(Fraction(K, 2 ** 53) / (1 - Fraction(K, 2 ** 53)), rel=1e-15)
+        assert Fraction(gamma(K)) == pytest.approx(Fraction(K, 2 ** 53) / (1 - Fraction(K, 2 ** 53)), rel=1e-15, abs=0)
 
 
 def test_cube_points_put_the_face_coordinate_and_keep_the_others_in_order():
@@ -79,7 +79,8 @@ def test_rounding_bounds_follow_their_documented_formulas(size, seed, hscale):
     _, dG_err, _, g_err = float_dG_grad(h, U0, E0f, e0)
     for b in range(2):
         want_dG, want_g = _errors_by_the_book(h[b], U0, E0f, e0)
-        assert dG_err[b] == pytest.approx(want_dG, rel=1e-12) and g_err[b] == pytest.approx(want_g, rel=1e-12)
+        assert dG_err[b] == pytest.approx(want_dG, rel=1e-12, abs=0)
+        assert g_err[b] == pytest.approx(want_g, rel=1e-12, abs=0)
 
 
 def _bounds(m: int = 3, **kw) -> NetBounds:
@@ -201,7 +202,8 @@ def test_adaptive_net_refines_failing_cells_and_stops_at_max_points():
     assert run.failure is None and run.finest == 1 and run.evaluated == 12 + 12 * 32 == sum(ticks)
     assert ticks == [12] + [64] * 6 and 0 < run.min_margin < math.inf  # 2 parents (64 cells) per chunk
     capped = adaptive_net(c, _limits(max_points=100))
-    assert capped.failure == "the adaptive net would exceed max_points = 100 (evaluated 12, 384 cells pending at level 1)"
+    assert capped.failure == ("the adaptive net would exceed max_points = 100 (evaluated 12, 384 cells pending at "
+                              "level 1)")
     assert capped.eps == net_covering_radius(c.delta, 6, 1) and capped.evaluated == 12
     at_once = adaptive_net(_real_bounds(1.0), _limits())
     assert at_once.failure is None and at_once.finest == 0 and at_once.evaluated == 12

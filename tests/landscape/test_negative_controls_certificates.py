@@ -63,7 +63,7 @@ def test_interval_certified_minimum_contains_U_star_and_encloses_G(seed, eps):
     assert 0 <= c.margins["krawczyk_ratio"] < 1 and c.margins["radii_tried"][-1] == c.radius
     lam = np.linalg.eigvalsh(reduced_hess(x0, p))
     assert 0 < c.margins["hessian_min_eig_lower"] <= lam[0] * (1 + 1e-6)
-    assert c.margins["hessian_min_eig_mid"] == pytest.approx(lam[0], rel=1e-6)
+    assert c.margins["hessian_min_eig_mid"] == pytest.approx(lam[0], rel=1e-6, abs=0)
     step = np.max(np.abs(np.linalg.solve(reduced_hess(x0, p), reduced_grad(x0, p))))
     assert c.margins["newton_step"] == pytest.approx(step, rel=1e-3, abs=1e-14)
     assert c.gauge == "none (k = 1, T != 2: the O(1)^T orbit is finite)" and c.spurious is False and c.certified
@@ -87,7 +87,7 @@ def test_interval_certificate_says_no_to_the_planted_saddle_with_its_curvature()
     assert -52 / 3 <= c.margins["negative_curvature_upper"] < -52 / 3 + 1e-6
     assert c.margins["hessian_min_eig_lower"] is None and c.margins["newton_step"] == 0.0
     assert _in(c.loss, exact_G(_d1_saddle(), np.zeros(3)))
-    assert c.radius == pytest.approx(1e-15, rel=1e-12)  # the smallest radius tried first, at a zero Newton step
+    assert c.radius == pytest.approx(1e-15, rel=1e-12, abs=0)  # the smallest radius tried first, at a zero Newton step
     q = c.margins["negative_curvature_upper"]
     assert "is not a local minimum: Krawczyk ratio " in c.reason
     assert c.reason.endswith(f"with v^T H(X) v <= {q:.3g} < 0 over the whole box (midpoint lambda_min "
@@ -100,13 +100,13 @@ def test_interval_certificate_says_no_to_a_non_critical_point():
     c = certify_interval(p, x)
     step = np.max(np.abs(np.linalg.solve(reduced_hess(x, p), reduced_grad(x, p))))
     assert c.verdict == "inconclusive" and c.radius is None
-    assert c.margins["newton_step"] == pytest.approx(step, rel=1e-8)
+    assert c.margins["newton_step"] == pytest.approx(step, rel=1e-8, abs=0)
     assert f"exceeds max_radius = {1e-3 * (1 + np.max(np.abs(x))):.3g}" in c.reason
     assert _in(c.loss, exact_G(p, x))
     # told a larger max_radius, the radii grow from 4 Newton steps by the growth factor
     wide = certify_interval(p, x, max_radius=4 * step * 30 ** 2 * 1.0001, max_tries=5)
     tried = wide.margins["radii_tried"]
-    assert tried == pytest.approx([4 * step, 120 * step, 3600 * step][:len(tried)], rel=1e-12)
+    assert tried == pytest.approx([4 * step, 120 * step, 3600 * step][:len(tried)], rel=1e-12, abs=0)
     assert wide.radius == tried[-1]
     if wide.verdict == "inconclusive":
         assert "Krawczyk test failed" in wide.reason and len(tried) == 3 and wide.margins["krawczyk_ratio"] >= 1
@@ -245,12 +245,12 @@ def test_epsnet_certified_global_minimum_reconstructs_its_region():
     assert c.verdict == "certified-minimum" and c.minimum_kind == "global" and c.method == "epsnet"
     assert "U* (column signs matched to x0) lies in " in c.reason
     assert _in(c.loss, exact_G(p, p.U_star)) and c.loss[0] <= 0.0
-    assert m["radius_x"] == pytest.approx(m["metric_norm"] * c.radius, rel=1e-12)
+    assert m["radius_x"] == pytest.approx(m["metric_norm"] * c.radius, rel=1e-12, abs=0)
     assert m["net_points"] == 12 and m["eps"] == net_covering_radius(c.radius, 6, 0)  # passed on the 2 n face centres
     assert certify_epsnet(p, p.U_star, max_points=12, batch=1).verdict == "certified-minimum"  # 2 n points suffice
     assert m["net_points"] >= 12 and m["net_margin"] > 0 and m["metric"] == "hessian"
     lam = np.linalg.eigvalsh(reduced_hess(p.U_star, p))
-    assert m["hessian_min_eig_mid"] == pytest.approx(lam[0], rel=1e-9)
+    assert m["hessian_min_eig_mid"] == pytest.approx(lam[0], rel=1e-9, abs=0)
     assert m["hessian_min_eig_lower"] is None  # only reported for the Euclidean metric
     assert m["lipschitz"] >= np.linalg.norm(reduced_grad(p.U_star, p))
     assert m["hessian_bound"] >= lam[-1]  # a bound of |H|_2 on the ball, so at its centre too
@@ -280,21 +280,23 @@ def test_epsnet_margins_follow_their_documented_closed_forms(metric):
         Mn, MF, mu = lam[0] ** -0.5, math.sqrt(np.sum(1 / lam)), 1.0
     else:
         Mn, MF, mu = 1.0, math.sqrt(n), lam[0]
-    assert m["metric_norm"] == pytest.approx(Mn, rel=1e-9) and m["radius_x"] == m["metric_norm"] * delta
-    assert m["tau"] == pytest.approx(2.02 * (_gamma(n) * MF + (n + 4) * 2.0 ** -53 * Mn) * delta, rel=1e-9)
+    assert m["metric_norm"] == pytest.approx(Mn, rel=1e-9, abs=0) and m["radius_x"] == m["metric_norm"] * delta
+    # tau is about 1e-20: approx's default absolute tolerance (1e-12) would accept anything, so abs=0
+    assert m["tau"] == pytest.approx(2.02 * (_gamma(n) * MF + (n + 4) * 2.0 ** -53 * Mn) * delta, rel=1e-9, abs=0)
     a0 = max(np.linalg.norm(Ut) for Ut in p.U_star)
     R = m["radius_x"] + m["tau"]
     Hb = 8 * (a0 + R) ** 2 + 4 * (math.sqrt(max(c.loss[1], 0.0)) + R * (2 * a0 + R))
-    assert m["hessian_bound"] == pytest.approx(Hb, rel=1e-9)
-    assert m["lipschitz"] == pytest.approx(np.linalg.norm(reduced_grad(p.U_star, p)) + R * Hb, rel=1e-9)
-    assert delta == pytest.approx(mu / (64 * (n - 1) ** 1.5 * a0 * Mn ** 3), rel=1e-6)
+    assert m["hessian_bound"] == pytest.approx(Hb, rel=1e-9, abs=0)
+    assert m["lipschitz"] == pytest.approx(np.linalg.norm(reduced_grad(p.U_star, p)) + R * Hb, rel=1e-9, abs=0)
+    assert delta == pytest.approx(mu / (64 * (n - 1) ** 1.5 * a0 * Mn ** 3), rel=1e-6, abs=0)
     if metric == "euclidean":
-        assert m["hessian_min_eig_lower"] == pytest.approx(lam[0], rel=1e-6) and m["hessian_min_eig_lower"] <= lam[0]
+        assert m["hessian_min_eig_lower"] == pytest.approx(lam[0], rel=1e-6, abs=0)
+        assert m["hessian_min_eig_lower"] <= lam[0]
 
 
 def test_epsnet_says_no_to_the_planted_saddle_and_a_non_critical_point():
     c = certify_epsnet(_d1_saddle(), np.zeros(3))
-    assert c.verdict == "inconclusive" and c.margins["hessian_min_eig_mid"] == pytest.approx(-52 / 3, rel=1e-12)
+    assert c.verdict == "inconclusive" and c.margins["hessian_min_eig_mid"] == pytest.approx(-52 / 3, rel=1e-12, abs=0)
     assert "lambda_min = -17.3" in c.reason
     p = Problem.random(2, 1, 3, seed=1)
     x = p.U_star.ravel() + 1e-3
@@ -313,7 +315,8 @@ def test_epsnet_spurious_minimum_and_its_ball_bound():
     assert 0 < Fraction(c.margins["loss_lower_on_ball"]) <= G and _in(c.loss, G)
     # |E(x)| >= sqrt(G(x0)) - dx (2 a0 + dx) on B(x0, dx), squared (module docstring)
     a0, dx = max(np.linalg.norm(Ut) for Ut in x.reshape(p.T, p.d, p.k)), c.margins["radius_x"]
-    assert c.margins["loss_lower_on_ball"] == pytest.approx((math.sqrt(float(G)) - dx * (2 * a0 + dx)) ** 2, rel=1e-9)
+    want = (math.sqrt(float(G)) - dx * (2 * a0 + dx)) ** 2
+    assert c.margins["loss_lower_on_ball"] == pytest.approx(want, rel=1e-9, abs=0)
     assert f"G >= {c.margins['loss_lower_on_ball']:.6g} > 0 on x0 + M B(0, {c.radius:.3g})" in c.reason
 
 

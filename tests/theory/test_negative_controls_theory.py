@@ -117,7 +117,7 @@ def test_corollary_1_value_bound_and_both_branches(p, data):
 
 def test_corollary_1_defaults_to_rank_k():
     p = Problem.random(d=7, k=2, T=2, seed=3)
-    assert checks.corollary_1_sr_test_loss(p).value == pytest.approx(_tail(p.W_test - _a_sr(p), 2), rel=1e-9)
+    assert checks.corollary_1_sr_test_loss(p).value == pytest.approx(_tail(p.W_test - _a_sr(p), 2), rel=1e-9, abs=0)
 
 
 def test_corollary_1_at_and_above_the_rank():
@@ -141,7 +141,7 @@ def test_meta_lora_reduced_loss_says_no_at_zero_adapters_and_is_strict():
     p = Problem.random(d=4, k=1, T=3, seed=5)
     G0 = float(np.sum((p.W - p.W.mean(axis=0)) ** 2))  # G(0) = sum_t ||W_t - mean W||_F^2
     c = checks.meta_lora_reduced_loss(p, np.zeros((3, 4, 1)))
-    assert (c.passed, c.bound) == (False, 1e-12) and c.value == pytest.approx(G0, rel=1e-12)
+    assert (c.passed, c.bound) == (False, 1e-12) and c.value == pytest.approx(G0, rel=1e-12, abs=0)
     assert not checks.meta_lora_reduced_loss(p, np.zeros((3, 4, 1)), tol=c.value).passed  # G < tol, strictly
     assert checks.meta_lora_reduced_loss(p, np.zeros((3, 4, 1)), tol=np.nextafter(c.value, np.inf)).passed
     ok = checks.meta_lora_reduced_loss(p, p.U_star)
@@ -199,15 +199,15 @@ def test_corollary_2_says_no_from_the_sr_base(p):
     M = p.W_test - _a_sr(p)
     c = checks.corollary_2_rank_3k_fit(p, _a_sr(p))
     assert not c.passed
-    assert c.value == pytest.approx(_tail(M, 3 * p.k), rel=1e-8)
-    assert c.bound == pytest.approx(1e-8 * np.sum(M ** 2), rel=1e-12)
+    assert c.value == pytest.approx(_tail(M, 3 * p.k), rel=1e-8, abs=0)
+    assert c.bound == pytest.approx(1e-8 * np.sum(M ** 2), rel=1e-12, abs=0)
 
 
 def test_corollary_2_passes_from_the_ground_truth():
     p = Problem.random(d=6, k=1, T=3, seed=1)
     c = checks.corollary_2_rank_3k_fit(p, p.A_star)  # W_(T+1) - A* has rank k <= 3k
     assert c.passed and 0.0 <= c.value <= c.bound
-    assert c.bound == pytest.approx(1e-8 * np.sum((p.W_test - p.A_star) ** 2), rel=1e-12)
+    assert c.bound == pytest.approx(1e-8 * np.sum((p.W_test - p.A_star) ** 2), rel=1e-12, abs=0)
     assert (c.name, c.detail) == ("corollary_2_rank_3k_fit", "best rank-3k LoRA loss on W_(T+1) from the retrained A")
 
 
@@ -224,8 +224,8 @@ def test_fit_checks_are_inclusive_at_a_zero_tail():
 def test_meta_lora_test_loss_says_no_from_the_sr_base_at_rank_k(p):
     c = checks.meta_lora_test_loss(p, _a_sr(p), p.k)
     assert not c.passed
-    assert c.value == pytest.approx(_tail(p.W_test - _a_sr(p), p.k), rel=1e-8)
-    assert c.bound == pytest.approx(1e-8 * np.sum(p.W_test ** 2), rel=1e-12)
+    assert c.value == pytest.approx(_tail(p.W_test - _a_sr(p), p.k), rel=1e-8, abs=0)
+    assert c.bound == pytest.approx(1e-8 * np.sum(p.W_test ** 2), rel=1e-12, abs=0)
     ok = checks.meta_lora_test_loss(p, p.A_star, p.k)
     assert ok.passed and ok.value <= ok.bound and ok.detail == f"rank-{p.k} LoRA on W_(T+1) from the retrained A"
 
@@ -243,7 +243,7 @@ def test_theorem_3_3_says_no_to_a_wrong_U_with_the_right_A(p, data):
     U[t] *= c
     res = checks.theorem_3_3_recovery(p, p.A_star, U)
     assert not res.passed and res.bound == 1e-6
-    assert res.value == pytest.approx(c * c - 1.0, rel=1e-12)
+    assert res.value == pytest.approx(c * c - 1.0, rel=1e-12, abs=0)
 
 
 @FAST
@@ -253,7 +253,7 @@ def test_theorem_3_3_says_no_to_a_wrong_A_with_the_right_U(p, rel, qseed):
     E = np.random.default_rng(qseed).standard_normal((p.d, p.d))
     E *= rel * np.linalg.norm(p.A_star) / np.linalg.norm(E)
     res = checks.theorem_3_3_recovery(p, p.A_star + E, global_minimiser(p, seed=qseed).U)
-    assert not res.passed and res.value == pytest.approx(rel, rel=1e-9)
+    assert not res.passed and res.value == pytest.approx(rel, rel=1e-9, abs=0)
     assert checks.theorem_3_3_recovery(p, p.A_star + E, p.U_star, tol=2 * rel).passed
 
 
@@ -262,7 +262,7 @@ def test_theorem_3_3_value_is_the_largest_error_and_the_bound_is_inclusive():
     U = p.U_star.copy()
     U[1] *= 2.0  # relative error 3 in task 2
     A = 2.0 * p.A_star  # A - A* = A* exactly: relative error exactly 1
-    assert checks.theorem_3_3_recovery(p, A, U).value == pytest.approx(3.0, rel=1e-12)
+    assert checks.theorem_3_3_recovery(p, A, U).value == pytest.approx(3.0, rel=1e-12, abs=0)
     exact = checks.theorem_3_3_recovery(p, A, p.U_star, tol=1.0)
     assert exact.value == 1.0 and exact.passed  # value <= tol, inclusive
 
@@ -274,7 +274,7 @@ def test_theorem_3_3_is_relative_below_unit_norms_and_widens_float32():
     U = p.U_star.copy()
     U[2] *= 2.0
     assert checks.theorem_3_3_recovery(p, 2.0 * p.A_star, p.U_star).value == 1.0
-    assert checks.theorem_3_3_recovery(p, p.A_star, U).value == pytest.approx(3.0, rel=1e-12)
+    assert checks.theorem_3_3_recovery(p, p.A_star, U).value == pytest.approx(3.0, rel=1e-12, abs=0)
     U32 = base.U_star.astype(np.float32)
     c32 = checks.theorem_3_3_recovery(base, base.A_star, U32)
     assert c32.value == checks.theorem_3_3_recovery(base, base.A_star, U32.astype(np.float64)).value
@@ -303,7 +303,7 @@ def test_second_order_stationarity_says_no_away_from_critical_points(p, seed):
     U = np.random.default_rng(seed).standard_normal((p.T, p.d, p.k))
     c = checks.second_order_stationarity(p, U)
     g = float(np.linalg.norm(_grad_G(p, U)))
-    assert not c.passed and c.bound == 1e-8 and c.value == pytest.approx(g, rel=1e-10)
+    assert not c.passed and c.bound == 1e-8 and c.value == pytest.approx(g, rel=1e-10, abs=0)
     assert not checks.second_order_stationarity(p, U, gtol=g * (1 - 1e-9)).passed
 
 

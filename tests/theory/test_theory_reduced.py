@@ -72,7 +72,7 @@ def test_orbit_directions_span_the_hessian_null_space_at_a_minimiser(p, qseed):
 def test_inertia_counts_with_stated_tolerance():
     ine = inertia(np.diag([-2.0, 0.0, 1e-12, 3.0]), rtol=1e-8)
     assert (ine.negative, ine.zero, ine.positive) == (1, 2, 1)
-    assert ine.tol == pytest.approx(3e-8, rel=1e-12)
+    assert ine.tol == pytest.approx(3e-8, rel=1e-12, abs=0)
     assert not ine.positive_definite
 
 
