@@ -412,3 +412,44 @@ def test_eps_net_limits_at_their_edges():
     for kw, name in (({"delta": -1.0}, "delta"), ({"eps": 0.0}, "eps")):
         with pytest.raises(Exception, match=rf"^{name} must be a positive finite number, got "):
             ce.certify_epsnet(p, p.U_star, **kw)
+
+
+@pytest.mark.parametrize("size,metric", [((2, 1, 3), "hessian"), ((2, 1, 3), "euclidean"), ((1, 1, 2), "hessian")])
+def test_net_bounds_follow_their_documented_formulas(size, metric):
+    """At U*: mu = mu0 - (24 a0 R + 12 R^2) |M|^2 (mu0 = lambda_min(M^T H M), 1 for the Hessian metric),
+    a_cubic = a0 + R with R = |M| delta + tau, a0 = max_t |U_t|_F, and the default delta = mu0 / (64 max(m - 1, 1)^1.5
+    a0 |M|^3) (m = 1 on the T = 2, d = 1 slice); recomputed here in floats from the float Hessian."""
+    from landscape import _arb_reduced as ar
+    from landscape.certify_epsnet_bounds import net_setup
+
+    p = Problem.random(*size, seed=1)
+    x0 = p.U_star.ravel()
+    with ar.working_precision(128):
+        s = net_setup(p, x0, None, metric, {})
+    c = s.net
+    from landscape.certify_common import gauge
+    from theory.reduced import reduced_hess
+
+    Q = gauge(p.U_star).Q
+    H = reduced_hess(x0, p) if Q is None else Q.T @ reduced_hess(x0, p) @ Q
+    mu0 = 1.0 if metric == "hessian" else float(np.linalg.eigvalsh(H)[0])
+    a0 = max(float(np.linalg.norm(Ut)) for Ut in p.U_star)
+    R = c.Mnorm * c.delta + c.tau
+    assert c.m == (1 if size == (1, 1, 2) else 6)
+    assert c.delta == pytest.approx(mu0 / (64 * max(c.m - 1, 1) ** 1.5 * a0 * c.Mnorm ** 3), rel=1e-9, abs=0)
+    assert c.mu == pytest.approx(mu0 - (24 * a0 * R + 12 * R * R) * c.Mnorm ** 2, rel=1e-9, abs=0)
+    assert c.a_cubic == pytest.approx(a0 + R, rel=1e-12, abs=0) and c.a_cubic >= a0 + R
+    assert s.dx == c.Mnorm * c.delta and s.ustar_inside is (Q is None)
+
+
+def test_net_setup_says_so_when_arb_cannot_prove_the_hessian_definite(monkeypatch):
+    from landscape import _arb_reduced as ar
+    from landscape.certify_common import Gauge
+    from landscape.certify_epsnet_bounds import net_setup
+
+    p = Problem.random(2, 1, 3, seed=1)
+    monkeypatch.setattr(ar, "lambda_min_lower", lambda A: (-math.inf, np.zeros(A.nrows()), np.eye(A.nrows())))
+    with ar.working_precision(128):
+        s = net_setup(p, p.U_star.ravel(), None, "hessian", {})
+    assert s.failure == "could not prove the Hessian at x0 positive definite in arb" and s.net is None
+    assert isinstance(s.gauge, Gauge) and s.loss[0] <= 0.0 <= s.loss[1]
