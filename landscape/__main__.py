@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
@@ -182,6 +183,24 @@ def _candidates(records, sample: int, seed: int, max_candidates):
     return out
 
 
+def _previous_certify_output(path: str) -> None:
+    """``--out`` of certify may replace only a file certify wrote (a JSON object with ``results``, ``method`` and
+    ``rows``); any other existing file is refused before any work, not overwritten."""
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        ok = isinstance(doc, dict) and {"results", "method", "rows"} <= set(doc)
+    except (OSError, UnicodeDecodeError, ValueError):
+        ok = False
+    if not ok:
+        from theory.problem import ProblemError
+
+        raise ProblemError(f"--out {path!r} exists and is not an output of certify (a JSON object with results, "
+                           "method and rows); choose another file or remove it")
+
+
 def _cmd_certify(args) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -193,6 +212,7 @@ def _cmd_certify(args) -> int:
 
     if args.out is not None:
         check_output_file("--out", args.out)
+        _previous_certify_output(args.out)
     try:
         certify = certifier(args.method)
     except ImportError as exc:  # the certificates are a separate part of the package

@@ -86,6 +86,19 @@ def _preset_with(args):
                   **tuples)
 
 
+def _inputs(args) -> None:
+    """What a command reads and caches, checked before any work: ``--data`` (a file, unless the packaged
+    ``chitchat``) and ``--cache-dir`` (a folder that can be created and written)."""
+    data = getattr(args, "data", None)
+    if data not in (None, "chitchat"):
+        if not os.path.exists(data):
+            raise LLMError(f"--data {data!r}: no such file")
+        if not os.path.isfile(data) or not os.access(data, os.R_OK):
+            raise LLMError(f"--data {data!r}: not a readable file")
+    if getattr(args, "cache_dir", None) is not None:
+        _out_dir(args.cache_dir, "--cache-dir")
+
+
 def _out_dir(path: str, option: str = "--out") -> str:
     """A folder to write into: refused when it is an existing file or its parent cannot be a folder."""
     if os.path.exists(path) and not os.path.isdir(path):
@@ -118,6 +131,7 @@ def _run_retrain(args) -> int:
 
     cfg = _config(args)
     _out_dir(args.out)
+    _inputs(args)
     tasks = load_tasks(cfg)
     r = retrain(cfg, tasks, method=args.method, rank=args.rank, seed=args.seed, out_dir=args.out,
                 resume=args.resume, schedule=args.schedule, device=args.device, cache_dir=args.cache_dir,
@@ -135,6 +149,7 @@ def _run_finetune(args) -> int:
     cfg = _config(args)
     if args.out:
         _out_file(args.out)
+    _inputs(args)
     from .checkpoint import resolve_encoder
     from .models import check_model
 
@@ -156,6 +171,7 @@ def _run_table(args) -> int:
 
     cfg = _config(args)
     _out_dir(args.out)
+    _inputs(args)
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     doc = run_table(cfg, args.out, resume=args.resume, device=args.device, schedule=args.schedule,
                     cache_dir=args.cache_dir, progress=not args.no_progress, keep_checkpoints=args.keep_checkpoints,
@@ -277,7 +293,7 @@ def main(argv=None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         where = getattr(args, "out", None)
-        saved = f"; finished pieces are kept in {where}" if where else ""
+        saved = f"; finished pieces are kept in {where}" if where and os.path.isdir(where) else ""
         print(f"python -m llm {args.command}: interrupted{saved}; rerun the same command"
               f"{' with --resume' if hasattr(args, 'resume') else ''} to continue", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -288,11 +288,16 @@ def main(args) -> int:
     2 with one message on stderr for bad input."""
     from .config import LLMError
 
+    from .__main__ import _out_dir
+
     try:
+        _out_dir(args.out)  # a place where a folder can be made, before any work
+        if getattr(args, "cache_dir", None) is not None:
+            _out_dir(args.cache_dir, "--cache-dir")
         manifest = make_bundle(args.out, preset=getattr(args, "preset", "gpu"),
                                cache_dir=getattr(args, "cache_dir", None))
     except LLMError as exc:
-        print(f"llm bundle: {exc}", file=sys.stderr)
+        print(f"python -m llm bundle: error: {exc}", file=sys.stderr)
         return 2
     s = manifest["tasks"]
     print(json.dumps({"out": os.path.abspath(args.out), "preset": manifest["preset"],

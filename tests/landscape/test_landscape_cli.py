@@ -118,3 +118,19 @@ def test_argparse_errors_exit_2(tmp_path):
                            "--instances", "1", "--out", str(tmp_path / "x.jsonl")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "must be a positive integer" in proc.stderr
+
+
+def test_certify_out_replaces_only_its_own_output(tmp_path, capsys):
+    from pathlib import Path
+
+    inst = str(Path(__file__).resolve().parents[2] / "landscape" / "instances" / "spurious_d3_k1_T3.json")
+    other = tmp_path / "notes.md"
+    other.write_text("# my notes\n")
+    assert main(["certify", inst, "--out", str(other)]) == 2
+    assert other.read_text() == "# my notes\n"
+    assert capsys.readouterr().err.strip() == (f"error: --out {str(other)!r} exists and is not an output of certify (a "
+                                               "JSON object with results, method and rows); choose another file or "
+                                               "remove it")
+    out = tmp_path / "cert.json"
+    assert main(["certify", inst, "--out", str(out)]) == 0 and main(["certify", inst, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["method"] == "krawczyk"

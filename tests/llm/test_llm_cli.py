@@ -80,7 +80,7 @@ def test_retrain_then_finetune_commands(tiny_bert, chitchat_file, tmp_path, caps
     (["retrain", "--method", "sr", "--model", "/no/such/model"], "model path '/no/such/model' does not exist"),
     (["retrain", "--method", "meta-lora", "--rank", "0"], "--rank: must be an integer >= 1, got 0"),
     (["finetune", "--encoder", "x", "--rank", "-3"], "--rank: must be an integer >= 1, got -3"),
-    (["retrain", "--method", "sr", "--data", "MISSING.txt"], "cannot read ConvAI2 file MISSING.txt"),
+    (["retrain", "--method", "sr", "--data", "MISSING.txt"], "--data 'MISSING.txt': no such file"),
     (["table", "--seeds", "-1"], "--seeds: must be an integer >= 0, got -1"),
     (["table", "--seeds", "1", "1"], "seeds must be distinct"),
     (["table", "--threads", "-2"], "--threads: must be an integer >= 0, got -2"),
@@ -200,3 +200,21 @@ def test_data_that_is_not_utf8_and_an_out_where_nothing_can_be_made_exit_2(tmp_p
         assert main(["table", "--preset", "smoke", "--out", "/proc/metalora-x"]) == 2
         err = capsys.readouterr().err
         assert "--out '/proc/metalora-x': nothing can be created under '/proc'" in err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc, where nothing can be created")
+def test_cache_dir_and_bundle_out_where_nothing_can_be_made_are_refused_before_work(tmp_path, capsys):
+    code = main(["table", "--preset", "smoke", "--cache-dir", "/proc/x", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("python -m llm table: error: --cache-dir '/proc/x': ")
+    code = main(["bundle", "--out", "/proc/x"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("python -m llm bundle: error: --out '/proc/x': nothing can be created under '/proc' (")
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_that_is_a_folder_is_refused_before_work(tmp_path, capsys):
+    code = main(["table", "--preset", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2 and capsys.readouterr().err == (f"python -m llm table: error: --data {str(tmp_path)!r}: not a "
+                                                     "readable file\n")
