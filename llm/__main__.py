@@ -172,6 +172,10 @@ def _run_table(args) -> int:
     cfg = _config(args)
     _out_dir(args.out)
     _inputs(args)
+    runs = os.path.join(args.out, "runs")
+    if not args.resume and os.path.isdir(runs) and any(files for _, _, files in os.walk(runs)):
+        raise LLMError(f"--out {args.out!r} holds finished pieces of an earlier run ({runs}); rerun with --resume to "
+                       "continue it (pieces made with other settings are recomputed), or choose another --out")
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     doc = run_table(cfg, args.out, resume=args.resume, device=args.device, schedule=args.schedule,
                     cache_dir=args.cache_dir, progress=not args.no_progress, keep_checkpoints=args.keep_checkpoints,

@@ -218,3 +218,13 @@ def test_data_that_is_a_folder_is_refused_before_work(tmp_path, capsys):
     code = main(["table", "--preset", "smoke", "--data", str(tmp_path), "--out", str(tmp_path / "o")])
     assert code == 2 and capsys.readouterr().err == (f"python -m llm table: error: --data {str(tmp_path)!r}: not a "
                                                      "readable file\n")
+
+
+def test_table_over_an_earlier_run_needs_resume(tmp_path, capsys):
+    piece = tmp_path / "o" / "runs" / "seed0" / "none" / "none" / "task1.json"
+    piece.parent.mkdir(parents=True)
+    piece.write_text("{}")
+    code = main(["table", "--preset", "smoke", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "rerun with --resume to continue it" in err
+    assert piece.read_text() == "{}"  # nothing finished was thrown away
