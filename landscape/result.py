@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from theory.problem import ProblemError
+
 __all__ = ["STATUS_MESSAGES", "CLASSES", "SearchResult"]
 
 #: Why a solver stopped; every status any solver in :mod:`landscape.search` reports is a key here.
@@ -51,6 +53,11 @@ class SearchResult:
     status : str, a key of :data:`STATUS_MESSAGES`
     method : str, ``"newton"`` (root of grad G), ``"min"`` (regularised Newton descent) or ``"gd"``
     scale : float, standard deviation of the start's entries
+
+    Raises
+    ------
+    ProblemError
+        A ``status`` not in :data:`STATUS_MESSAGES`, or a ``point`` that is not three-dimensional.
     """
 
     point: np.ndarray
@@ -68,10 +75,10 @@ class SearchResult:
 
     def __post_init__(self):
         if self.status not in STATUS_MESSAGES:
-            raise ValueError(f"status must be one of {sorted(STATUS_MESSAGES)}, got {self.status!r}")
+            raise ProblemError(f"status must be one of {sorted(STATUS_MESSAGES)}, got {self.status!r}")
         pt = np.array(self.point, dtype=np.float64, copy=True)
         if pt.ndim != 3:
-            raise ValueError(f"point must have shape (T, d, k), got {pt.shape}")
+            raise ProblemError(f"point must have shape (T, d, k), got {pt.shape}")
         pt.setflags(write=False)
         object.__setattr__(self, "point", pt)
         if self.inertia is not None:
