@@ -453,3 +453,25 @@ def test_net_setup_says_so_when_arb_cannot_prove_the_hessian_definite(monkeypatc
         s = net_setup(p, p.U_star.ravel(), None, "hessian", {})
     assert s.failure == "could not prove the Hessian at x0 positive definite in arb" and s.net is None
     assert isinstance(s.gauge, Gauge) and s.loss[0] <= 0.0 <= s.loss[1]
+
+
+def test_net_setup_failures_keep_the_loss_and_the_gauge(monkeypatch):
+    """Every early stop of net_setup still reports G(x0)'s enclosure and the gauge: an overflowing float Hessian
+    (|x0| ~ 1e160), and bounds that overflow (a rounding constant made infinite)."""
+    import landscape.certify_epsnet_bounds as bounds
+    from landscape import _arb_reduced as ar
+    from landscape.certify_common import Gauge
+
+    p = Problem.random(2, 1, 3, seed=1)
+    far = 1e160 * np.random.default_rng(0).standard_normal(p.n_reduced)
+    with ar.working_precision(128):
+        s = bounds.net_setup(p, far, None, "hessian", {})
+    assert s.failure.startswith("the float64 Hessian at x0 overflows (max |x0| entry ") and s.net is None
+    assert isinstance(s.gauge, Gauge) and s.loss[0] > 1e300 and s.loss[1] >= s.loss[0]
+    monkeypatch.setattr(bounds, "gamma", lambda K: math.inf)
+    margins = {}
+    with ar.working_precision(128):
+        s = bounds.net_setup(p, p.U_star.ravel(), None, "hessian", margins)
+    assert s.failure.startswith("the bounds of the net overflow float64 or vanish (delta ") and s.net is not None
+    assert s.failure.endswith("nothing can be proven here in float64") and math.isinf(s.net.tau)
+    assert isinstance(s.gauge, Gauge) and s.loss[0] <= 0.0 <= s.loss[1] and margins["tau"] == math.inf
