@@ -16,8 +16,9 @@ from scipy.optimize import minimize
 
 from exact_reduced import exact_G, exact_grad
 from landscape.certificate import CertificateError
+from landscape import certify_epsnet as ce
 from landscape.certify_epsnet import certify_epsnet, net_covering_radius
-from landscape.certify_epsnet_net import cube_points as _cube_points, float_dG_grad as _float_dG_grad
+from landscape.certify_epsnet_net import NetOverflow, cube_points as _cube_points, float_dG_grad as _float_dG_grad
 from landscape.certify_interval import certify_interval
 from strategies import seeds
 from theory.problem import Problem
@@ -243,3 +244,94 @@ def test_stored_spurious_minimum_is_certified_by_the_eps_net(path):
     assert c.margins["loss_lower_on_ball"] > 0 and c.margins["net_margin"] > 0
     ci = certify_interval(p, np.asarray(rec["point"], dtype=float))
     assert ci.verdict == "certified-minimum" and ci.minimum_kind == "spurious"
+
+
+def test_uniform_level_is_the_first_with_covering_radius_at_most_eps():
+    for delta, m, eps in ((1.0, 3, 0.3), (0.5, 6, 1e-3), (2.0, 2, 5.0)):
+        level, why, total = ce._uniform_level(delta, m, eps, 10 ** 30)
+        assert net_covering_radius(delta, m, level) <= eps
+        assert level == 0 or net_covering_radius(delta, m, level - 1) > eps
+        assert total == 2 * m * 2 ** (level * (m - 1)) and why is None
+    level, why, total = ce._uniform_level(1.0, 3, 0.3, 10)
+    assert why == f"the uniform net of covering radius 0.3 on S(x0, 1) needs {total} points > max_points = 10"
+    assert ce._uniform_level(1.0, 1, 1e-9, 10)[:2] == (0, None)
+
+
+def test_an_overflow_on_the_net_is_inconclusive_with_the_points_done(monkeypatch):
+    import landscape.certify_epsnet_net as net
+
+    p = Problem.random(2, 1, 3, seed=1)
+    calls = []
+    real = net.evaluate
+
+    def overflow_on_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise NetOverflow
+        return real(*a, **kw)
+
+    delta = ce.certify_epsnet(p, p.U_star).radius
+    monkeypatch.setattr(net, "evaluate", overflow_on_second)
+    # 16 times the default radius: the 12 face cells fail, their halves go in chunks of 64; the second chunk overflows
+    c = ce.certify_epsnet(p, p.U_star, delta=16 * delta, batch=64)
+    assert c.verdict == "inconclusive" and c.margins["net_points"] == 12 + 64 and len(calls) == 3
+    assert c.reason == "the float64 evaluation of G or its gradient on the net overflows: nothing can be proven here"
+
+
+def test_uniform_level_at_the_edges_of_its_rules():
+    # m = 2: delta sqrt(1) / eps = 1 / 0.6 -> level 1 (sqrt(m + 1) would give 2; m > 2 would give 0)
+    assert ce._uniform_level(1.0, 2, 0.6, 10 ** 9)[:2] == (1, None)
+    level, why, total = ce._uniform_level(1.0, 3, 0.3, 10 ** 9)
+    assert ce._uniform_level(1.0, 3, 0.3, total) == (level, None, total)  # exactly max_points: still walked
+    assert ce._uniform_level(1.0, 3, 0.3, total - 1)[1] is not None
+
+
+def test_the_progress_bar_shows_the_net_and_clears_itself(capsys):
+    p = Problem.random(2, 1, 3, seed=1)
+    delta = ce.certify_epsnet(p, p.U_star).radius
+    capsys.readouterr()
+    ce.certify_epsnet(p, p.U_star, delta=16 * delta, progress=True)
+    err = capsys.readouterr().err
+    assert err.startswith("\reps-net: 0pts [") and "\n" not in err  # leave=False: no line left behind
+    assert err.endswith("\r") and err.rstrip("\r").split("\r")[-1].strip() == ""
+    for quiet in (False, None):  # None: only on a terminal, and the test's stderr is not one
+        ce.certify_epsnet(p, p.U_star, delta=16 * delta, progress=quiet)
+        assert capsys.readouterr().err == ""
+
+
+def test_certificate_fields_and_reasons_say_which_region_and_slice():
+    import re
+
+    # the Euclidean sphere on the T = 2 slice (m = 3): region S(x0, delta), kind decided on B(x0, delta)
+    p = Problem.random(2, 1, 2, seed=1)
+    c = ce.certify_epsnet(p, p.U_star, metric="euclidean")
+    assert c.verdict == "certified-minimum" and c.n == 4 and c.method == "epsnet" and 0 < c.seconds < 60
+    assert c.reason.startswith(f"G > G(x0) on all of S(x0, {c.radius:.3g}) ({c.margins['net_points']} net points, ")
+    assert ("a local minimum of G on the gauge slice (transversal to the orbits: a local minimum of G modulo the "
+            "orbit) lies inside, within ") in c.reason
+    assert re.search(r"0 <= G\(x\*\) <= \S+ \(round-off level", c.reason) and c.gauge.startswith("slice x = x0 + Q z")
+    # the Hessian metric at k = 1, T = 3 (no slice): the ellipsoid, and U* proven inside x0 + M B(0, delta)
+    q = Problem.random(4, 1, 3, seed=0)
+    h = ce.certify_epsnet(q, q.U_star)
+    assert h.reason.startswith(f"G > G(x0) on all of the ellipsoid x0 + M S(0, {h.radius:.3g}) (24 net points, ")
+    assert f"a local minimum of G lies inside, within {h.margins['radius_x']:.3g} of x0; U* (column signs matched to " \
+           f"x0) lies in x0 + M B(0, {h.radius:.3g}) and G(U*) = 0" in h.reason
+    assert h.n == 12 and h.gauge == "none (k = 1, T != 2: the O(1)^T orbit is finite)"
+    # a far point with the Euclidean metric: the sphere named in the reason
+    far = ce.certify_epsnet(q, q.U_star.ravel() + 1e-3, delta=1e-6, metric="euclidean")
+    assert far.reason == ("a net point near S(x0, 1e-06) has G < G(x0) (rigorously): the test cannot pass at this "
+                          "delta") and far.margins["net_points"] > 0
+
+
+def test_eps_net_limits_at_their_edges():
+    p = Problem.random(2, 1, 3, seed=1)
+    one = ce.certify_epsnet(p, p.U_star, max_points=1)  # allowed, but even 2 m = 12 points are too many
+    assert one.reason == "even the coarsest net (2 m = 12 points) exceeds max_points = 1"
+    assert one.margins["net_points"] == 0 and one.verdict == "inconclusive"
+    many = ce.certify_epsnet(p, p.U_star, eps=1e-7, max_points=10 ** 6)  # the uniform net: the Euclidean sphere
+    level, _, total = ce._uniform_level(many.radius, 6, 1e-7, 10 ** 30)
+    assert many.margins["eps"] == 1e-7 and many.margins["net_points"] == total
+    assert ce.certify_epsnet(p, p.U_star, prec=53).verdict == "certified-minimum"
+    for kw, name in (({"delta": -1.0}, "delta"), ({"eps": 0.0}, "eps")):
+        with pytest.raises(Exception, match=rf"^{name} must be a positive finite number, got "):
+            ce.certify_epsnet(p, p.U_star, **kw)
