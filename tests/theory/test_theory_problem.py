@@ -177,3 +177,26 @@ def test_the_d1_family_refuses_a_parameter_whose_point_overflows_without_warning
         with pytest.raises(ProblemError) as err:
             d1_family_point(p, 1000.0)
     assert str(err.value) == ("s = 1000 overflows float64 (cosh(s) = inf): the family point is not representable")
+
+
+def test_problem_keeps_its_seed_and_refuses_bad_seeds_sigmas_and_overflowing_tasks_by_name():
+    import warnings
+
+    U = np.ones((3, 2, 1))
+    assert Problem(A_star=np.eye(2), U_star=U, seed=5).seed == 5 and Problem(A_star=np.eye(2), U_star=U).seed is None
+    with pytest.raises(ProblemError, match=r"^seed must be an integer >= 0 \(or None\), got -4$"):
+        Problem(A_star=np.eye(2), U_star=U, seed=-4)
+    for bad, shown in (("x", "'x'"), (None, "None"), (-1.0, "-1.0"), (float("inf"), "inf")):
+        with pytest.raises(ProblemError) as err:
+            Problem(A_star=np.eye(2), U_star=U, sigma=bad)
+        assert str(err.value) == f"sigma must be a finite number >= 0, got {shown}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # overflow is refused by name, not warned about
+        with pytest.raises(ProblemError) as err:
+            Problem(A_star=np.full((2, 2), 1e308), U_star=np.full((3, 2, 1), 1e200))
+        assert str(err.value) == ("the task matrices W_t = A* + U* U*^T are not finite in float64 (inf at "
+                                  "[0, 0, 0]): A* and U* are too large")
+        with pytest.raises(ProblemError) as err:
+            Problem(A_star=np.full((2, 2), 1e160), U_star=np.ones((3, 2, 1)))
+        assert str(err.value) == ("the squared Frobenius norm of the task matrices W_t overflows float64 (largest "
+                                  "|entry| 1e+160), so every loss would be inf: rescale A* and U*")
