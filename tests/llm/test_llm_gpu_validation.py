@@ -82,7 +82,8 @@ def test_bundle_refuses_bad_input_and_detects_damage(smoke_bundle, tmp_path, cap
     f = tmp_path / "a_file"
     f.write_text("x")
     assert bundle_mod.main(argparse.Namespace(out=str(f), preset="smoke", cache_dir=None)) == 2
-    assert "exists and is not" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == f"python -m llm bundle: error: --out {str(f)!r} is an existing file; give a folder\n"
     with pytest.raises(ValueError, match="bundle preset must be one of"):
         bundle_mod.bundle_config("huge")
     import shutil
