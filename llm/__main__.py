@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 
+from .atomic import check_writable_dir
 from .config import DEFAULT_PRESET, PRESETS, SCORERS, SELECTIONS, LLMError, NonFiniteLossError, preset
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -86,6 +87,7 @@ def _preset_with(args):
                   **tuples)
 
 
+
 def _inputs(args) -> None:
     """What a command reads and caches, checked before any work: ``--data`` (a file, unless the packaged
     ``chitchat``) and ``--cache-dir`` (a folder that can be created and written)."""
@@ -96,32 +98,13 @@ def _inputs(args) -> None:
         if not os.path.isfile(data) or not os.access(data, os.R_OK):
             raise LLMError(f"--data {data!r}: not a readable file")
     if getattr(args, "cache_dir", None) is not None:
-        _out_dir(args.cache_dir, "--cache-dir")
-
-
-def _out_dir(path: str, option: str = "--out") -> str:
-    """A folder to write into: refused when it is an existing file or its parent cannot be a folder."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise LLMError(f"{option} {path!r} is an existing file; give a folder")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise LLMError(f"{option} {path!r}: cannot create a folder under {parent!r}")
-    try:  # os.access trusts permission bits; a pseudo or read-only file system (/proc) is found only by trying
-        import tempfile
-
-        with tempfile.TemporaryDirectory(dir=parent):
-            pass
-    except OSError as exc:
-        raise LLMError(f"{option} {path!r}: nothing can be created under {parent!r} ({exc.strerror})") from None
-    return path
+        check_writable_dir(args.cache_dir, "--cache-dir")
 
 
 def _out_file(path: str, option: str = "--out") -> str:
     if os.path.isdir(path):
         raise LLMError(f"{option} {path!r} is an existing folder; give a file name")
-    _out_dir(os.path.dirname(os.path.abspath(path)), option)
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), option)
     return path
 
 
@@ -130,7 +113,7 @@ def _run_retrain(args) -> int:
     from .train import retrain
 
     cfg = _config(args)
-    _out_dir(args.out)
+    check_writable_dir(args.out)
     _inputs(args)
     tasks = load_tasks(cfg)
     r = retrain(cfg, tasks, method=args.method, rank=args.rank, seed=args.seed, out_dir=args.out,
@@ -170,7 +153,7 @@ def _run_table(args) -> int:
     from .table import run_table
 
     cfg = _config(args)
-    _out_dir(args.out)
+    check_writable_dir(args.out)
     _inputs(args)
     runs = os.path.join(args.out, "runs")
     if not args.resume and os.path.isdir(runs) and any(files for _, _, files in os.walk(runs)):

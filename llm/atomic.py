@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "check_writable_dir"]
 
 
 def _fsync(path: str) -> None:
@@ -128,3 +128,29 @@ def atomic_dir(path: str, prefix: str | None = None) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable_dir(path: str, option: str = "--out") -> str:
+    """``path`` as a folder to write into, checked before any work (the command lines' rule for ``--out``-like
+    options): refused when it is an existing file, or when nothing can be created under its nearest existing parent.
+
+    Raises
+    ------
+    LLMError
+        ``"<option> '<path>' ..."`` naming the rule that failed.
+    """
+    from .config import LLMError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LLMError(f"{option} {path!r} is an existing file; give a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise LLMError(f"{option} {path!r}: cannot create a folder under {parent!r}")
+    try:  # os.access trusts permission bits; a pseudo or read-only file system (/proc) is found only by trying
+        with tempfile.TemporaryDirectory(dir=parent):
+            pass
+    except OSError as exc:
+        raise LLMError(f"{option} {path!r}: nothing can be created under {parent!r} ({exc.strerror})") from None
+    return path

@@ -288,12 +288,12 @@ def main(args) -> int:
     2 with one message on stderr for bad input."""
     from .config import LLMError
 
-    from .__main__ import _out_dir
+    from .atomic import check_writable_dir
 
     try:
-        _out_dir(args.out)  # a place where a folder can be made, before any work
+        check_writable_dir(args.out)  # a place where a folder can be made, before any work
         if getattr(args, "cache_dir", None) is not None:
-            _out_dir(args.cache_dir, "--cache-dir")
+            check_writable_dir(args.cache_dir, "--cache-dir")
         manifest = make_bundle(args.out, preset=getattr(args, "preset", "gpu"),
                                cache_dir=getattr(args, "cache_dir", None))
     except LLMError as exc:

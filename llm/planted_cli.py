@@ -122,14 +122,14 @@ def main(args) -> int:
     Ctrl-C is answered here with one line and exit 130; results are written only once every run is finished,
     each file whole (temporary file + rename), ``summary.json`` last.
     """
-    from .__main__ import _out_dir
+    from .atomic import check_writable_dir
     from .models import check_model
 
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     writing = False
     try:
         cfg = _config(args)
-        _out_dir(args.out)
+        check_writable_dir(args.out)
         check_model(cfg.model)
         from .planted import run_planted
         from .planted_report import json_view, summarise, write_outputs
