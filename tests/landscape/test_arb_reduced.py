@@ -23,6 +23,7 @@ def test_arb_bounds_and_midpoints():
     assert ar.upper(arb(0.25)) == ar.lower(arb(0.25)) == 0.25
     nan = arb("nan")
     assert ar.upper(nan) == math.inf and ar.lower(nan) == -math.inf and math.isnan(ar.mid(nan))
+    assert math.isnan(ar.mid(arb(1.0, math.inf)))  # a finite midpoint of an unbounded ball is no estimate
     assert ar.mid_matrix(arb_mat([[1, 2], [3, 4]])).tolist() == [[1.0, 2.0], [3.0, 4.0]]
     b = ar.balls(np.array([1.0, 2.0]), np.array([0.0, 0.5]))
     assert b[0].rad() == 0 and ar.lower(b[1]) <= 1.5 and ar.upper(b[1]) >= 2.5

@@ -299,7 +299,7 @@ def test_the_progress_bar_shows_the_net_and_clears_itself(capsys):
         assert capsys.readouterr().err == ""
 
 
-def test_certificate_fields_and_reasons_say_which_region_and_slice():
+def test_certificate_fields_and_reasons_say_which_region_and_slice(monkeypatch):
     import re
 
     # the Euclidean sphere on the T = 2 slice (m = 3): region S(x0, delta), kind decided on B(x0, delta)
@@ -310,6 +310,11 @@ def test_certificate_fields_and_reasons_say_which_region_and_slice():
     assert ("a local minimum of G on the gauge slice (transversal to the orbits: a local minimum of G modulo the "
             "orbit) lies inside, within ") in c.reason
     assert re.search(r"0 <= G\(x\*\) <= \S+ \(round-off level", c.reason) and c.gauge.startswith("slice x = x0 + Q z")
+    regions = []  # the region the minimum kind is decided on: the Euclidean ball B(x0, delta)
+    monkeypatch.setattr(ce, "minimum_kind", lambda **kw: regions.append(kw["region"]) or ("unknown", "-"))
+    again = ce.certify_epsnet(p, p.U_star, metric="euclidean")
+    assert again.radius == c.radius and regions == [f"B(x0, {c.radius:.3g})"]
+    monkeypatch.undo()
     # the Hessian metric at k = 1, T = 3 (no slice): the ellipsoid, and U* proven inside x0 + M B(0, delta)
     q = Problem.random(4, 1, 3, seed=0)
     h = ce.certify_epsnet(q, q.U_star)

@@ -197,7 +197,8 @@ def _check_floor(res):
 
 
 # reduced Figure 1: every panel and value with 3 runs, N capped at 1000 where N is not the varied parameter
-_REDUCED = [(p, s) for p in lset.PANELS for s in lset.panel_settings(p, {"runs": 3, "seed": 5} | ({} if p == "N" else {"N": 1000}))]
+_REDUCED = [(p, s) for p in lset.PANELS
+            for s in lset.panel_settings(p, {"runs": 3, "seed": 5} | ({} if p == "N" else {"N": 1000}))]
 
 
 @pytest.mark.parametrize("panel,s", [(p, s) for p, s in _REDUCED if s.T >= 3],

@@ -200,3 +200,38 @@ def test_problem_keeps_its_seed_and_refuses_bad_seeds_sigmas_and_overflowing_tas
             Problem(A_star=np.full((2, 2), 1e160), U_star=np.ones((3, 2, 1)))
         assert str(err.value) == ("the squared Frobenius norm of the task matrices W_t overflows float64 (largest "
                                   "|entry| 1e+160), so every loss would be inf: rescale A* and U*")
+
+
+def test_the_new_task_matrix_is_checked_as_a_star_plus_u_test_u_test_transposed():
+    """``W_(T+1) = A* + U_test U_test^T``: with A* = 5e153 I, a training U* of ones keeps |W_t|_F^2 ~ 1.5e308 finite,
+    while U_test = (1e77, 0) makes the entry 1.5e154, whose square overflows (a difference ``A* - U_test U_test^T``
+    would be -5e153); the refusal names W_(T+1), and a seed given as a NumPy integer is kept as a Python int."""
+    import warnings
+
+    A = 5e153 * np.eye(2)
+    U = np.ones((3, 2, 1))
+    p = Problem(A_star=A, U_star=U, U_test=np.ones((2, 1)), seed=np.int64(5))
+    assert type(p.seed) is int and p.seed == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ProblemError) as err:
+            Problem(A_star=A, U_star=U, U_test=np.array([[1e77], [0.0]]))
+    assert str(err.value) == ("the squared Frobenius norm of the task matrices W_(T+1) overflows float64 (largest "
+                              "|entry| 1.5e+154), so every loss would be inf: rescale A* and U*")
+
+
+def test_a_u_star_that_is_not_numbers_is_refused_by_name():
+    with pytest.raises(ProblemError) as err:
+        Problem(A_star=np.eye(2), U_star=[["a"]])
+    assert str(err.value) == "U_star must be an array of numbers of shape (T, d, k), got [['a']]"
+
+
+def test_the_d1_family_refuses_a_point_whose_a_overflows_while_u_does_not():
+    """At s = 357.5, cosh(s) ~ 1e155: U_1 (entries ~ 1e155) is finite, A = A* + U*_1 U*_1^T - U_1 U_1^T is not."""
+    from theory.minima import d1_family_point
+
+    p = Problem.random(3, 1, 2, seed=0)
+    with pytest.raises(ProblemError) as err:
+        d1_family_point(p, 357.5)
+    assert str(err.value) == (f"s = 357.5 overflows float64 (cosh(s) = {np.cosh(357.5):.3g}): the family point is "
+                              "not representable")
