@@ -51,6 +51,24 @@ def _no_constant(token: str):
     raise ValueError(f"{token} is not JSON (RFC 8259)")
 
 
+def nonfinite_as_null(obj):
+    """The oracle of a strict writer: ``obj`` after Python's own (non-strict) JSON round trip, with every NaN / inf
+    float then replaced by None."""
+    import json
+    import math
+
+    def walk(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(json.loads(json.dumps(obj, allow_nan=True)))
+
+
 def strict_loads(text):
     """``json.loads`` that refuses the ``NaN`` / ``Infinity`` / ``-Infinity`` tokens, as strict parsers do."""
     import json
