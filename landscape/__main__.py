@@ -10,6 +10,11 @@ Bad input is refused with one message naming the value and the rule, exit status
 instance files are read and checked before anything is computed); Ctrl-C gives one line and exit status 130
 (``search`` says how many instances are saved; the same command resumes); a dead worker process stops ``search``
 with one line and exit status 3 (finished instances kept). See :mod:`theory.cli_contract` and docs/robustness.md.
+
+Every file written and every ``--json`` printout is strict JSON (:mod:`theory.strict_json`): a number that is not
+finite is ``null``. In ``certify``'s rows ``search_loss`` is ``null`` when G at the point overflows float64 (a point
+of an instance file far out, shown as ``unclassified``); ``null`` in the certificate's fields is explained by
+:meth:`landscape.certificate.Certificate.to_dict`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 # during start-up is caught like any other (theory.cli_contract.run_command)
 from theory.cli_contract import (EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, OneLineParser, check_memory,
                                  check_output_file, deferred_sigint, nonneg_int, positive_int, run_command)
+from theory.strict_json import dumps
 
 from .certify_registry import CERTIFICATES, certifier
 
@@ -122,7 +128,7 @@ def _cmd_search(args) -> int:
                                   saved=len(done), out=args.out)
     if stopped is not None:
         return stopped
-    print(json.dumps({"out": args.out, "finished": n, "skipped": len(done & set(range(args.instances))),
+    print(dumps({"out": args.out, "finished": n, "skipped": len(done & set(range(args.instances))),
                       "seconds": round(time.perf_counter() - t0, 3)}))
     return EXIT_OK
 
@@ -208,7 +214,6 @@ def _cmd_certify(args) -> int:
     from theory.problem import Problem
 
     from . import store
-    from .certificate import _json_number
 
     if args.out is not None:
         check_output_file("--out", args.out)
@@ -227,21 +232,20 @@ def _cmd_certify(args) -> int:
         problem = Problem.from_dict(rec["problem"])  # re-evaluated from the stored instance, not the search
         cert = certify(problem, np.asarray(c["point"], dtype=float))
         row = {"index": rec["index"], "point_index": i, "search_class": c["class"],
-               "search_loss": _json_number(c["loss"]), **cert.to_dict()}
+               "search_loss": c["loss"], **cert.to_dict()}
         row["agrees"] = {"spurious_min": cert.spurious, "saddle": cert.verdict == "certified-not-minimum",
                          "global_min": cert.verdict == "certified-minimum" and cert.minimum_kind == "global"
                          }.get(c["class"])
         rows.append(row)
     payload = {"results": args.results, "method": args.method, "rows": rows}
     if args.out:
-        store.atomic_write_text(args.out, json.dumps(payload, indent=1, allow_nan=False) + "\n")
+        store.atomic_write_text(args.out, dumps(payload, indent=1) + "\n")
     if args.json:
-        print(json.dumps(payload, allow_nan=False))
+        print(dumps(payload))
     else:
         print(f"{'inst':>5} {'pt':>3} {'search class':>13} {'search G':>11} {'verdict':>22} {'kind':>9} {'s':>7}")
         for r in rows:
-            loss = "-" if r["search_loss"] is None else f"{r['search_loss']:.3e}"
-            print(f"{r['index']:>5} {r['point_index']:>3} {r['search_class']:>13} {loss:>11} "
+            print(f"{r['index']:>5} {r['point_index']:>3} {r['search_class']:>13} {r['search_loss']:>11.3e} "
                   f"{r['verdict']:>22} {r['minimum_kind'] or '-':>9} {r['seconds']:>7.2f}")
     return EXIT_OK
 
@@ -287,7 +291,7 @@ def _cmd_summary(args) -> int:
         summary.plot(records, args.png)
         out["png"] = args.png
     if args.json:
-        print(json.dumps(out))
+        print(dumps(out))
     else:
         print(f"{out['instances']} instances, settings {out['settings']}")
         print(f"{'class':>13} {'critical points':>16} {'distinct G values':>18} {'instances with':>15}")

@@ -18,13 +18,14 @@ Two outer searches, both seeded from the run's seed and the chain index through 
   higher; ``sigma`` grows by 1.5 after an accepted round and shrinks by 0.7 after a rejected one (a 1/5-success-
   style step control, Rechenberg 1973). The chain stops at the first instance with a spurious minimum.
 
-Score of a searched instance (:func:`spuriousness`): ``inf`` when it has a spurious minimum; otherwise
-``-log10(|lam_min| / max |lam|)`` over its index-1 saddles with ``G > 0`` (the Hessian on the orbit's quotient with
-exactly one negative eigenvalue ``lam_min``), and 0 when there is none. Why this measures nearness: as ``U*`` moves,
-a saddle becomes a local minimum exactly when its only negative eigenvalue crosses zero (an exchange of stability;
-generic here because G has the sign / ``U_t = 0`` symmetries that make pitchfork and transcritical bifurcations
-typical), so an index-1 saddle with a relatively tiny negative curvature is a small perturbation of ``U*`` away
-from a spurious minimum, and climbing the score walks towards that crossing.
+Score of a searched instance (:func:`spuriousness`): ``inf`` when it has a spurious minimum (``null`` in the results
+file, which is strict JSON; :func:`hill_climb_record`); otherwise ``-log10(|lam_min| / max |lam|)`` over its index-1
+saddles with ``G > 0`` (the Hessian on the orbit's quotient with exactly one negative eigenvalue ``lam_min``), and 0
+when there is none. Why this measures nearness: as ``U*`` moves, a saddle becomes a local minimum exactly when its only
+negative eigenvalue crosses zero (an exchange of stability; generic here because G has the sign / ``U_t = 0``
+symmetries that make pitchfork and transcritical bifurcations typical), so an index-1 saddle with a relatively tiny
+negative curvature is a small perturbation of ``U*`` away from a spurious minimum, and climbing the score walks
+towards that crossing.
 
 Only ``U*`` moves; ``A*`` does not enter G (``W_t - mean_s W_s`` does not depend on it).
 """
@@ -38,6 +39,7 @@ import numpy as np
 
 from theory.cli_contract import require_int
 from theory.problem import Problem, ProblemError
+from theory.strict_json import json_ready
 
 from .search import instance_seed, search_record
 
@@ -84,7 +86,11 @@ def initial_problem(d: int, k: int, T: int, seed: int, chain: int) -> tuple[Prob
 def hill_climb_record(spec: dict) -> dict:
     """Run one chain (spec of :func:`landscape.fanout.run_spec` with ``spec["adversarial"]`` holding ``rounds`` and
     ``sigma``) and return the record of its best instance with an ``adversarial`` entry: the score, the round it
-    came from and the history (round, score, accepted, sigma).
+    came from, the sampler of round 0 and the history (round, score, accepted, sigma).
+
+    Every ``score`` is held as the results file holds it (strict JSON, :mod:`theory.strict_json`): a number >= 0,
+    or ``None`` (``null``) for the score +inf, i.e. the instance has a spurious minimum (:func:`spuriousness`); the
+    score is never NaN, so ``null`` has no other meaning here.
 
     Raises
     ------
@@ -107,7 +113,7 @@ def hill_climb_record(spec: dict) -> dict:
     best_p, sampler = initial_problem(spec["d"], spec["k"], spec["T"], seed, i)
     best = evaluate(best_p)
     best_score, best_round = spuriousness(best), 0
-    history = [{"round": 0, "score": _json_score(best_score), "accepted": True, "sigma": sigma}]
+    history = [{"round": 0, "score": json_ready(best_score), "accepted": True, "sigma": sigma}]
     for rnd in range(1, rounds + 1):
         if math.isinf(best_score):
             break
@@ -119,18 +125,14 @@ def hill_climb_record(spec: dict) -> dict:
         cand = evaluate(cand_p)
         score = spuriousness(cand)
         accepted = score > best_score
-        history.append({"round": rnd, "score": _json_score(score), "accepted": accepted, "sigma": sigma})
+        history.append({"round": rnd, "score": json_ready(score), "accepted": accepted, "sigma": sigma})
         if accepted:
             best_p, best, best_score, best_round = cand_p, cand, score, rnd
             sigma *= 1.5
         else:
             sigma *= 0.7
-    best["adversarial"] = {"score": _json_score(best_score), "round": best_round, "sampler": sampler,
+    best["adversarial"] = {"score": json_ready(best_score), "round": best_round, "sampler": sampler,
                            "history": history}
     best["seconds"] = time.perf_counter() - t0
     return best
 
-
-def _json_score(score: float):
-    """``inf`` as the string ``"inf"`` (strict JSON has no infinity)."""
-    return "inf" if math.isinf(score) else float(score)

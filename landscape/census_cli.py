@@ -8,7 +8,8 @@ Examples::
 
 Folder of a census: ``plan.json`` (options, grid, plan per cell, the command), ``cells/d{d}_k{k}_T{T}.jsonl`` (one
 record per finished instance, appended and fsynced as it finishes) and ``runs.jsonl`` (one line per invocation:
-wall time, instances finished, interrupted or not). Running the same command again resumes: finished instances are
+wall time, instances finished, interrupted or not), all strict JSON like ``census.json`` (:mod:`theory.strict_json`;
+the cell records as :mod:`landscape.store` describes). Running the same command again resumes: finished instances are
 skipped, nothing finished is lost. Options are validated before any work (exit status 2, one message naming the
 value); Ctrl-C stops with one line and exit status 130, a dead local worker with one line and exit status 3,
 both keeping every finished instance (:mod:`theory.cli_contract`, docs/robustness.md). Only the standard library is
@@ -24,6 +25,8 @@ import os
 import sys
 import time
 from dataclasses import asdict
+
+from theory.strict_json import dumps
 
 __all__ = ["add_parsers", "HANDLERS", "census_command"]
 
@@ -144,7 +147,7 @@ def _check_folder(folder: str, header: dict, rows: list[dict], opts) -> dict:
 
     old = _read_plan(folder)
     if old is not None:
-        new = json.loads(json.dumps(header))  # as stored (tuples become lists)
+        new = json.loads(dumps(header))  # as stored (tuples become lists)
         diff = sorted(key for key in ("grid", "options", "plan") if old.get(key) != new[key])
         if diff:
             raise _refuse(f"{folder} holds a census made with other arguments (differing: {diff}); use another --out "
@@ -163,7 +166,7 @@ def _open_folder(folder: str, header: dict, rows: list[dict], opts) -> None:
     from . import census, store
 
     if not os.path.lexists(os.path.join(folder, "plan.json")):
-        store.atomic_write_text(os.path.join(folder, "plan.json"), json.dumps(header, indent=1) + "\n")
+        store.atomic_write_text(os.path.join(folder, "plan.json"), dumps(header, indent=1) + "\n")
     for r in rows:
         if r["instances"]:
             store.open_run(_cell_path(folder, r["d"], r["k"], r["T"]), census.cell_config(r["d"], r["k"], r["T"], opts))
@@ -200,7 +203,7 @@ def _cmd_census(args) -> int:
     header = {"grid": args.grid, "options": asdict(opts), "plan": rows, "command": census_command(args.grid, opts)}
     _check_memory(rows, opts)
     if args.dry_run:
-        print(json.dumps({"plan": rows, "planned_core_seconds": sum(r["instances"] * r["seconds_per_instance"]
+        print(dumps({"plan": rows, "planned_core_seconds": sum(r["instances"] * r["seconds_per_instance"]
                                                                     for r in rows)}, indent=1))
         return 0
     check_output_dir("--out", args.out)
@@ -227,7 +230,7 @@ def _cmd_census(args) -> int:
             return EXIT_INTERRUPTED
     if stopped is not None:
         return stopped
-    print(json.dumps({"out": args.out, "finished": n, "left": total - n,
+    print(dumps({"out": args.out, "finished": n, "left": total - n,
                       "seconds": round(time.perf_counter() - t0, 3)}))
     return 0
 
@@ -302,12 +305,12 @@ def _cmd_summary(args) -> int:
             "Fractions: k/n (percent, 95% Wilson interval); 0/n states the upper bound that zero implies.")
     with deferred_sigint():  # the five files are written together (each through a temporary file and a rename)
         os.makedirs(out, exist_ok=True)
-        store.atomic_write_text(os.path.join(out, "census.json"), json.dumps(result, indent=1) + "\n")
+        store.atomic_write_text(os.path.join(out, "census.json"), dumps(result, indent=1) + "\n")
         store.atomic_write_text(os.path.join(out, "census.md"), _markdown(cells, result["pooled"], head))
         for key, name, title in _HEAT_MAPS:
             census_report.heat_maps(cells, os.path.join(out, name), key, title)
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
     else:
         print(_markdown(cells, result["pooled"], head))
     return 0

@@ -15,6 +15,8 @@ bound that zero implies (``z^2 / (n + z^2)``, about ``3.84 / n``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .census import OUTCOMES
@@ -52,7 +54,8 @@ def _verdict(c: dict) -> str:
 
 
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number (a NaN would be rewritten as null, :mod:`theory.strict_json`, and refused then)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _certificate_ok(c) -> bool:
@@ -78,12 +81,12 @@ def check_census_record(rec: dict, where: str, config: dict) -> None:
         raise ProblemError(f"{where} was made with other options than the census plan (differing: {diff})")
     seconds = rec.get("seconds")
     if not (isinstance(seconds, dict) and _number(seconds.get("search")) and _number(seconds.get("certify"))):
-        raise ProblemError(f"{where}: seconds must hold the numbers search and certify")
+        raise ProblemError(f"{where}: seconds must hold the finite numbers search and certify")
     for i, c in enumerate(rec["critical_points"]):
         if not (isinstance(c.get("certified"), bool) and isinstance(c.get("point_index"), int)
                 and _certificate_ok(c.get("krawczyk")) and (c.get("epsnet") is None or _certificate_ok(c["epsnet"]))):
             raise ProblemError(f"{where}: critical point {i} must hold certified (true or false), point_index and "
-                               "the krawczyk (and epsnet or null) certificates with verdict and seconds")
+                               "the krawczyk (and epsnet or null) certificates with verdict and finite seconds")
     for i, g in enumerate(rec.get("gd", [])):
         if g.get("init") not in ("small", "figure1") or g.get("outcome") not in OUTCOMES or not isinstance(
                 g.get("point_index"), int):

@@ -25,10 +25,10 @@ bound of the smallest eigenvalue of the Hessian over the box, on the gauge slice
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from theory.problem import ProblemError
+from theory.strict_json import json_ready
 
 __all__ = ["VERDICTS", "MINIMUM_KINDS", "Certificate", "CertificateError"]
 
@@ -41,26 +41,6 @@ class CertificateError(ProblemError):
 
     A :class:`theory.problem.ProblemError` (hence a ``ValueError``): the one error root that the command lines of
     ``theory`` and ``landscape`` turn into exit status 2."""
-
-
-def _json_number(v):
-    """A JSON-ready number: non-finite floats become None (strict JSON has no NaN / inf)."""
-    if v is None or isinstance(v, bool):
-        return v
-    if isinstance(v, int):
-        return v
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _json_value(v):
-    if isinstance(v, dict):
-        return {str(k): _json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, str) or v is None or isinstance(v, bool):
-        return v
-    return _json_number(v)
 
 
 @dataclass(frozen=True)
@@ -113,12 +93,12 @@ class Certificate:
         return self.verdict == "certified-minimum" and self.minimum_kind == "spurious"
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (non-finite numbers become None)."""
-        return {
-            "verdict": self.verdict, "method": self.method,
-            "loss": None if self.loss is None else [_json_number(v) for v in self.loss],
-            "radius": _json_number(self.radius), "seconds": _json_number(self.seconds), "reason": self.reason,
-            "margins": _json_value(self.margins), "minimum_kind": self.minimum_kind, "gauge": self.gauge,
-            "n": self.n,
-        }
+        """JSON-ready dict (:func:`theory.strict_json.json_ready`): a non-finite number becomes None (``null``); in
+        ``loss``, ``radius`` and ``margins`` that means the bound is not finite (nothing proven by it; the verdict is
+        then ``inconclusive`` or rests on other margins), and ``radius`` is also None when unset."""
+        return json_ready({
+            "verdict": self.verdict, "method": self.method, "loss": self.loss, "radius": self.radius,
+            "seconds": self.seconds, "reason": self.reason, "margins": self.margins,
+            "minimum_kind": self.minimum_kind, "gauge": self.gauge, "n": self.n,
+        })
 

@@ -8,7 +8,14 @@ tail again before each write, so a record is never glued onto the previous line.
 naming the file, the line and the value (:func:`check_record`).
 
 Line keys: ``index``, ``config`` (the run's arguments), ``problem`` (:meth:`theory.problem.Problem.to_dict`),
-``critical_points``, ``solves``, ``gd``, ``seconds`` (see :func:`landscape.search.search_record`).
+``critical_points``, ``solves``, ``gd``, ``seconds`` (see :func:`landscape.search.search_record`), and with
+``--adversarial`` ``adversarial`` (:func:`landscape.adversarial.hill_climb_record`).
+
+Every line, and every instance file, is strict JSON (:mod:`theory.strict_json`): a float that is not finite is written
+as ``null``. Where a record can hold one: a gradient-descent run's ``loss``, ``gd_loss`` and ``moved`` (NaN or inf when
+the run diverged), and the adversarial ``score``, whose ``null`` is +inf: a spurious minimum found. Files written
+before this convention (``NaN`` / ``Infinity`` tokens, the score +inf as the string ``"inf"``) are still read, and
+resumed, as if written now (:func:`_from_legacy`, the one place that knows the old format).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 
 from theory.atomic import atomic_write_text
 from theory.problem import ProblemError
+from theory.strict_json import dumps
 
 __all__ = ["load", "check_run", "open_run", "append", "canonical", "save_instance", "load_instance", "check_record",
            "read_results_or_instance"]
@@ -44,11 +52,32 @@ def _read_text(path: str) -> str:
 
 
 def _json(text: str):
-    """``json.loads`` whose every failure is a ``ValueError`` (deep nesting raises ``RecursionError`` otherwise)."""
+    """``json.loads`` whose every failure is a ``ValueError`` (deep nesting raises ``RecursionError`` otherwise).
+
+    It accepts the ``NaN`` / ``Infinity`` / ``-Infinity`` tokens (as floats) on purpose: files written before the
+    strict-JSON convention hold them (:func:`_from_legacy`)."""
     try:
         return json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def _from_legacy(rec):
+    """A results record read from a file written before the strict-JSON convention, in today's form (changed in
+    place and returned; a record of today's form is returned unchanged).
+
+    Earlier versions wrote lines with ``NaN`` / ``Infinity`` tokens (the default of Python's ``json.dumps``) and the
+    adversarial score +inf as the string ``"inf"``. The tokens are read by :func:`_json` as floats; no reader uses
+    the fields that held them (gradient-descent losses), and :func:`dumps` writes them as ``null`` when a resumed
+    file is rewritten. The string ``"inf"`` becomes ``None``, what ``null`` means in the score (+inf: a spurious
+    minimum found), in the entry and in each of its history rows."""
+    adv = rec.get("adversarial") if isinstance(rec, dict) else None
+    if isinstance(adv, dict):
+        history = adv.get("history")
+        for entry in [adv, *(history if isinstance(history, list) else [])]:
+            if isinstance(entry, dict) and entry.get("score") == "inf":
+                entry["score"] = None
+    return rec
 
 
 def _parse(path: str) -> tuple[list[dict], str]:
@@ -71,7 +100,7 @@ def _parse(path: str) -> tuple[list[dict], str]:
         if not line.strip():
             continue
         try:
-            rec = _json(line)
+            rec = _from_legacy(_json(line))
         except ValueError as exc:
             raise ProblemError(f"{path}: line {n} is not valid JSON ({getattr(exc, 'msg', exc)}); a results file has "
                                "one JSON object per line") from None
@@ -88,13 +117,19 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_finite(v) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
 def check_record(rec, where: str) -> None:
     """Refuse (``ProblemError`` starting with ``where``, e.g. ``"FILE: line 3"``) a results record that the readers
     (``summary``, ``certify``, resuming) cannot use: missing keys, an index that is not an integer >= 0, a problem
     :meth:`Problem.from_dict` refuses, a critical point whose class is unknown, whose loss is not a finite number or
-    whose point is not a finite array of shape ``(T, d, k)``, eigenvalues that are not numbers, gradient-descent rows
-    of unknown classes, solve counts that are not integers, or an adversarial entry without score and history: what
-    ``summary``, ``certify`` and a resumed ``search`` read.
+    whose point is not a finite array of shape ``(T, d, k)``, eigenvalues that are not finite numbers,
+    gradient-descent rows of unknown classes, solve counts that are not integers, or an adversarial entry without
+    history or without a score that is a finite number >= 0 or None (+inf: a spurious minimum found): what
+    ``summary``, ``certify`` and a resumed ``search`` read. It accepts no non-finite float where it checks a
+    number, so a record it accepts is accepted again once rewritten (non-finite floats as ``null``, :func:`dumps`).
 
     Raises
     ------
@@ -140,8 +175,8 @@ def check_record(rec, where: str) -> None:
         if not np.all(np.isfinite(U)):
             raise ProblemError(f"{at}: point must have finite entries, found {first_nonfinite(U)}")
         eig = c.get("eigenvalues")
-        if not isinstance(eig, list) or not all(_is_number(v) for v in eig) or not _is_number(c.get("min_eigenvalue")):
-            raise ProblemError(f"{at}: eigenvalues must be a list of numbers and min_eigenvalue a number")
+        if not isinstance(eig, list) or not all(_is_finite(v) for v in [*eig, c.get("min_eigenvalue")]):
+            raise ProblemError(f"{at}: eigenvalues must be a list of finite numbers and min_eigenvalue a finite number")
     gd = rec.get("gd", [])
     if not isinstance(gd, list) or not all(isinstance(g, dict) and g.get("class") in (*CLASSES, "unconverged")
                                            and g.get("near") in (*CLASSES, None) for g in gd):
@@ -151,9 +186,11 @@ def check_record(rec, where: str) -> None:
     if not isinstance(solves, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in solves.values()):
         raise ProblemError(f"{where}: solves must map statuses to counts")
     adv = rec.get("adversarial", {"score": 0.0, "history": []})
-    if not (isinstance(adv, dict) and (adv.get("score") == "inf" or _is_number(adv.get("score")))
+    if not (isinstance(adv, dict) and "score" in adv and (adv["score"] is None or _is_finite(adv["score"])
+                                                          and adv["score"] >= 0)
             and isinstance(adv.get("history"), list)):
-        raise ProblemError(f"{where}: adversarial must hold a score (a number or \"inf\") and a history list")
+        raise ProblemError(f"{where}: adversarial must hold a score (a finite number >= 0, or null for +inf: a "
+                           "spurious minimum found) and a history list")
 
 
 def load(path: str) -> list[dict]:
@@ -203,7 +240,7 @@ def open_run(path: str, config: dict) -> set[int]:
         return set()
     records, tail = check_run(path, config)
     if tail == "truncated":
-        atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in records))
+        atomic_write_text(path, "".join(dumps(rec) + "\n" for rec in records))
     elif tail == "no_newline":
         with open(path, "ab") as fh:  # append-only: the records already there are not rewritten
             fh.write(b"\n")
@@ -227,7 +264,8 @@ def _last_line(fh) -> bytes:
 
 
 def append(path: str, record: dict) -> None:
-    """Append one record as one line, flushed and fsynced before returning (a crash loses nothing finished).
+    """Append one record as one line of strict JSON (:func:`theory.strict_json.dumps`: a non-finite float is written
+    as ``null``), flushed and fsynced before returning (a crash loses nothing finished).
 
     The tail is checked first: a last record whose newline is missing gets it back (instead of the new record being
     glued onto it); a last line that is cut off (not valid JSON) is refused, since appending would bury it in the
@@ -238,7 +276,7 @@ def append(path: str, record: dict) -> None:
     ProblemError
         The last line of ``path`` is cut off (:func:`open_run` repairs it first).
     """
-    line = (json.dumps(record, allow_nan=True) + "\n").encode("utf-8")
+    line = (dumps(record) + "\n").encode("utf-8")
     with open(path, "a+b") as fh:
         last = _last_line(fh)
         if last.strip():
@@ -266,11 +304,11 @@ def canonical(records: list[dict]) -> list[dict]:
 
 
 def save_instance(path: str, problem, point, **meta) -> None:
-    """Write an instance file: ``{"problem": Problem.to_dict(), "point": U (T, d, k) as lists, **meta}`` (JSON,
-    written to a temporary file and renamed)."""
+    """Write an instance file: ``{"problem": Problem.to_dict(), "point": U (T, d, k) as lists, **meta}`` (strict JSON,
+    :func:`theory.strict_json.dumps`; written to a temporary file and renamed)."""
     U = np.asarray(point, dtype=np.float64).reshape(problem.T, problem.d, problem.k)
     data = {**meta, "problem": problem.to_dict(), "point": U.tolist()}
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(path, dumps(data, indent=1) + "\n")
 
 
 def load_instance(name_or_path: str):

@@ -21,7 +21,10 @@ __all__ = ["summarize", "plot"]
 
 
 def summarize(records: list[dict]) -> dict:
-    """JSON-ready summary of records (:func:`landscape.store.load`)."""
+    """JSON-ready summary of records (:func:`landscape.store.load`).
+
+    With adversarial chains, ``adversarial`` holds ``chains``, ``found_spurious`` (chains whose score is None, i.e.
+    +inf: a spurious minimum found), ``rounds_run`` and ``best_finite_score`` (None when every chain found one)."""
     counts = {c: 0 for c in CLASSES}
     values = {c: 0 for c in CLASSES}
     with_class = {c: 0 for c in CLASSES}
@@ -72,8 +75,9 @@ def summarize(records: list[dict]) -> dict:
     }
     adv = [rec["adversarial"] for rec in records if "adversarial" in rec]
     if adv:
-        found = sum(1 for a in adv if a["score"] == "inf")
-        finite = [a["score"] for a in adv if a["score"] != "inf"]
+        # a score of None (null) is +inf: the chain found a spurious minimum (landscape.adversarial.hill_climb_record)
+        found = sum(1 for a in adv if a["score"] is None)
+        finite = [a["score"] for a in adv if a["score"] is not None]
         out["adversarial"] = {"chains": len(adv), "found_spurious": found,
                               "rounds_run": sum(len(a["history"]) for a in adv),
                               "best_finite_score": max(finite) if finite else None}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .cli_contract import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, OneLineParser, check_memory, nonneg_int,
                            run_command)
+from .strict_json import dumps
 
 
 def _add_verify(sub) -> None:
@@ -36,7 +36,7 @@ def _run_verify(args) -> int:
                  4 * 8 * n_full * n_full)
     report = run_verify(args.d, args.k, args.T, args.seed)
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(dumps(report.to_dict()))
     else:
         s = report.solve
         print(f"instance d={args.d} k={args.k} T={args.T} seed={args.seed}; solve: G={s.loss:.3e}, "

@@ -10,7 +10,8 @@ writes into ``--out``:
   (always the first and the last), 10 significant digits;
 * ``figure1_<panel>_retrain.csv``: every empirical retraining-loss curve, same layout;
 * ``summary.json``: the settings, per panel and value the final test losses (median, min, max over runs), the floors,
-  step sizes, iterations and final gradient norms, and the wall time.
+  step sizes, iterations and final gradient norms, and the wall time; strict JSON (:mod:`theory.strict_json`): a
+  statistic that is not finite (a run that diverged to inf or NaN) is ``null``.
 
 ``--vary all`` makes the five panels; ``--json`` prints ``{"rows": [{"panel", "value", "meta_lora", "sr_lora",
 "sr_floor"}, ...]}`` (medians over runs). Bad input (unknown panel, ``(T+1) k > d``, non-positive counts, an ``--out``
@@ -40,6 +41,7 @@ from .linear_experiment import run_panels
 from .linear_results import setting_summary, summary_rows
 from .linear_settings import DEFAULTS, PANELS, Settings, panel_settings, settings_dict
 from .problem import ProblemError
+from .strict_json import dumps
 
 __all__ = ["add_parser", "run"]
 
@@ -248,7 +250,7 @@ def run(args) -> int:
                             for v in panels_out[p]["values"]])],
         "panels": {p: panels_out[p] for p in PANELS if p in panels_out},
     }
-    files["summary.json"] = (json.dumps(summary, indent=1) + "\n").encode()
+    files["summary.json"] = (dumps(summary, indent=1) + "\n").encode()
     try:
         with deferred_sigint():  # the folder is made and filled in one go: a Ctrl-C now waits until it is complete
             os.makedirs(out, exist_ok=True)
@@ -258,7 +260,7 @@ def run(args) -> int:
         print(f"interrupted after writing {out} (complete)", file=sys.stderr)
         return EXIT_INTERRUPTED
     if args.json:
-        print(json.dumps({"rows": rows}))
+        print(dumps({"rows": rows}))
     else:
         _print_table(rows)
         print(f"{n_settings} settings in {seconds:.1f} s; files in {out}")

@@ -65,7 +65,8 @@ def setting_summary(panel: str, res: SettingResult) -> dict:
     -------
     dict
         ``panel``, ``value``, ``settings``, ``{median, min, max}`` of each loss, floor and step size,
-        ``meta_wins_runs``, ``iterations``, ``final_grad_norm_max`` and ``seconds``.
+        ``meta_wins_runs``, ``iterations``, ``final_grad_norm_max`` and ``seconds``. A run that diverged makes its
+        statistics NaN or inf; ``summary.json`` holds them as ``null`` (:mod:`theory.strict_json`).
     """
     s = res.settings
 

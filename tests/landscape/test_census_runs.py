@@ -12,6 +12,8 @@ from landscape import census, fanout, store
 from landscape.__main__ import main
 from theory.problem import Problem
 
+from strategies import strict_loads
+
 from census_support import ARGS, TINY, by_cell as _by_cell, cells_of as _cells, specs as _specs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,12 +55,14 @@ def test_records_same_serially_with_processes_and_on_dask(serial_records):
 # --- command line ------------------------------------------------------------------------------------------------
 
 def test_cli_writes_plan_cells_and_runs(full_run, serial_records):
-    plan = json.loads((full_run / "plan.json").read_text())
+    plan = strict_loads((full_run / "plan.json").read_text())  # every file of the folder is strict JSON
     assert [r["instances"] for r in plan["plan"]] == [3, 3]
     cells = _cells(full_run)
     assert sorted(cells) == ["d3_k1_T3.jsonl", "d4_k1_T3.jsonl"]
     assert _by_cell(cells["d3_k1_T3.jsonl"] + cells["d4_k1_T3.jsonl"]) == _by_cell(serial_records)
-    runs = [json.loads(x) for x in (full_run / "runs.jsonl").read_text().splitlines()]
+    runs = [strict_loads(x) for x in (full_run / "runs.jsonl").read_text().splitlines()]
+    for name in cells:
+        assert [strict_loads(x) for x in (full_run / "cells" / name).read_text().splitlines()]
     assert runs[0]["finished"] == 6 and not runs[0]["interrupted"]
 
 
@@ -125,7 +129,8 @@ def test_cli_refuses_resuming_with_other_arguments(full_run, capsys):
 def test_summary_counts_agree_with_the_records(full_run, tmp_path, capsys):
     res = tmp_path / "res"
     assert main(["census-summary", str(full_run), "--out", str(res), "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = strict_loads(capsys.readouterr().out)
+    assert strict_loads((res / "census.json").read_text()) == out
     recs = {(r["config"]["d"], r["index"]): r for recs in _cells(full_run).values() for r in recs}
     for cell in out["cells"]:
         mine = [r for (d, _), r in recs.items() if d == cell["d"]]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
 import pytest
 
 from landscape.__main__ import main
+
+from strategies import strict_loads  # refuses NaN / Infinity: every output is strict JSON
 
 SEARCH = ["search", "--d", "3", "--k", "1", "--T", "3", "--instances", "3", "--starts", "16", "--seed", "0",
           "--gd-runs", "1", "--workers", "1"]
@@ -24,7 +25,7 @@ def results(tmp_path_factory):
 def test_search_writes_one_line_per_instance(results):
     lines = results.read_text().splitlines()
     assert len(lines) == 3
-    recs = [json.loads(x) for x in lines]
+    recs = [strict_loads(x) for x in lines]
     assert sorted(r["index"] for r in recs) == [0, 1, 2]
     for r in recs:
         assert sum(r["solves"].values()) == 16 and len(r["gd"]) == 1
@@ -35,8 +36,8 @@ def test_search_writes_one_line_per_instance(results):
 def test_summary_json_counts_agree_with_the_file(results, tmp_path, capsys):
     png = tmp_path / "s.png"
     assert main(["summary", str(results), "--json", "--png", str(png)]) == 0
-    out = json.loads(capsys.readouterr().out)
-    recs = [json.loads(x) for x in results.read_text().splitlines()]
+    out = strict_loads(capsys.readouterr().out)
+    recs = [strict_loads(x) for x in results.read_text().splitlines()]
     expected = {c: 0 for c in ("global_min", "spurious_min", "saddle", "degenerate")}
     for r in recs:
         for c in r["critical_points"]:
@@ -55,7 +56,7 @@ def test_summary_table(results, capsys):
 
 def test_certify_json_rows(results, capsys):
     assert main(["certify", str(results), "--method", "krawczyk", "--sample", "1", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    rows = strict_loads(capsys.readouterr().out)["rows"]
     assert rows
     classes = {r["search_class"] for r in rows}
     assert "global_min" in classes and "saddle" in classes
@@ -71,7 +72,7 @@ def test_certify_a_stored_instance_file(capsys):
 
     path = resources.files("landscape") / "instances" / "search_d3_k1_T3_seed0_i139.json"
     assert main(["certify", str(path), "--method", "krawczyk", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    (row,) = strict_loads(capsys.readouterr().out)["rows"]
     assert row["search_class"] == "spurious_min"
     assert row["verdict"] == "certified-minimum" and row["minimum_kind"] == "spurious" and row["agrees"] is True
     assert row["loss"][0] > 0
@@ -81,7 +82,7 @@ def test_module_entry_point_runs(results):
     proc = subprocess.run([sys.executable, "-m", "landscape", "summary", str(results), "--json"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(proc.stdout)["counts"]) == {"global_min", "spurious_min", "saddle", "degenerate"}
+    assert set(strict_loads(proc.stdout)["counts"]) == {"global_min", "spurious_min", "saddle", "degenerate"}
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -133,4 +134,4 @@ def test_certify_out_replaces_only_its_own_output(tmp_path, capsys):
                                                "remove it")
     out = tmp_path / "cert.json"
     assert main(["certify", inst, "--out", str(out)]) == 0 and main(["certify", inst, "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["method"] == "krawczyk"
+    assert strict_loads(out.read_text())["method"] == "krawczyk"

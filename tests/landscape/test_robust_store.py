@@ -85,7 +85,7 @@ def _mutate(rec: dict, how: str) -> dict:
     ("bool_index", "index must be an integer >= 0, got True"),
     ("negative_index", "index must be an integer >= 0, got -1"),
     ("nan_problem", "problem: A_star must have finite entries, found 1 non-finite (nan at [0, 0])"),
-    ("string_eigenvalues", "eigenvalues must be a list of numbers and min_eigenvalue a number"),
+    ("string_eigenvalues", "eigenvalues must be a list of finite numbers and min_eigenvalue a finite number"),
     ("bad_gd", "gd must be a list of runs"),
     ("bad_solves", "solves must map statuses to counts"),
 ])

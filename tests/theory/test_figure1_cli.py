@@ -14,6 +14,8 @@ from theory import figure1_cli
 from theory import linear_experiment as le
 from theory import linear_settings as lset
 
+from strategies import strict_loads
+
 FAST = ["--runs", "2", "--N", "200", "--n", "50", "--retrain-iters", "300", "--finetune-iters", "40"]
 
 
@@ -34,7 +36,7 @@ def test_json_rows_files_and_curves(tmp_path, capsys):
     out = tmp_path / "fig"
     code, stdout, _ = _run(["--vary", "T", "--out", str(out), "--json", "--seed", "3", *FAST], capsys)
     assert code == 0
-    rows = json.loads(stdout)["rows"]
+    rows = strict_loads(stdout)["rows"]  # strict JSON, as summary.json
     assert [(r["panel"], r["value"]) for r in rows] == [("T", 2), ("T", 3), ("T", 5)]
     assert all(set(r) == {"panel", "value", "meta_lora", "sr_lora", "sr_floor"} for r in rows)
     assert sorted(os.listdir(out)) == ["figure1_T.png", "figure1_T_retrain.csv", "figure1_T_test.csv",
@@ -54,7 +56,7 @@ def test_json_rows_files_and_curves(tmp_path, capsys):
             if r["value"] == "3" and r["method"] == "meta_lora" and r["iteration"] == "40"]
     np.testing.assert_allclose(sorted(last), sorted(res.meta_test[:, -1]), rtol=1e-9)
     assert {r["iteration"] for r in table} >= {"0", "40"}
-    summary = json.loads((out / "summary.json").read_text())
+    summary = strict_loads((out / "summary.json").read_text())
     assert summary["rows"] == rows
     v = summary["panels"]["T"]["values"][1]
     assert v["settings"]["T"] == 3 and v["settings"]["rank"] == 1

@@ -10,6 +10,8 @@ import pytest
 
 from theory.__main__ import main
 
+from strategies import strict_loads
+
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "theory", *args], capture_output=True, text=True, timeout=300)
@@ -18,7 +20,7 @@ def _run(*args):
 def test_verify_json_contract():
     out = _run("verify", "--d", "10", "--k", "1", "--T", "3", "--seed", "0", "--json")
     assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+    data = strict_loads(out.stdout)  # strict JSON: no NaN / Infinity tokens
     assert data["instance"] == {"d": 10, "k": 1, "T": 3, "seed": 0}
     names = [c["name"] for c in data["checks"]]
     for name in ("gradient_vs_autograd", "hessian_vs_autograd", "schur_identity", "theorem_3_1_rank",
