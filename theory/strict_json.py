@@ -3,9 +3,9 @@ library only, like :mod:`theory.atomic`).
 
 JSON as RFC 8259 defines it: no ``NaN`` / ``Infinity`` / ``-Infinity`` tokens (Python's ``json.dumps`` writes them
 by default; JavaScript's ``JSON.parse`` and other strict parsers refuse them, and jq 1.6 reads ``Infinity`` as
-1.797e308). A float that is not finite (NaN, +inf, -inf) is written as ``null``. Where ``null`` in a field could mean more than one thing, the function that makes
-the field says which in its docstring (e.g. the adversarial score in :mod:`landscape.adversarial`: ``null`` is
-+inf, a spurious minimum found).
+1.797e308). A float that is not finite (NaN, +inf, -inf) is written as ``null``. Where ``null`` in a field could
+mean more than one thing, the function that makes the field says which in its docstring (e.g. the adversarial score
+in :mod:`landscape.adversarial`: ``null`` is +inf, a spurious minimum found).
 
 >>> dumps({"loss": float("nan"), "score": float("inf"), "n": 3, "point": (1.0, -0.5), 2: True})
 '{"loss": null, "score": null, "n": 3, "point": [1.0, -0.5], "2": true}'
