@@ -71,6 +71,13 @@ def _mutmut(args: list[str], max_children: int) -> int:
                                stderr=subprocess.STDOUT)
 
 
+def _stale(modules: list[str]) -> list[str]:
+    """The modules whose source file is newer than mutmut's mutated copy of it (mutmut regenerates those)."""
+    paths = {m: Path(*m.split(".")).with_suffix(".py") for m in modules}
+    return [m for m, p in paths.items()
+            if not (Path("mutants") / p).exists() or p.stat().st_mtime > (Path("mutants") / p).stat().st_mtime]
+
+
 def _names(module: str, redo: str, sample: int = 0) -> list[str]:
     codes = _exit_codes(module)
     want = {"pending": (None,), "survived": (0, 5, 33, None), "all": tuple(set(codes.values()))}[redo]
@@ -90,7 +97,9 @@ def run(modules: list[str], redo: str, max_children: int, batch: int = 0, lock: 
 
     modules = modules or _modules_configured()
     runs = json.loads(TIMES.read_text()) if TIMES.exists() else []
-    first = [] if _meta_files() else [[f"{modules[0]}.*"]]  # nothing generated yet: mutmut makes every module's
+    # nothing generated yet: mutmut makes every module's mutants in its first call; a module whose source changed
+    # since its mutants were made: its mutants are regenerated (by any call) and all of them run again
+    first = [[f"{m}.*"] for m in _stale(modules)] if _meta_files() else [[f"{modules[0]}.*"]]
     todo = first + [None]
     began = time.perf_counter()
     while todo and time.perf_counter() - began < stop_after:
