@@ -1,6 +1,7 @@
 """Each early stop of the eps-net's bounds at x0 (:func:`landscape.certify_epsnet_bounds.net_setup`) at its exact
-threshold, with its exact message, still reporting G(x0)'s enclosure and the gauge; and the bounds that depend on
-G(x0) > 0 or on the gauge slice, checked at points where those terms are not zero."""
+threshold, with its exact message, still reporting G(x0)'s enclosure and the gauge; the bounds that depend on
+G(x0) > 0 or on the gauge slice, checked at points where those terms are not zero; and what the adaptive walk
+reports when it stops or refines beyond level 2 (planted bounds and cell verdicts from ``test_epsnet_pieces``)."""
 
 from __future__ import annotations
 
@@ -154,3 +155,30 @@ def test_u_star_exactly_on_the_region_boundary_is_not_inside():
     with ar.working_precision(128):
         assert not _ustar_inside(p, x0, eye, delta)
         assert _ustar_inside(p, x0, eye, math.nextafter(delta, math.inf))
+
+
+def test_the_adaptive_net_refines_level_by_level_to_level_three(monkeypatch):
+    """Cells fail below level 3 and pass at it (m = 2: each failing cell has 2 halves): 4 + 8 + 16 + 32 cells, the
+    cells of level 3 exactly the level-3 grid of every face, and the reported finest level 3."""
+    import landscape.certify_epsnet_net as net
+    from test_epsnet_pieces import _bounds, _grid, _limits, _Recorder
+
+    rec = _Recorder(lambda level: level >= 3)
+    monkeypatch.setattr(net, "evaluate", rec)
+    assert net.adaptive_net(_bounds(2), _limits()) == net.NetRun(4 + 8 + 16 + 32, 4.0, 3)
+    assert rec.cells(3) == {(f, s_): _grid(2, 3) for f in range(2) for s_ in (-1.0, 1.0)}
+
+
+def test_the_adaptive_net_reports_its_points_margin_and_level_when_it_stops():
+    from landscape.certify_epsnet_net import NetRun, adaptive_net, net_covering_radius
+    from test_epsnet_pieces import _bounds, _instance_bounds, _limits, _real_bounds
+
+    flat = _bounds(1, Lip=1e6, a_cubic=1e6)
+    assert adaptive_net(flat, _limits()) == NetRun(2, math.inf, 0, "a net cell fails and cannot be refined further")
+    c = _real_bounds(16.0)
+    assert adaptive_net(c, _limits(max_points=100)) == NetRun(
+        12, math.inf, 0, "the adaptive net would exceed max_points = 100 (evaluated 12, 384 cells pending at level 1)",
+        net_covering_radius(c.delta, 6, 1))
+    slow = adaptive_net(_instance_bounds(0.0, Lip=1e-9), _limits(time_limit=1e-12, batch=3))
+    assert slow.failure == f"time limit 1e-12 s reached after {slow.evaluated} net points (level 0)"
+    assert slow.finest == 0 and 0 < slow.min_margin < math.inf and slow.evaluated == 6
