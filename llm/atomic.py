@@ -134,10 +134,28 @@ def check_writable_dir(path: str, option: str = "--out") -> str:
     """``path`` as a folder to write into, checked before any work (the command lines' rule for ``--out``-like
     options): refused when it is an existing file, or when nothing can be created under its nearest existing parent.
 
+    Parameters
+    ----------
+    path : str
+        The folder (it need not exist yet; nothing is created).
+    option : str
+        The option's name, for the message.
+
+    Returns
+    -------
+    str
+        ``path`` unchanged.
+
     Raises
     ------
     LLMError
         ``"<option> '<path>' ..."`` naming the rule that failed.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile() as fh:
+    ...     check_writable_dir(fh.name, "--out")
+    Traceback (most recent call last):
+    llm.config.LLMError: --out '...' is an existing file; give a folder
     """
     from .config import LLMError
 

@@ -48,10 +48,26 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spe
 def bundle_config(preset: str):
     """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM).
 
+    Parameters
+    ----------
+    preset : str
+        ``'gpu'`` (the ``cpu`` preset with :data:`GPU_OVERRIDES`) or ``'smoke'``.
+
+    Returns
+    -------
+    llm.config.Config
+
     Raises
     ------
     LLMError
         For a preset other than those of :data:`BUNDLE_PRESETS`.
+
+    >>> cfg = bundle_config("gpu")
+    >>> cfg.n_test_tasks, cfg.freeze_layers, len(cfg.seeds)
+    (32, 0, 10)
+    >>> bundle_config("cpu")
+    Traceback (most recent call last):
+    llm.config.LLMError: bundle preset must be one of ('gpu', 'smoke'), got 'cpu'
     """
     from .config import LLMError
     from .config import preset as cfg_preset
@@ -138,10 +154,29 @@ def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) 
     Everything is written to a temporary folder beside ``out`` and renamed into place when complete
     (:func:`llm.atomic.atomic_dir`).
 
+    Parameters
+    ----------
+    out : str
+        The bundle folder (absent, empty, or an older bundle).
+    preset : str
+        One of :data:`BUNDLE_PRESETS`.
+    cache_dir : str, optional
+        Tokenisation cache (default :func:`llm.tokens.default_cache_dir`).
+
+    Returns
+    -------
+    dict
+        The manifest written as ``bundle.json``: ``preset``, ``config``, ``model``, ``total_bytes`` (bytes),
+        ``files`` (``{relative path: {"bytes", "sha256"}}``) and ``tasks`` (:meth:`llm.data.TaskSet.summary`).
+
     Raises
     ------
     LLMError
-        For an unknown preset, an ``out`` that is neither empty nor a bundle, or a bundle over :data:`MAX_BYTES`.
+        For an unknown preset, an ``out`` that is neither empty nor a bundle, a bundle over :data:`MAX_BYTES`,
+        token ids beyond int32, or task data that cannot be built (:class:`llm.config.DataError`,
+        :class:`llm.config.CandidateError`).
+    OSError
+        When the folder cannot be written (``out`` is then left as it was).
     """
     from .config import LLMError
 
@@ -220,7 +255,20 @@ def _read_manifest(bundle_dir: str) -> dict:
 
 
 def verify_bundle(bundle_dir: str) -> dict:
-    """Check every file's size and sha256 against the manifest; returns the manifest or raises LLMError."""
+    """Check every file's size and sha256 against the manifest ``bundle_dir/bundle.json``.
+
+    Returns
+    -------
+    dict
+        The manifest (see :func:`make_bundle`).
+
+    Raises
+    ------
+    LLMError
+        When ``bundle_dir`` has no ``bundle.json``, or a listed file is missing or differs in size or sha256.
+    json.JSONDecodeError
+        When ``bundle.json`` is not JSON.
+    """
     from .config import LLMError
 
     manifest = _read_manifest(bundle_dir)
@@ -232,7 +280,21 @@ def verify_bundle(bundle_dir: str) -> dict:
 
 
 def load_bundle_tasks(bundle_dir: str):
-    """The ``llm.data.TaskSet`` stored in the bundle."""
+    """The ``llm.data.TaskSet`` stored in the bundle (``bundle_dir/data/tasks.json``).
+
+    Returns
+    -------
+    llm.data.TaskSet
+        The ``T`` retraining and ``T'`` test tasks with every sample's texts, as :func:`llm.data.load_tasks`
+        built them for the bundle's preset.
+
+    Raises
+    ------
+    OSError
+        When ``data/tasks.json`` is missing or unreadable.
+    json.JSONDecodeError
+        When it is not JSON.
+    """
     from .data import TaskSet
 
     with open(os.path.join(bundle_dir, "data", "tasks.json"), encoding="utf-8") as fh:
@@ -243,8 +305,31 @@ def load_bundle_tasks(bundle_dir: str):
 
 def bundle_splits(bundle_dir: str, cfg, *, device=None):
     """An :class:`llm.prefix.SplitCache` for ``cfg`` holding the bundle's tokenised splits (the model's tokenizer
-    is ``DIR/model``'s). Raises :class:`llm.config.LLMError` when ``cfg`` asks for other lengths or another scorer
-    than the bundle was made with."""
+    is ``DIR/model``'s).
+
+    Parameters
+    ----------
+    bundle_dir : str
+        The bundle folder.
+    cfg : llm.config.Config
+        The run's configuration; its scorer and token lengths must be the bundle's.
+    device : str or torch.device, optional
+        Where the frozen lower part's outputs are computed.
+
+    Returns
+    -------
+    llm.prefix.SplitCache
+        Pre-filled with every split of ``data/splits.json`` (token ids read back as int64).
+
+    Raises
+    ------
+    LLMError
+        When ``cfg`` asks for other lengths or another scorer than the bundle was made with.
+    ModelError
+        When ``DIR/model``'s tokenizer cannot be loaded.
+    OSError
+        When a data file of the bundle is missing or unreadable.
+    """
     from safetensors.torch import load_file
 
     from .config import LLMError
@@ -271,7 +356,18 @@ def bundle_splits(bundle_dir: str, cfg, *, device=None):
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``bundle`` on an ``argparse`` subparsers object; the parser's default ``func`` is :func:`main`."""
+    """Register ``bundle`` on an ``argparse`` subparsers object; the parser's default ``func`` is :func:`main`.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        What ``ArgumentParser.add_subparsers`` returned.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``bundle`` subparser (options ``--out``, ``--preset``, ``--cache-dir``).
+    """
     p = sub.add_parser("bundle", help="write the offline bundle (fp16 MiniLM + pre-tokenised tasks, <= 60 MiB) "
                                       "that benchmarks/gpu_validation.py needs",
                        description=__doc__.split("\n\n")[0])
@@ -284,8 +380,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    """Run ``bundle`` from parsed arguments (``args.out``, ``args.preset``, ``args.cache_dir``); 0 on success,
-    2 with one message on stderr for bad input."""
+    """Run ``bundle`` from parsed arguments (``args.out``, ``args.preset``, ``args.cache_dir``).
+
+    Bad input (:class:`llm.config.LLMError`) is caught and printed as one line on stderr; on success one JSON
+    line (``out``, ``preset``, ``mib``, ``retrain_tasks``, ``test_tasks``) goes to stdout.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 for bad input.
+    """
     from .config import LLMError
 
     from .atomic import check_writable_dir

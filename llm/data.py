@@ -101,7 +101,23 @@ class Sample:
 @dataclass(frozen=True)
 class Task:
     """One speaker's samples: ``train`` (retraining or fine-tuning), ``heldout`` (scored; empty for retraining
-    tasks) and ``validation`` (epoch selection), from disjoint conversations."""
+    tasks) and ``validation`` (epoch selection), from disjoint conversations.
+
+    Attributes
+    ----------
+    name : str
+        The speaker's id (chitchat) or the persona (ConvAI2).
+    train, heldout, validation : tuple of Sample
+        ``(n_train,)``, ``(n_heldout,)`` and ``(n_validation,)`` samples.
+
+    >>> s = Sample("hi", ("hello", "bye"), 0, "c1")
+    >>> t = Task("alice", train=(s,), heldout=())
+    >>> len(t.split("train")), t.split("validation")
+    (1, ())
+    >>> t.split("test")
+    Traceback (most recent call last):
+    llm.config.LLMError: split must be one of ('train', 'validation', 'heldout'), got 'test'
+    """
 
     name: str
     train: tuple[Sample, ...]
@@ -110,6 +126,11 @@ class Task:
 
     def split(self, which: str) -> tuple[Sample, ...]:
         """The samples of split ``which`` (one of :data:`SPLITS`).
+
+        Returns
+        -------
+        tuple of Sample
+            The split's samples in their order (possibly empty).
 
         Raises
         ------
@@ -140,8 +161,18 @@ class TaskSet:
     source: str
 
     def summary(self) -> dict:
-        """Names and split sizes: ``{"source", "retrain": [{"task", "train", "heldout", "validation"}], "test": [...]}``
-        (sample counts per split)."""
+        """Names and split sizes of every task.
+
+        Returns
+        -------
+        dict
+            ``{"source": str, "retrain": [...], "test": [...]}``, each list holding one
+            ``{"task": name, "train": n, "validation": n, "heldout": n}`` per task (sample counts), in task order.
+
+        >>> s = Sample("hi", ("hello", "bye"), 0, "c1")
+        >>> TaskSet((Task("a", (s, s), ()),), (Task("b", (s,), (s,)),), "chitchat").summary()["test"]
+        [{'task': 'b', 'train': 1, 'validation': 0, 'heldout': 1}]
+        """
         def sizes(t: Task) -> dict:
             return {"task": t.name, **{s: len(t.split(s)) for s in SPLITS}}
 
@@ -156,6 +187,11 @@ def read_chitchat(path: str | None = None) -> list[Conversation]:
 
     Each message (consecutive utterances of one sender) becomes one turn, its utterances joined by a space;
     consecutive messages of the same sender are merged.
+
+    Returns
+    -------
+    list of Conversation
+        One per conversation of the file, in file order; a turn's ``speaker`` is the sender's id.
 
     Raises
     ------
@@ -228,7 +264,27 @@ def read_convai2(path: str) -> list[Conversation]:
     line is ``N partner<TAB>reply<TAB><TAB>cand_1|...|cand_20`` with the reply among the candidates (blank and
     repeated candidates are dropped, see :func:`_candidates`). The speaker of
     the replies is the persona, the sorted tuple of its lines joined by ``" | "`` (no ``eval``); the partner's turns
-    have speaker ``None``. Malformed lines raise :class:`DataError` naming the file and line.
+    have speaker ``None``.
+
+    Returns
+    -------
+    list of Conversation
+        One per episode, in file order, with id ``"<file name>:<first line>"``; its turns alternate partner
+        (speaker ``None``) and reply (speaker: the persona; ``candidates``: the line's distinct candidates).
+
+    Raises
+    ------
+    DataError
+        When the file is unreadable or not UTF-8, a line does not start with its turn number, turn numbers skip,
+        a persona line follows dialogue, a dialogue line lacks its reply or has an empty candidate list, the reply
+        is not among the candidates, or no episode is found (the message names the file and line).
+
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = os.path.join(d, "train.txt")
+    ...     _ = open(path, "w").write("1 your persona: i like tea.\\n2 hi\\thello\\t\\thello|bye\\n")
+    ...     [(t.speaker, t.text, t.candidates) for t in read_convai2(path)[0].turns]
+    [(None, 'hi', None), ('i like tea.', 'hello', ('hello', 'bye'))]
     """
     try:
         fh = open(path, "rb")  # decoded line by line (_utf8_lines), so that a bad byte is named by its line
@@ -291,6 +347,11 @@ def read_convai2(path: str) -> list[Conversation]:
 def load_tasks(cfg: Config) -> TaskSet:
     """The task set of ``cfg.data``: ``'chitchat'`` (the packaged dataset), a chitchat-format ``.json`` file or a
     ConvAI2 ParlAI text file, built by :func:`llm.tasks.build_tasks`.
+
+    Returns
+    -------
+    TaskSet
+        ``cfg.n_retrain_tasks`` retraining and ``cfg.n_test_tasks`` test tasks, with the sizes of ``cfg``.
 
     Raises
     ------

@@ -34,6 +34,16 @@ def make_accelerator(device: str | None = None):
     process, so every retraining and fine-tuning of one process (a table runs many) shares the accelerator of its
     device. Callers pass the device explicitly; nothing else is kept between calls.
 
+    Parameters
+    ----------
+    device : str, optional
+        ``'cpu'``, ``'cuda'`` or ``'cuda:N'``; ``None``: CUDA when available, else the CPU.
+
+    Returns
+    -------
+    accelerate.Accelerator
+        Mixed precision ``'bf16'`` on CUDA, ``'no'`` on the CPU; DDP with ``find_unused_parameters=True``.
+
     Raises
     ------
     LLMError
@@ -53,7 +63,24 @@ def make_accelerator(device: str | None = None):
 
 
 class Batches:
-    """Batches of sample indices; ``epoch`` set before each epoch. ``by_task``: every batch holds one task."""
+    """Batches of sample indices; ``epoch`` set before each epoch. ``by_task``: every batch holds one task.
+
+    Parameters
+    ----------
+    tasks : torch.Tensor
+        ``(N,)`` task index of every sample of the split.
+    batch : int
+        Samples per batch (the last batch of an epoch, or of a task, may be smaller).
+    seed : int
+        With ``epoch``, seeds the order: ``torch.Generator().manual_seed(seed * 1_000_003 + epoch)``.
+    by_task : bool
+        Every batch holds samples of one task (batches of all tasks shuffled together).
+
+    >>> tasks = torch.tensor([0, 0, 0, 1, 1])
+    >>> b = Batches(tasks, 2, seed=0, by_task=True)
+    >>> len(b), sorted(len(x) for x in b), all(len(set(tasks[x].tolist())) == 1 for x in b)
+    (3, [1, 2, 2], True)
+    """
 
     def __init__(self, tasks: torch.Tensor, batch: int, seed: int, by_task: bool):
         self.tasks, self.batch, self.seed, self.by_task = tasks, batch, seed, by_task
@@ -82,7 +109,21 @@ class Batches:
 class TaskRounds:
     """Batches for fine-tuning several tasks at once: step ``s`` of an epoch holds the ``s``-th batch of every task
     (each task's samples in its own order, seeded by ``(seed, epoch, task)``; a task with fewer batches starts its
-    order again), so every task's adapter gets a gradient at every step."""
+    order again), so every task's adapter gets a gradient at every step.
+
+    Parameters
+    ----------
+    tasks : torch.Tensor
+        ``(N,)`` task index of every sample of the split.
+    batch : int
+        Samples of each task per step.
+    seed : int
+        Seeds the per-task orders with ``epoch`` and the task.
+
+    >>> r = TaskRounds(torch.tensor([0, 0, 0, 0, 1]), 2, seed=0)
+    >>> len(r), [len(step) for step in r], all(4 in step for step in r)
+    (2, [3, 3], True)
+    """
 
     def __init__(self, tasks: torch.Tensor, batch: int, seed: int):
         self.tasks, self.batch, self.seed = tasks, batch, seed
@@ -107,7 +148,13 @@ class TaskRounds:
 
 def make_loader(batches):
     """A ``DataLoader`` yielding the sample indices (LongTensor) of each batch of ``batches`` (a :class:`Batches`
-    or :class:`TaskRounds`), so that ``accelerate`` can shard the batches over processes."""
+    or :class:`TaskRounds`), so that ``accelerate`` can shard the batches over processes.
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        With ``batches`` as its batch sampler; each item is a LongTensor ``(B,)`` of sample indices.
+    """
     return torch.utils.data.DataLoader(range(len(batches.tasks)), batch_sampler=batches,
                                        collate_fn=lambda idx: torch.tensor(idx, dtype=torch.long))
 
@@ -133,7 +180,24 @@ def _negatives(cfg: Config, split: Split) -> int | None:
 def evaluate(model: Scorer, split: Split, *, accelerator, batch: int) -> torch.Tensor:
     """Correctness (N,) of ``model`` on every sample of ``split`` (all ``C`` candidates): 1 where the true
     candidate scores highest. Each distinct (sequence, task) is encoded once, ``batch`` sequences at a time,
-    grouped by task (every chunk goes through one task's adapter) and by length."""
+    grouped by task (every chunk goes through one task's adapter) and by length.
+
+    Parameters
+    ----------
+    model : Scorer
+        Put in eval mode; run without gradients under ``accelerator.autocast()``.
+    split : Split
+        ``N`` samples of ``C`` candidates.
+    accelerator : accelerate.Accelerator
+        Gives the device and the autocast context.
+    batch : int
+        Sequences per forward pass.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` int64, 1 where ``argmax`` of the sample's ``C`` scores is its label (ties: the first candidate).
+    """
     model.eval()
     b = split.batch(torch.arange(len(split)))
     seqs, seq_tasks = b["seqs"], b["seq_tasks"]
@@ -159,7 +223,32 @@ def evaluate(model: Scorer, split: Split, *, accelerator, batch: int) -> torch.T
 def select_epoch(select: str, val: list[float], held: list[float], n_epochs: int) -> int:
     """1-based epoch of ``n_epochs`` chosen by ``select`` from per-epoch accuracies after epochs 1..n (``val``:
     validation, ``held``: the scored items, used only by ``'heldout'``); ties go to the earlier epoch, and
-    ``'validation'`` without a validation split takes the last epoch."""
+    ``'validation'`` without a validation split takes the last epoch.
+
+    Parameters
+    ----------
+    select : str
+        ``'validation'``, ``'heldout'`` or ``'last'`` (:data:`llm.config.SELECTIONS`).
+    val, held : list of float
+        ``(n_epochs,)`` accuracies after epochs 1..n (NaN: not measured).
+    n_epochs : int
+        The number of epochs, returned by ``'last'``.
+
+    Returns
+    -------
+    int
+        The chosen epoch, 1-based.
+
+    Raises
+    ------
+    ValueError
+        For ``'heldout'`` with ``held`` empty.
+
+    >>> select_epoch("validation", [0.5, 0.7, 0.7], [], 3), select_epoch("last", [0.9, 0.1], [], 2)
+    (2, 2)
+    >>> select_epoch("validation", [float("nan")] * 3, [], 3)
+    3
+    """
     if select == "last" or (select == "validation" and not [v for v in val if not math.isnan(v)]):
         return n_epochs
     scores = val if select == "validation" else held
@@ -191,7 +280,18 @@ def return_freed_memory() -> None:
 
 def task_pieces(idx: torch.Tensor, tasks: torch.Tensor, limit: int | None = None) -> list[torch.Tensor]:
     """``idx`` (B,) cut into runs of whole tasks of at most ``limit`` samples (default :data:`PIECE_SAMPLES`; a
-    larger task alone). ``tasks`` (N,): the task of every sample of the split that ``idx`` indexes."""
+    larger task alone). ``tasks`` (N,): the task of every sample of the split that ``idx`` indexes.
+
+    Returns
+    -------
+    list of torch.Tensor
+        Consecutive slices of ``idx`` whose concatenation is ``idx``; a task's samples are never split across
+        pieces (the samples of one task are expected to be contiguous in ``idx``, as :class:`TaskRounds` makes
+        them).
+
+    >>> task_pieces(torch.arange(5), torch.tensor([0, 0, 1, 1, 2]), limit=2)
+    [tensor([0, 1]), tensor([2, 3]), tensor([4])]
+    """
     limit = PIECE_SAMPLES if limit is None else limit
     t = tasks[idx]
     starts = [0] + [i for i in range(1, len(idx)) if t[i] != t[i - 1]] + [len(idx)]
@@ -210,6 +310,37 @@ def train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelerat
     """One epoch; returns the mean training loss. ``task_sum``: the loss of a batch is the sum over its tasks of
     each task's mean loss, so that every task's adapter gets exactly the gradient of its own fine-tuning (computed
     in pieces of whole tasks, :func:`task_pieces`).
+
+    Parameters
+    ----------
+    pmodel : torch.nn.Module
+        The model as ``accelerator.prepare`` returned it (called for the forward pass).
+    raw : Scorer
+        The unwrapped model (its :meth:`~llm.models.Scorer.loss`).
+    split : Split
+        The training samples; ``loader`` and ``batches`` index them.
+    loader, batches
+        :func:`make_loader` of ``batches`` (prepared), and the :class:`Batches` / :class:`TaskRounds` itself
+        (its ``epoch`` is set here).
+    accelerator, optimizer, scheduler
+        One optimiser and scheduler step per batch.
+    cfg : Config
+        ``train_negatives``, ``scorer`` and ``in_batch_negatives`` are read.
+    seed, epoch : int
+        Seed the negatives of step ``s`` with ``(seed, epoch, s)``.
+    single_task : bool
+        Every batch is of one task, passed to the adapters' ``select``.
+    bar
+        A progress bar, advanced once per step.
+    what : str
+        Names the run in the error message.
+    task_sum : bool
+        Sum of per-task mean losses (fine-tuning several tasks) instead of the mean over the batch.
+
+    Returns
+    -------
+    float
+        Mean over the epoch's steps of each step's loss (cross-entropy, in nats).
 
     Raises
     ------
@@ -255,13 +386,27 @@ def train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelerat
 
 
 def adapter_targets(cfg: Config, hf) -> str:
-    """Regex of the linear layers adapted by LoRA: those of the trained blocks ``cfg.freeze_layers ..`` of ``hf``."""
+    """Regex of the linear layers adapted by LoRA: those of the trained blocks ``cfg.freeze_layers ..`` of ``hf``.
+
+    Returns
+    -------
+    str
+        :func:`llm.models.lora_targets` of ``cfg.freeze_layers`` and ``hf``'s number of blocks.
+    """
     return lora_targets(cfg.freeze_layers, n_blocks(hf))
 
 
 def make_optimizer(params, lr: float, cfg: Config, total_steps: int):
     """AdamW (weight decay ``cfg.weight_decay``) and a linear schedule with ``cfg.warmup_fraction`` warm-up over
-    ``total_steps`` steps; returns ``(optimizer, scheduler)``."""
+    ``total_steps`` steps (``transformers.get_linear_schedule_with_warmup``, the paper's Appendix C).
+
+    Returns
+    -------
+    tuple
+        ``(optimizer, scheduler)``: ``torch.optim.AdamW`` (fused where the build has it) and its
+        ``LambdaLR``, the learning rate rising linearly from 0 to ``lr`` over ``int(warmup_fraction *
+        total_steps)`` steps, then falling linearly to 0 at ``total_steps``.
+    """
     from transformers import get_linear_schedule_with_warmup
 
     # fused=True: one kernel over all tensors; the per-tensor loop spent seconds per step on the 12M-entry
@@ -275,7 +420,13 @@ def make_optimizer(params, lr: float, cfg: Config, total_steps: int):
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar of ``total`` steps, silent when not ``enabled`` or when stderr is not a terminal."""
+    """A tqdm bar of ``total`` steps, silent when not ``enabled`` or when stderr is not a terminal.
+
+    Returns
+    -------
+    tqdm.tqdm
+        Call ``update(1)`` per step and ``close()`` at the end.
+    """
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False)
@@ -283,6 +434,11 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 def accuracy(correct: torch.Tensor) -> float:
     """Mean of the 1/0 tensor ``correct``; NaN when it is empty.
+
+    Returns
+    -------
+    float
+        A fraction in ``[0, 1]``, or NaN.
 
     >>> accuracy(torch.tensor([1, 0, 1, 1])), accuracy(torch.tensor([]))
     (0.75, nan)

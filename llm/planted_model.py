@@ -54,8 +54,20 @@ class _Stop(Exception):
 def load_encoder(name: str = "minilm") -> nn.Module:
     """The pretrained encoder (``transformers.AutoModel``, float32, eval mode, every parameter frozen).
 
-    ``name``: ``'minilm'`` (the packaged all-MiniLM-L6-v2) or a local model folder; never downloads.
-    Raises :class:`llm.config.LLMError` when the folder cannot be loaded offline.
+    Parameters
+    ----------
+    name : str
+        ``'minilm'`` (the packaged all-MiniLM-L6-v2) or a local model folder; never downloads.
+
+    Returns
+    -------
+    torch.nn.Module
+        A BERT-style ``AutoModel`` (``embeddings``, ``encoder.layer``) with ``requires_grad`` off everywhere.
+
+    Raises
+    ------
+    LLMError
+        When the folder cannot be loaded offline or the model has no ``encoder.layer`` blocks.
     """
     from transformers import AutoModel, logging
 
@@ -82,12 +94,24 @@ def load_encoder(name: str = "minilm") -> nn.Module:
 
 
 def layer_position(name: str) -> tuple[int, int]:
-    """``(block, stage)`` of a chosen layer's name (see the module docstring); LLMError for other names.
+    """``(block, stage)`` of a chosen layer's name (see the module docstring).
+
+    Returns
+    -------
+    tuple of int
+        ``(b, s)``: block index and stage in :data:`STAGES` (0 q/k/v, 1 attention output, 2 intermediate,
+        3 output).
 
     Raises
     ------
     LLMError
         For a name that is not a linear layer of a transformer block.
+
+    >>> layer_position("encoder.layer.5.attention.output.dense"), layer_position("encoder.layer.0.output.dense")
+    ((5, 1), (0, 3))
+    >>> layer_position("pooler.dense")
+    Traceback (most recent call last):
+    llm.config.LLMError: layer 'pooler.dense' is not a linear layer of a transformer block ...
     """
     m = _BLOCK.fullmatch(name)
     if m is None or m.group(2) not in STAGES:
@@ -99,7 +123,15 @@ def layer_position(name: str) -> tuple[int, int]:
 def chosen_layers(model: nn.Module, pattern: str) -> tuple[str, ...]:
     """Names of the block linear layers whose full name matches the regex ``pattern``, lowest first.
 
-    Raises LLMError for an invalid regex or when nothing matches (the message lists the layers that exist).
+    Returns
+    -------
+    tuple of str
+        Sorted by ``(block, stage, name)``; never empty.
+
+    Raises
+    ------
+    LLMError
+        For an invalid regex or when nothing matches (the message names layers that exist).
     """
     try:
         rx = re.compile(pattern)
@@ -115,7 +147,18 @@ def chosen_layers(model: nn.Module, pattern: str) -> tuple[str, ...]:
 
 
 def base_linear(model: nn.Module, name: str) -> nn.Linear:
-    """The ``nn.Linear`` at ``name``, also when peft or :mod:`llm.multilora` wrapped it (its ``base_layer``)."""
+    """The ``nn.Linear`` at ``name``, also when peft or :mod:`llm.multilora` wrapped it (its ``base_layer``).
+
+    Returns
+    -------
+    torch.nn.Linear
+        Weight ``(d_out, d_in)``; the module itself, not a copy.
+
+    Raises
+    ------
+    AttributeError
+        When ``model`` has no submodule ``name`` (``nn.Module.get_submodule``).
+    """
     m = model.get_submodule(name)
     while not isinstance(m, nn.Linear) and hasattr(m, "base_layer"):
         m = m.base_layer
@@ -130,6 +173,7 @@ class Cache:
     ``(ffn_activation, attention_output)``; each ``(B, L, H)`` (the FFN activation ``(B, L, 4H)``); the first is
     the input of the chosen layers of that stage. ``mask``: the attention mask the encoder passes to its blocks (as
     built by ``transformers``; ``None`` without padding). ``token_mask``: ``(B, L)`` bool, True on real tokens.
+    ``block``, ``stage``: the resume point (:func:`layer_position` of the lowest chosen layer).
     """
 
     tensors: tuple
@@ -139,7 +183,13 @@ class Cache:
     stage: int
 
     def take(self, rows: torch.Tensor) -> "Cache":
-        """The cache of the sequences ``rows`` (a LongTensor of indices)."""
+        """The cache of the sequences ``rows`` (a LongTensor of indices).
+
+        Returns
+        -------
+        Cache
+            Every tensor indexed along its first dimension (a mask broadcast over sequences is kept as it is).
+        """
         def pick(x):
             return x if x is None or x.dim() == 0 or x.shape[0] == 1 else x.index_select(0, rows)
         return Cache(tuple(pick(x) for x in self.tensors), pick(self.mask), self.token_mask.index_select(0, rows),
@@ -147,12 +197,24 @@ class Cache:
 
     def position_wise(self, n_blocks: int) -> bool:
         """True when everything from the resume point up acts on each token alone (no attention above): the
-        top block from stage 1 on."""
+        top block from stage 1 on.
+
+        Returns
+        -------
+        bool
+            ``block == n_blocks - 1 and stage >= 1``.
+        """
         return self.block == n_blocks - 1 and self.stage >= 1
 
     def flatten(self) -> "Cache":
         """The real tokens as ``M`` sequences of one token (``(M, 1, .)`` tensors, no padding, no mask); only
-        valid when :meth:`position_wise` (the outputs are then those of the real tokens, in row-major order)."""
+        valid when :meth:`position_wise` (the outputs are then those of the real tokens, in row-major order).
+
+        Returns
+        -------
+        Cache
+            ``M = token_mask.sum()`` rows, ``mask=None``, an all-True ``(M, 1)`` token mask.
+        """
         keep = self.token_mask
         return Cache(tuple(x[keep].unsqueeze(1) for x in self.tensors), None,
                      torch.ones(int(keep.sum()), 1, dtype=torch.bool), self.block, self.stage)
@@ -161,7 +223,28 @@ class Cache:
 @torch.no_grad()
 def build_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 names: tuple[str, ...]) -> Cache:
-    """Run the frozen encoder on ``input_ids`` (B, L) up to the lowest chosen layer; return its :class:`Cache`."""
+    """Run the frozen encoder on ``input_ids`` (B, L) up to the lowest chosen layer; return its :class:`Cache`.
+
+    The forward pass is stopped by a hook as soon as the needed activations are captured.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The encoder (:func:`load_encoder`).
+    input_ids, attention_mask : torch.Tensor
+        ``(B, L)`` token ids and 1/0 mask.
+    names : tuple of str
+        The chosen layers; the lowest ``(block, stage)`` is the resume point.
+
+    Returns
+    -------
+    Cache
+
+    Raises
+    ------
+    LLMError
+        When a name is not a linear layer of a transformer block.
+    """
     block, stage = min(layer_position(n) for n in names)
     layer = model.encoder.layer[block]
     got: dict = {}
@@ -198,7 +281,14 @@ def _run_block(layer: nn.Module, hidden: torch.Tensor, mask) -> torch.Tensor:
 
 
 def forward_top(model: nn.Module, cache: Cache) -> torch.Tensor:
-    """Final hidden states ``(B, L, H)`` of the encoder from the cached activations (module docstring)."""
+    """Final hidden states ``(B, L, H)`` of the encoder from the cached activations (module docstring).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L, H)``, what ``model(input_ids, attention_mask).last_hidden_state`` gives with the current weights
+        (``B, L`` those of ``cache``; ``L = 1`` for a flattened cache).
+    """
     layers = model.encoder.layer
     layer = layers[cache.block]
     s = cache.stage
@@ -218,6 +308,11 @@ def layer_output(model: nn.Module, cache: Cache, name: str) -> torch.Tensor:
     """Output ``(B, L, d_out)`` of the chosen layer ``name`` on the cached input (the linear limit's prediction);
     ``name`` must sit at the cache's resume point.
 
+    Returns
+    -------
+    torch.Tensor
+        ``(B, L, d_out)``: ``x W^T + b`` of the cached input ``x``, through any LoRA wrapping the layer.
+
     Raises
     ------
     LLMError
@@ -230,7 +325,17 @@ def layer_output(model: nn.Module, cache: Cache, name: str) -> torch.Tensor:
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the real tokens and the feature dimension: ``sum_{real} ||pred - target||^2 /
-    (n_real * D)`` for ``pred``, ``target`` of shape ``(B, L, D)`` and ``token_mask`` ``(B, L)``."""
+    (n_real * D)`` for ``pred``, ``target`` of shape ``(B, L, D)`` and ``token_mask`` ``(B, L)``.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar (differentiable); NaN when there is no real token.
+
+    >>> pred, target = torch.zeros(1, 2, 2), torch.tensor([[[1.0, 3.0], [5.0, 5.0]]])
+    >>> float(masked_mse(pred, target, torch.tensor([[True, False]])))
+    5.0
+    """
     m = token_mask.to(pred.dtype).unsqueeze(-1)
     return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[-1])
 
@@ -238,7 +343,21 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tenso
 @dataclass(frozen=True)
 class Planted:
     """The planted truth of one chosen layer: ``W0 (d_out, d_in)``, ``S (d_out, d_in)``, ``B (T+1, d_out, k)``,
-    ``C (T+1, d_in, k)``; task t (0-based, the last one is the new task) uses ``W0 + S + B[t] C[t]^T``."""
+    ``C (T+1, d_in, k)``; task t (0-based, the last one is the new task) uses ``W0 + S + B[t] C[t]^T``.
+
+    In the paper's notation (Section 3) ``A* = W0 + S`` is the shared ground truth and ``Delta_t = B_t C_t^T``
+    takes the place of ``U*_t U*_t^T`` (asymmetric here: a linear layer's weight is not symmetric).
+
+    >>> p = plant(torch.eye(6), n_tasks=3, k=1, shift_scale=0.1, delta_scale=0.2, shift_rank=0,
+    ...           generator=torch.Generator().manual_seed(0))
+    >>> int(torch.linalg.matrix_rank(p.delta(0))), round(float(torch.linalg.norm(p.delta(0))
+    ...                                                      / torch.linalg.norm(p.W0)), 5)
+    (1, 0.2)
+    >>> round(float(torch.linalg.norm(p.A_star - p.W0) / torch.linalg.norm(p.W0)), 5)
+    0.1
+    >>> torch.equal(p.teacher(2), p.A_star + p.B[2] @ p.C[2].T)
+    True
+    """
 
     W0: torch.Tensor
     S: torch.Tensor
@@ -247,12 +366,37 @@ class Planted:
 
     @property
     def A_star(self) -> torch.Tensor:
+        """``A* = W0 + S`` ``(d_out, d_in)``: the truth shared by every task (the paper's ``A*``)."""
         return self.W0 + self.S
 
     def delta(self, t: int) -> torch.Tensor:
+        """Task t's planted perturbation ``Delta_t = B[t] C[t]^T``.
+
+        Parameters
+        ----------
+        t : int
+            0-based task index in ``[0, T]`` (``T``: the new task).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(d_out, d_in)``, of rank ``k`` (generically).
+        """
         return self.B[t] @ self.C[t].T
 
     def teacher(self, t: int) -> torch.Tensor:
+        """Task t's teacher weight ``W_t = A* + Delta_t``.
+
+        Parameters
+        ----------
+        t : int
+            0-based task index in ``[0, T]``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(d_out, d_in)``.
+        """
         return self.A_star + self.delta(t)
 
 
@@ -262,8 +406,34 @@ def plant(W0: torch.Tensor, *, n_tasks: int, k: int, shift_scale: float, delta_s
 
     ``W0``: ``(d_out, d_in)``; ``n_tasks`` counts the new task too (``T + 1``). The draws come in the order ``S``,
     the new task, retraining task 1, 2, ..., so a setting with more retraining tasks extends one with fewer (same
-    ``S``, same new task, same first tasks). Raises LLMError when ``n_tasks * k > min(d_out, d_in)`` (the planted
-    directions could not be independent; the paper's Remark 3.1).
+    ``S``, same new task, same first tasks).
+
+    Parameters
+    ----------
+    W0 : torch.Tensor
+        ``(d_out, d_in)`` pretrained weight (copied).
+    n_tasks : int
+        ``T + 1``.
+    k : int
+        Rank of each ``Delta_t``.
+    shift_scale : float
+        ``||S||_F / ||W0||_F`` (0: no shift).
+    delta_scale : float
+        ``||Delta_t||_F / ||W0||_F``, split evenly between ``B_t`` and ``C_t``.
+    shift_rank : int
+        Rank of ``S`` (0: full rank, i.i.d. Gaussian entries).
+    generator : torch.Generator
+        Source of every draw.
+
+    Returns
+    -------
+    Planted
+
+    Raises
+    ------
+    LLMError
+        When ``n_tasks * k > min(d_out, d_in)`` (the planted directions could not be independent; the paper's
+        Remark 3.1).
     """
     d_out, d_in = W0.shape
     if n_tasks * k > min(d_out, d_in):
@@ -285,13 +455,32 @@ def plant(W0: torch.Tensor, *, n_tasks: int, k: int, shift_scale: float, delta_s
 
 
 def current_weights(model: nn.Module, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Copies of the chosen layers' weights ``{name: (d_out, d_in)}``."""
+    """Copies of the chosen layers' weights ``{name: (d_out, d_in)}``.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Detached clones of each ``base_linear(model, name).weight``.
+    """
     return {n: base_linear(model, n).weight.detach().clone() for n in names}
 
 
 @contextlib.contextmanager
 def set_weights(model: nn.Module, weights: dict[str, torch.Tensor]):
-    """Within the block the chosen layers hold ``weights`` (copied in); the previous weights come back after."""
+    """Within the block the chosen layers hold ``weights`` (copied in); the previous weights come back after.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Changed in place inside the block.
+    weights : dict of str to torch.Tensor
+        ``{name: (d_out, d_in)}``.
+
+    Yields
+    ------
+    None
+        The old weights are restored when the block ends, also on an error.
+    """
     old = {}
     with torch.no_grad():
         for n, W in weights.items():

@@ -42,21 +42,51 @@ class _TaskIndexMixin:
 class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
     """A base ``nn.Linear`` plus T LoRA adapters, example b using adapter ``t_b``.
 
+    ``forward(x)`` with ``x: (B, ..., d_in)`` returns ``(B, ..., d_out)``:
+    ``W x + bias + scaling * B[t_b] (A[t_b] dropout(x_b))`` (peft's ``lora.Linear`` with one adapter per example).
+
     Parameters
     ----------
-    base_layer : nn.Linear with weight ``W: (d_out, d_in)``; kept as ``self.base_layer`` (trainable unless frozen).
-    n_tasks : T >= 1.
-    r : rank >= 1.
-    alpha : LoRA alpha; ``scaling = alpha / r`` (peft's default, no rsLoRA).
-    dropout : probability in [0, 1) of the dropout applied to the LoRA branch's input.
-    mode : "gather" or "grouped" (same numbers, different kernels).
+    base_layer : nn.Linear
+        Weight ``W: (d_out, d_in)``; kept as ``self.base_layer`` (trainable unless frozen).
+    n_tasks : int
+        ``T >= 1``.
+    r : int
+        Rank ``>= 1``.
+    alpha : float
+        LoRA alpha; ``scaling = alpha / r`` (peft's default, no rsLoRA).
+    dropout : float
+        Probability in ``[0, 1)`` of the dropout applied to the LoRA branch's input.
+    mode : str
+        ``"gather"`` or ``"grouped"`` (same numbers, different kernels).
 
     Attributes
     ----------
-    lora_A : Parameter ``(T, r, d_in)``; lora_B : Parameter ``(T, d_out, r)``.
+    lora_A : torch.nn.Parameter
+        ``(T, r, d_in)``, kaiming-uniform per task (peft's init).
+    lora_B : torch.nn.Parameter
+        ``(T, d_out, r)``, zero at init (the adapters start as a no-op).
+    scaling : float
+        ``alpha / r``.
+    merged_task : int or None
+        The task whose delta is merged into ``base_layer.weight`` (:meth:`merge`), if any.
 
-    ``forward(x)`` with ``x: (B, ..., d_in)`` returns ``(B, ..., d_out)``:
-    ``W x + bias + scaling * B[t_b] (A[t_b] dropout(x_b))``.
+    Raises
+    ------
+    ValueError
+        For ``n_tasks`` or ``r`` not an integer >= 1, ``alpha`` not finite and > 0, ``dropout`` outside
+        ``[0, 1)``, or an unknown ``mode``.
+    TypeError
+        When ``base_layer`` is not an ``nn.Linear``.
+
+    >>> from llm.multilora import task_ids
+    >>> layer = MultiTaskLoraLinear(nn.Linear(4, 3), n_tasks=2, r=2, alpha=4.0)
+    >>> tuple(layer.lora_A.shape), tuple(layer.lora_B.shape), layer.scaling
+    ((2, 2, 4), (2, 3, 2), 2.0)
+    >>> x = torch.randn(5, 4)
+    >>> with task_ids(layer, torch.tensor([0, 1, 1, 0, 1])):
+    ...     torch.equal(layer(x), layer.base_layer(x))  # B = 0: a no-op at init
+    True
     """
 
     def __init__(self, base_layer: nn.Linear, *, n_tasks: int, r: int, alpha: float, dropout: float = 0.0,
@@ -91,7 +121,18 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
             self.lora_B.zero_()
 
     def get_delta_weight(self, t: int) -> torch.Tensor:
-        """``scaling * B[t] @ A[t]``, shape ``(d_out, d_in)`` (peft's ``get_delta_weight``)."""
+        """``scaling * B[t] @ A[t]``, shape ``(d_out, d_in)`` (peft's ``get_delta_weight``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(d_out, d_in)``, of rank at most ``r``; attached to the autograd graph of ``lora_A``, ``lora_B``.
+
+        Raises
+        ------
+        ValueError
+            When ``t`` is not an integer in ``[0, T)``.
+        """
         check_task(t, self.n_tasks)
         return self.scaling * (self.lora_B[t] @ self.lora_A[t])
 
@@ -105,7 +146,19 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         RuntimeError
             When a task is already merged.
         ValueError
-            When the merged weight would not be finite (nothing is changed).
+            When ``t`` is not an integer in ``[0, T)``, or the merged weight would not be finite (nothing is
+            changed).
+
+        >>> layer = MultiTaskLoraLinear(nn.Linear(4, 3), n_tasks=2, r=2, alpha=2.0)
+        >>> W = layer.base_layer.weight.detach().clone()
+        >>> with torch.no_grad():
+        ...     _ = layer.lora_B.normal_()
+        >>> layer.merge(1)
+        >>> torch.allclose(layer.base_layer.weight, W + layer.get_delta_weight(1))
+        True
+        >>> layer.unmerge()
+        >>> torch.allclose(layer.base_layer.weight, W), layer.merged_task
+        (True, None)
         """
         if self.merged_task is not None:
             raise RuntimeError(f"task {self.merged_task} is already merged; unmerge first")
@@ -117,6 +170,10 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         self.merged_task = int(t)
 
     def unmerge(self) -> None:
+        """Subtract the merged task's delta weight from the base weight again (a no-op when none is merged).
+
+        The base weight then equals its value before :meth:`merge` up to float rounding (peft's ``unmerge``).
+        """
         if self.merged_task is None:
             return
         with torch.no_grad():
@@ -125,6 +182,26 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         self.merged_task = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x_b + bias + scaling * B[t_b] A[t_b] dropout(x_b)`` for every example b (class docstring).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, ..., d_in)``; example b (leading dimension) uses task ``t_b`` of the active
+            :func:`llm.multilora.task_ids` block.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, ..., d_out)`` in the base layer's dtype (the LoRA branch runs in the adapters' dtype, as peft).
+
+        Raises
+        ------
+        RuntimeError
+            When no task index is set, or a task is merged and the batch holds another task.
+        ValueError
+            When the task index does not have one entry per example (``B``).
+        """
         ids = self._ids_for(x)
         result = self.base_layer(x)
         if self.merged_task is not None:
@@ -151,6 +228,13 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         return result + delta.reshape(*lead[:-1], self.out_features).to(result.dtype)
 
     def extra_repr(self) -> str:
+        """The sizes shown in ``repr(module)``.
+
+        Returns
+        -------
+        str
+            ``"n_tasks=T, r=r, alpha=alpha, mode='gather'"``.
+        """
         return f"n_tasks={self.n_tasks}, r={self.r}, alpha={self.alpha}, mode={self.mode!r}"
 
 
@@ -191,6 +275,24 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
     ``weight: (T, n_labels, hidden)``, ``bias: (T, n_labels)``; ``forward(x)`` with ``x: (B, ..., hidden)`` returns
     ``(B, ..., n_labels)`` with ``y_b = weight[t_b] x_b + bias[t_b]``. Built from an ``nn.Linear`` by
     :meth:`from_linear`, every task's head starting as a copy of it (what peft's ``modules_to_save`` does per adapter).
+
+    Parameters
+    ----------
+    n_tasks : int
+        ``T >= 1``.
+    hidden : int
+        Input features.
+    n_labels : int
+        Output features.
+    bias : bool
+        Whether the heads have a bias.
+    dtype, device
+        Of the parameters (zero-initialised).
+
+    Raises
+    ------
+    ValueError
+        For ``n_tasks <= 0``.
     """
 
     def __init__(self, n_tasks: int, hidden: int, n_labels: int, *, bias: bool = True, dtype=None, device=None):
@@ -204,6 +306,30 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n_tasks: int) -> MultiTaskHead:
+        """``T`` copies of ``linear`` as one stacked head (peft's ``modules_to_save``: a copy per adapter).
+
+        Parameters
+        ----------
+        linear : nn.Linear
+            Weight ``(n_labels, hidden)``; its dtype and device are kept.
+        n_tasks : int
+            ``T``.
+
+        Returns
+        -------
+        MultiTaskHead
+            ``weight[t]`` equal to ``linear.weight`` and ``bias[t]`` to ``linear.bias`` for every t.
+
+        Raises
+        ------
+        ValueError
+            For ``n_tasks <= 0``.
+
+        >>> lin = nn.Linear(4, 2)
+        >>> head = MultiTaskHead.from_linear(lin, 3)
+        >>> tuple(head.weight.shape), torch.equal(head.weight[2], lin.weight)
+        ((3, 2, 4), True)
+        """
         head = cls(n_tasks, linear.in_features, linear.out_features, bias=linear.bias is not None,
                    dtype=linear.weight.dtype, device=linear.weight.device)
         with torch.no_grad():
@@ -213,7 +339,18 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return head
 
     def task_linear(self, t: int) -> nn.Linear:
-        """Task t's head as a fresh ``nn.Linear`` (a copy)."""
+        """Task t's head as a fresh ``nn.Linear`` (a copy).
+
+        Returns
+        -------
+        nn.Linear
+            ``(hidden -> n_labels)`` holding ``weight[t]`` and ``bias[t]``, detached from this module.
+
+        Raises
+        ------
+        ValueError
+            When ``t`` is not an integer in ``[0, T)``.
+        """
         check_task(t, self.n_tasks)
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                         dtype=self.weight.dtype, device=self.weight.device)
@@ -224,6 +361,25 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y_b = weight[t_b] x_b + bias[t_b]`` for every example b (class docstring).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, ..., hidden)``; example b uses task ``t_b`` of the active :func:`llm.multilora.task_ids` block.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, ..., n_labels)``.
+
+        Raises
+        ------
+        RuntimeError
+            When no task index is set.
+        ValueError
+            When the task index does not have one entry per example (``B``).
+        """
         ids = self._ids_for(x)
         lead = x.shape
         x3 = x.reshape(lead[0], -1, lead[-1])
@@ -237,6 +393,13 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return y.reshape(*lead[:-1], self.out_features)
 
     def extra_repr(self) -> str:
+        """The sizes shown in ``repr(module)``.
+
+        Returns
+        -------
+        str
+            ``"n_tasks=T, in_features=hidden, out_features=n_labels"``.
+        """
         return f"n_tasks={self.n_tasks}, in_features={self.in_features}, out_features={self.out_features}"
 
 
@@ -260,12 +423,34 @@ def check_sizes(*, n_tasks, r, alpha, dropout) -> None:
 
 
 def check_mode(mode: str) -> None:
-    """Raises ``ValueError`` when ``mode`` is not one of :data:`MODES`."""
+    """Refuse a forward implementation that is not one of :data:`MODES`.
+
+    Raises
+    ------
+    ValueError
+        When ``mode`` is not one of :data:`MODES`.
+
+    >>> check_mode("gather")
+    >>> check_mode("loop")
+    Traceback (most recent call last):
+    ValueError: mode must be one of ('gather', 'grouped'), got 'loop'
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def check_task(t, n_tasks: int) -> None:
-    """Raises ``ValueError`` when ``t`` is not an integer task index in ``[0, n_tasks)``."""
+    """Refuse a task index outside ``[0, n_tasks)``.
+
+    Raises
+    ------
+    ValueError
+        When ``t`` is not an integer (``bool`` excluded) in ``[0, n_tasks)``.
+
+    >>> check_task(1, 2)
+    >>> check_task(2, 2)
+    Traceback (most recent call last):
+    ValueError: task index must be an integer in [0, 2), got 2
+    """
     if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < n_tasks:
         raise ValueError(f"task index must be an integer in [0, {n_tasks}), got {t!r}")
