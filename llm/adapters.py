@@ -175,19 +175,10 @@ class BatchedAdapters:
 
     Parameters
     ----------
-    hf_model : transformers.PreTrainedModel
-        The model to adapt; every targeted ``nn.Linear`` is replaced in place by a
-        :class:`llm.multilora.MultiTaskLoraLinear` holding ``lora_A (T, r, d_in)`` and ``lora_B (T, d_out, r)``.
-    n_tasks : int
-        ``T``, the number of adapters.
-    r : int
-        LoRA rank.
-    alpha : float
-        LoRA alpha; scaling ``alpha / r`` (peft's).
-    dropout : float
-        LoRA dropout probability in ``[0, 1)``.
-    targets : str, optional
-        Regex (full match) of the adapted module names (default :data:`llm.models.LORA_TARGETS`).
+    hf_model, n_tasks, r, alpha, dropout, targets
+        As for :class:`PeftAdapters` (the :data:`AdapterFactory` signature); here every targeted ``nn.Linear``
+        of ``hf_model`` is replaced in place by a :class:`llm.multilora.MultiTaskLoraLinear` holding
+        ``lora_A (T, r, d_in)`` and ``lora_B (T, d_out, r)``.
 
     Raises
     ------

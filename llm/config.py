@@ -276,6 +276,7 @@ class Config:
         Returns
         -------
         Config
+            Equal to the configuration that wrote ``d`` (``from_dict(c.to_dict()) == c``).
 
         Raises
         ------

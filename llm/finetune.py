@@ -287,9 +287,7 @@ def finetune(cfg: Config, encoder, task: Task, *, rank: int, seed: int, **kwargs
 
     Raises
     ------
-    LLMError
-        For a bad rank or device, or an encoder that cannot be loaded offline.
-    NonFiniteLossError
-        When a training loss is not finite.
+    LLMError, NonFiniteLossError
+        As :func:`finetune_tasks`.
     """
     return finetune_tasks(cfg, encoder, [task], rank=rank, seed=seed, **kwargs)[0]

@@ -40,15 +40,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     Every option's type states its rule (argparse refuses a bad value with one message naming the option, the
     value and the rule, exit 2); :class:`llm.planted.PlantedConfig` checks the combinations.
 
-    Parameters
-    ----------
-    sub : argparse._SubParsersAction
-        What ``ArgumentParser.add_subparsers`` returned.
-
     Returns
     -------
     argparse.ArgumentParser
-        The ``planted`` subparser.
+        The ``planted`` subparser, added to ``sub`` (what ``ArgumentParser.add_subparsers`` returned).
     """
     from .__main__ import _int_at_least  # the integer rule of every llm subcommand
     from .planted import PRESETS
