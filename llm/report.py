@@ -3,12 +3,12 @@
 ``table.json`` fields: ``rows`` (one per table row: ``method`` ('none' for the controls, 'SR', 'Meta-LoRA'),
 ``retrain_rank``, ``finetune_rank`` (None: no fine-tuning), ``label``, ``accuracy`` with ``ci95`` (seeds and test
 tasks), ``ci95_seed``, ``per_seed``, ``per_task``, ``val_curve`` (validation accuracy of the test tasks before
-fine-tuning and after each epoch, mean over tasks and seeds), ``selected_epochs``; ``average`` and ``accuracies`` repeat ``accuracy`` and
-``per_task``), ``comparisons`` (``a``, ``b``, ``finetune_rank``, ``delta`` = a - b as a fraction, ``ci95``,
-``p_value`` (paired t over seeds), ``p_signflip``, ``unit`` = 'seed', ``mde80``, ``ci95_seeds_tasks``,
-``primary``), ``n_items`` (paired held-out items per seed), ``seeds``, ``tasks``, ``items_per_task``,
-``retraining`` (per seed and method: losses, validation accuracies, selected epoch), the configuration, the
-selection rule (``select``, ``optimistic``) and timings.
+fine-tuning and after each epoch, mean over tasks and seeds), ``selected_epochs``; ``average`` and ``accuracies``
+repeat ``accuracy`` and ``per_task``), ``comparisons`` (``a``, ``b``, ``finetune_rank``, ``delta`` = a - b as a
+fraction, ``ci95``, ``p_value`` (paired t over seeds), ``p_signflip``, ``unit`` = 'seed', ``mde80``,
+``ci95_seeds_tasks``, ``primary``), ``n_items`` (paired held-out items per seed), ``seeds``, ``tasks``,
+``items_per_task``, ``retraining`` (per seed and method: losses, validation accuracies, selected epoch), the
+configuration, the selection rule (``select``, ``optimistic``) and timings.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ def to_markdown(doc: dict) -> str:
     for r in doc["rows"]:
         lines.append(f"| {r['label']} | " + " | ".join(_f(a, 2) for a in r["per_task"]) + " |")
     lines += ["", "## Retraining (loss and validation accuracy per epoch; selected epoch)", "",
-              "| seed | method | loss per epoch | validation accuracy per epoch | selected |", "|---:|---|---|---|---:|"]
+              "| seed | method | loss per epoch | validation accuracy per epoch | selected |",
+              "|---:|---|---|---|---:|"]
     for e in doc["retraining"]:
         name = "SR" if e["method"] == "sr" else f"Meta-LoRA-{e['rank']}"
         lines.append(f"| {e['seed']} | {name} | " + ", ".join(_f(x) for x in e["losses"]) + " | "
