@@ -46,12 +46,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spe
 
 
 def bundle_config(preset: str):
-    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM).
+    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (the model left as the packaged MiniLM).
 
-    Parameters
-    ----------
-    preset : str
-        ``'gpu'`` (the ``cpu`` preset with :data:`GPU_OVERRIDES`) or ``'smoke'``.
+    ``'gpu'``: the ``cpu`` preset with :data:`GPU_OVERRIDES`; ``'smoke'``: the smoke preset.
 
     Returns
     -------
@@ -60,14 +57,11 @@ def bundle_config(preset: str):
     Raises
     ------
     LLMError
-        For a preset other than those of :data:`BUNDLE_PRESETS`.
+        For a preset not in :data:`BUNDLE_PRESETS`.
 
     >>> cfg = bundle_config("gpu")
     >>> cfg.n_test_tasks, cfg.freeze_layers, len(cfg.seeds)
     (32, 0, 10)
-    >>> bundle_config("cpu")
-    Traceback (most recent call last):
-    llm.config.LLMError: bundle preset must be one of ('gpu', 'smoke'), got 'cpu'
     """
     from .config import LLMError
     from .config import preset as cfg_preset
@@ -149,32 +143,21 @@ def _split_tensors(split) -> dict:
 
 
 def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) -> dict:
-    """Write the bundle of ``preset`` to ``out`` (replaced if it holds an older bundle); returns the manifest.
+    """Write the bundle of ``preset`` (:data:`BUNDLE_PRESETS`) to ``out`` atomically (:func:`llm.atomic.atomic_dir`).
 
-    Everything is written to a temporary folder beside ``out`` and renamed into place when complete
-    (:func:`llm.atomic.atomic_dir`).
-
-    Parameters
-    ----------
-    out : str
-        The bundle folder (absent, empty, or an older bundle).
-    preset : str
-        One of :data:`BUNDLE_PRESETS`.
-    cache_dir : str, optional
-        Tokenisation cache (default :func:`llm.tokens.default_cache_dir`).
+    ``out`` must be absent, empty or an older bundle (then replaced); ``cache_dir``: the tokenisation cache (default
+    :func:`llm.tokens.default_cache_dir`). The manifest's ``files`` maps each relative path to its ``bytes`` and
+    ``sha256``; its ``tasks`` is :meth:`llm.data.TaskSet.summary`.
 
     Returns
     -------
     dict
-        The manifest written as ``bundle.json``: ``preset``, ``config``, ``model``, ``total_bytes`` (bytes),
-        ``files`` (``{relative path: {"bytes", "sha256"}}``) and ``tasks`` (:meth:`llm.data.TaskSet.summary`).
+        The manifest ``bundle.json``: ``preset``, ``config``, ``model``, ``total_bytes``, ``files``, ``tasks``.
 
     Raises
     ------
     LLMError
-        For an unknown preset, an ``out`` that is neither empty nor a bundle, a bundle over :data:`MAX_BYTES`,
-        token ids beyond int32, or task data that cannot be built (:class:`llm.config.DataError`,
-        :class:`llm.config.CandidateError`).
+        Unknown preset, ``out`` not empty nor a bundle, over :data:`MAX_BYTES`, ids beyond int32, or bad task data.
     OSError
         When the folder cannot be written (``out`` is then left as it was).
     """
@@ -260,12 +243,12 @@ def verify_bundle(bundle_dir: str) -> dict:
     Returns
     -------
     dict
-        The manifest (see :func:`make_bundle`).
+        The manifest (:func:`make_bundle`).
 
     Raises
     ------
     LLMError
-        When ``bundle_dir`` has no ``bundle.json``, or a listed file is missing or differs in size or sha256.
+        When there is no ``bundle.json``, or a listed file is missing or differs in size or sha256.
     json.JSONDecodeError
         When ``bundle.json`` is not JSON.
     """
@@ -280,13 +263,11 @@ def verify_bundle(bundle_dir: str) -> dict:
 
 
 def load_bundle_tasks(bundle_dir: str):
-    """The ``llm.data.TaskSet`` stored in the bundle (``bundle_dir/data/tasks.json``).
+    """The ``llm.data.TaskSet`` (``T`` retraining and ``T'`` test tasks) stored in ``bundle_dir/data/tasks.json``.
 
     Returns
     -------
     llm.data.TaskSet
-        The ``T`` retraining and ``T'`` test tasks with every sample's texts, as :func:`llm.data.load_tasks`
-        built them for the bundle's preset.
 
     Raises
     ------
@@ -304,27 +285,19 @@ def load_bundle_tasks(bundle_dir: str):
 
 
 def bundle_splits(bundle_dir: str, cfg, *, device=None):
-    """An :class:`llm.prefix.SplitCache` for ``cfg`` holding the bundle's tokenised splits (the model's tokenizer
-    is ``DIR/model``'s).
+    """An :class:`llm.prefix.SplitCache` for ``cfg`` holding the bundle's tokenised splits (tokenizer: ``DIR/model``).
 
-    Parameters
-    ----------
-    bundle_dir : str
-        The bundle folder.
-    cfg : llm.config.Config
-        The run's configuration; its scorer and token lengths must be the bundle's.
-    device : str or torch.device, optional
-        Where the frozen lower part's outputs are computed.
+    ``cfg``'s scorer and token lengths must be the bundle's; ``device``: where the frozen lower part runs.
 
     Returns
     -------
     llm.prefix.SplitCache
-        Pre-filled with every split of ``data/splits.json`` (token ids read back as int64).
+        Every split of ``data/splits.json``, token ids read back as int64.
 
     Raises
     ------
     LLMError
-        When ``cfg`` asks for other lengths or another scorer than the bundle was made with.
+        When ``cfg`` asks for another scorer or other lengths than the bundle was made with.
     ModelError
         When ``DIR/model``'s tokenizer cannot be loaded.
     OSError
@@ -356,17 +329,12 @@ def bundle_splits(bundle_dir: str, cfg, *, device=None):
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``bundle`` on an ``argparse`` subparsers object; the parser's default ``func`` is :func:`main`.
-
-    Parameters
-    ----------
-    sub : argparse._SubParsersAction
-        What ``ArgumentParser.add_subparsers`` returned.
+    """Register ``bundle`` (``--out``, ``--preset``, ``--cache-dir``) on ``sub`` (from ``add_subparsers``).
 
     Returns
     -------
     argparse.ArgumentParser
-        The ``bundle`` subparser (options ``--out``, ``--preset``, ``--cache-dir``).
+        The ``bundle`` subparser; its default ``func`` is :func:`main`.
     """
     p = sub.add_parser("bundle", help="write the offline bundle (fp16 MiniLM + pre-tokenised tasks, <= 60 MiB) "
                                       "that benchmarks/gpu_validation.py needs",
@@ -380,10 +348,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    """Run ``bundle`` from parsed arguments (``args.out``, ``args.preset``, ``args.cache_dir``).
+    """Run ``bundle`` from parsed arguments (``out``, ``preset``, ``cache_dir``).
 
-    Bad input (:class:`llm.config.LLMError`) is caught and printed as one line on stderr; on success one JSON
-    line (``out``, ``preset``, ``mib``, ``retrain_tasks``, ``test_tasks``) goes to stdout.
+    Prints one JSON line (``out``, ``preset``, ``mib``, ``retrain_tasks``, ``test_tasks``) on stdout, or bad input
+    (:class:`llm.config.LLMError`) as one line on stderr.
 
     Returns
     -------

@@ -248,7 +248,7 @@ def _candidates(field: str) -> tuple[str, ...]:
 
 
 def _utf8_lines(fh, path: str):
-    """The lines of the binary file ``fh`` as text; a byte that is not UTF-8 raises :class:`DataError` naming the file and line."""
+    """The lines of the binary file ``fh`` as text; a non-UTF-8 byte raises :class:`DataError` naming its line."""
     for lineno, raw in enumerate(fh, 1):
         try:
             yield raw.decode("utf-8")
@@ -258,33 +258,22 @@ def _utf8_lines(fh, path: str):
 
 
 def read_convai2(path: str) -> list[Conversation]:
-    """Read a ConvAI2 / PersonaChat file in ParlAI text format; one conversation per episode.
+    """Read a ConvAI2 / PersonaChat file in ParlAI text format, one conversation per episode.
 
-    A line is ``N text``; ``N == 1`` starts an episode; ``N your persona: ...`` lines give the persona; a dialogue
-    line is ``N partner<TAB>reply<TAB><TAB>cand_1|...|cand_20`` with the reply among the candidates (blank and
-    repeated candidates are dropped, see :func:`_candidates`). The speaker of
-    the replies is the persona, the sorted tuple of its lines joined by ``" | "`` (no ``eval``); the partner's turns
-    have speaker ``None``.
+    A line is ``N text``, ``N == 1`` starting an episode; ``N your persona: ...`` lines give the persona; a dialogue
+    line is ``N partner<TAB>reply<TAB><TAB>cand_1|...|cand_20``, the reply among the candidates (blank and repeated
+    candidates dropped, :func:`_candidates`). The replies' speaker is the persona: its sorted lines joined by
+    ``" | "`` (no ``eval``); the partner's turns have speaker ``None`` and no candidates.
 
     Returns
     -------
     list of Conversation
-        One per episode, in file order, with id ``"<file name>:<first line>"``; its turns alternate partner
-        (speaker ``None``) and reply (speaker: the persona; ``candidates``: the line's distinct candidates).
+        One per episode, in file order, with id ``"<file name>:<first line>"``; partner and reply turns alternate.
 
     Raises
     ------
     DataError
-        When the file is unreadable or not UTF-8, a line does not start with its turn number, turn numbers skip,
-        a persona line follows dialogue, a dialogue line lacks its reply or has an empty candidate list, the reply
-        is not among the candidates, or no episode is found (the message names the file and line).
-
-    >>> import os, tempfile
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     path = os.path.join(d, "train.txt")
-    ...     _ = open(path, "w").write("1 your persona: i like tea.\\n2 hi\\thello\\t\\thello|bye\\n")
-    ...     [(t.speaker, t.text, t.candidates) for t in read_convai2(path)[0].turns]
-    [(None, 'hi', None), ('i like tea.', 'hello', ('hello', 'bye'))]
+        An unreadable or non-UTF-8 file, a malformed line, turn number or reply, or no episode (names file, line).
     """
     try:
         fh = open(path, "rb")  # decoded line by line (_utf8_lines), so that a bad byte is named by its line

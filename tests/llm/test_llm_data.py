@@ -55,6 +55,19 @@ def test_convai2_malformed_lines_name_file_and_line(tmp_path, content, line, wha
     assert f"{p}:{line}:" in str(err.value) and what in str(err.value)
 
 
+def test_convai2_smallest_episodes_speakers_candidates_and_ids(tmp_path):
+    """Partner turns have no speaker and no candidates; a reply's speaker is the persona (its sorted lines joined by
+    " | "), its candidates the line's; an episode's id is "<file name>:<first line>"."""
+    p = tmp_path / "train.txt"
+    p.write_text("1 your persona: i like tea.\n2 your persona: a cat is mine.\n3 hi\thello\t\thello|bye\n"
+                 "1 your persona: x.\n2 yo\tbye\t\tbye|hello\n")
+    eps = read_convai2(str(p))
+    assert [e.id for e in eps] == ["train.txt:1", "train.txt:4"]
+    assert [(t.speaker, t.text, t.candidates) for t in eps[0].turns] == [
+        (None, "hi", None), ("a cat is mine. | i like tea.", "hello", ("hello", "bye"))]
+    assert eps[1].turns[1].speaker == "x."
+
+
 def test_convai2_unreadable_file(tmp_path):
     with pytest.raises(DataError, match="cannot read ConvAI2 file"):
         read_convai2(str(tmp_path / "missing.txt"))
