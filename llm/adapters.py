@@ -287,9 +287,6 @@ def adapter_type(schedule: str | None) -> type:
 
     >>> adapter_type(None) is BatchedAdapters, adapter_type("sequential") is PeftAdapters
     (True, True)
-    >>> adapter_type("parallel")
-    Traceback (most recent call last):
-    llm.config.LLMError: schedule must be one of ('batched', 'sequential'), got 'parallel'
     """
     schedule = schedule or default_schedule()
     if schedule not in ADAPTERS:

@@ -3,19 +3,6 @@ into place (``os.replace``) once complete, removed on any error.
 
 Every writer of ``llm`` (checkpoints, adapters, tables, bundles, plots) and of the ``llm`` benchmarks goes through
 these three helpers. ``llm`` does not import ``theory`` or ``landscape``, so it keeps its own copy of this rule.
-
->>> import os, tempfile
->>> d = tempfile.mkdtemp()
->>> atomic_write_text(os.path.join(d, "a.txt"), "one\\n")
->>> open(os.path.join(d, "a.txt")).read()
-'one\\n'
->>> with atomic_path(os.path.join(d, "a.txt")) as tmp:
-...     _ = open(tmp, "w").write("partial")
-...     raise ValueError("stopped before the rename")
-Traceback (most recent call last):
-ValueError: stopped before the rename
->>> open(os.path.join(d, "a.txt")).read(), sorted(os.listdir(d))
-('one\\n', ['a.txt'])
 """
 
 from __future__ import annotations
@@ -150,12 +137,6 @@ def check_writable_dir(path: str, option: str = "--out") -> str:
     ------
     LLMError
         ``"<option> '<path>' ..."`` naming the rule that failed.
-
-    >>> import tempfile
-    >>> with tempfile.NamedTemporaryFile() as fh:
-    ...     check_writable_dir(fh.name, "--out")
-    Traceback (most recent call last):
-    llm.config.LLMError: --out '...' is an existing file; give a folder
     """
     from .config import LLMError
 

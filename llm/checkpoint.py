@@ -224,14 +224,8 @@ def resolve_encoder(path: str) -> str:
     LLMError
         When the run folder's pointers name no existing checkpoint.
 
-    >>> import os, tempfile
     >>> resolve_encoder("minilm")
     'minilm'
-    >>> with tempfile.TemporaryDirectory() as run:
-    ...     _ = open(os.path.join(run, "LATEST"), "w").write("epoch-002\\n")
-    ...     resolve_encoder(run)
-    Traceback (most recent call last):
-    llm.config.LLMError: run folder ... names a checkpoint that does not exist
     """
     if os.path.isfile(os.path.join(path, "LATEST")) or os.path.isfile(os.path.join(path, "BEST")):
         ckpt = best_checkpoint(path)

@@ -208,10 +208,8 @@ def split_pool(pool_size: int, *, seed: int, m: int, n_max: int, N: int, T_max: 
         When the pool holds fewer turns than the split needs (``m + n_max + N * T_max``).
 
     >>> s = split_pool(20, seed=0, m=2, n_max=3, N=4, T_max=3)
-    >>> s.heldout.shape, s.new_train.shape, s.retrain.shape
-    ((2,), (3,), (3, 4))
-    >>> len(set(s.heldout) | set(s.new_train) | set(s.retrain.ravel()))
-    17
+    >>> s.heldout.shape, s.new_train.shape, s.retrain.shape, len({*s.heldout, *s.new_train, *s.retrain.ravel()})
+    ((2,), (3,), (3, 4), 17)
     """
     need = m + n_max + N * T_max
     if need > pool_size:

@@ -289,11 +289,9 @@ def weighted_spectrum(D: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tens
     torch.Tensor
         ``(min(d_out, d_in),)`` float64, descending.
 
-    >>> D = torch.diag(torch.tensor([3.0, 4.0]))
-    >>> weighted_spectrum(D, None).tolist()
-    [4.0, 3.0]
-    >>> [round(s, 9) for s in weighted_spectrum(D, torch.diag(torch.tensor([4.0, 1.0]))).tolist()]
-    [6.0, 4.0]
+    >>> D, sigma = torch.diag(torch.tensor([3.0, 4.0])), torch.diag(torch.tensor([4.0, 1.0]))
+    >>> weighted_spectrum(D, None).tolist(), [round(s, 9) for s in weighted_spectrum(D, sigma).tolist()]
+    ([4.0, 3.0], [6.0, 4.0])
     """
     D = D.double()
     if sigma is not None:

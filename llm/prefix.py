@@ -166,9 +166,8 @@ def weights_checksum(module: nn.Module | None) -> tuple:
         ``(name, shape, sum, sum of squares, weighted sum)`` per tensor of ``module.state_dict()``, sorted by
         name, sums rounded to 6 decimals; ``()`` for ``None``.
 
-    >>> lin = nn.Linear(2, 1, bias=False)
-    >>> with torch.no_grad():
-    ...     _ = lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    >>> lin = nn.Linear(2, 1, bias=False).requires_grad_(False)
+    >>> _ = lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
     >>> weights_checksum(lin), weights_checksum(None)
     ((('weight', (1, 2), 3.0, 5.0, 2.5),), ())
     """

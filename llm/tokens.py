@@ -100,10 +100,8 @@ class SequenceStore:
 
     >>> import torch
     >>> store = SequenceStore(torch.tensor([101, 7, 102, 101, 8, 9, 102]), None, torch.tensor([0, 3, 7]), 0)
-    >>> len(store), store.lengths().tolist()
-    (2, [3, 4])
-    >>> store.inputs([1, 0])["input_ids"].tolist()
-    [[101, 8, 9, 102], [101, 7, 102, 0]]
+    >>> store.lengths().tolist(), store.inputs([1, 0])["input_ids"].tolist()
+    ([3, 4], [[101, 8, 9, 102], [101, 7, 102, 0]])
     """
 
     ids: "torch.Tensor"  # (total,) int64
@@ -155,15 +153,6 @@ class Split:
     ``candidates`` (N, C): the sequence of each candidate (bi: the candidate's text; cross: the pair);
     ``contexts`` (N,): the sequence of each context (bi) or ``None`` (cross); ``labels`` (N,): index of the true
     candidate; ``tasks`` (N,): task index (position in the task list given to :func:`tokenise`).
-
-    >>> import torch
-    >>> store = SequenceStore(torch.tensor([1, 2, 3]), None, torch.tensor([0, 1, 2, 3]), 0)
-    >>> s = Split(store, torch.tensor([[1, 2]]), torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
-    >>> s.scorer, s.n_candidates, len(s)
-    ('bi', 2, 1)
-    >>> b = s.batch([0])
-    >>> b["seqs"].tolist(), b["is_candidate"].tolist(), b["cand"].tolist(), b["ctx"].tolist(), b["labels"].tolist()
-    ([0, 1, 2], [False, True, True], [[1, 2]], [0], [1])
     """
 
     store: object  # SequenceStore or llm.prefix.HiddenStore: anything with .inputs(seqs) and len()

@@ -81,10 +81,9 @@ def inject_multitask_lora(model: nn.Module, *, n_tasks: int, r: int, alpha: floa
         ``nn.Linear`` matches (the message lists the model's linear layers).
 
     >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    >>> inject_multitask_lora(model, n_tasks=3, r=2, alpha=2.0, dropout=0.0, target_modules=["0"])
-    ['0']
-    >>> type(model[0]).__name__, type(model[2]).__name__
-    ('MultiTaskLoraLinear', 'Linear')
+    >>> names = inject_multitask_lora(model, n_tasks=3, r=2, alpha=2.0, dropout=0.0, target_modules=["0"])
+    >>> names, type(model[0]).__name__, type(model[2]).__name__
+    (['0'], 'MultiTaskLoraLinear', 'Linear')
     """
     check_sizes(n_tasks=n_tasks, r=r, alpha=alpha, dropout=dropout)
     check_mode(mode)

@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
+from llm.adapters import adapter_type
 from llm.config import CandidateError, DataError, LLMError, preset
-from llm.data import read_chitchat, read_convai2
+from llm.data import Task, read_chitchat, read_convai2
 from llm.tasks import build_tasks
 from test_llm_support import write_chitchat, write_convai2
 
@@ -205,6 +206,19 @@ def test_chitchat_builder_is_deterministic_and_seeded(chitchat):
     c = build_tasks(chitchat, CFG.replace(data_seed=1))
     assert [t.name for t in c.retrain] == [t.name for t in a.retrain]  # the choice of tasks is by size only
     assert [s.candidates for s in c.retrain[0].train] != [s.candidates for s in a.retrain[0].train]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Task("a", (), ()).split("test"), "split must be one of ('train', 'validation', 'heldout'), got 'test'"),
+    (lambda: preset("gpu"), "unknown preset 'gpu'; choose one of ['cpu', 'paper', 'smoke']"),
+    (lambda: preset("smoke", batch_sr=0), "batch_sr must be a positive integer, got 0"),
+    (lambda: preset("smoke", epochs=3), "'epochs'"),
+    (lambda: adapter_type("parallel"), "schedule must be one of ('batched', 'sequential'), got 'parallel'"),
+])
+def test_a_bad_name_or_value_is_refused_with_its_rule(make, message):
+    with pytest.raises(LLMError) as err:
+        make()
+    assert message in str(err.value)
 
 
 def test_too_few_candidates_and_too_few_speakers_are_refused(tmp_path):
