@@ -64,11 +64,22 @@ class TaskAdapters(Protocol):
             ``(P,)`` integer task index of each of the ``P`` sequences of the batch.
         task : int or None
             The one task of every sequence, or ``None`` for a mixed batch.
+
+        Returns
+        -------
+        ContextManager[None]
+            Entered around the forward pass; the routing holds only inside it.
         """
 
     def export(self, out_dir: str) -> None:
         """Write every task's adapter in peft's format under ``out_dir/task{t}/`` (``PeftModel.from_pretrained``
-        on the base model reads it back)."""
+        on the base model reads it back).
+
+        Parameters
+        ----------
+        out_dir : str
+            Folder to write into (created when missing).
+        """
 
 
 # (hf_model, n_tasks T, rank r, lora_alpha, lora_dropout, target-module regex) -> the adapters, injected in place
@@ -78,7 +89,27 @@ AdapterFactory = Callable[["nn.Module", int, int, float, float, str], TaskAdapte
 class PeftAdapters:
     """One peft named adapter per task (``task0`` .. ``task{T-1}``): one task per batch (the reference schedule).
 
-    Raises :class:`llm.config.ModelError` for a rank that is not a positive integer.
+    Parameters
+    ----------
+    hf_model : transformers.PreTrainedModel
+        The model to adapt; peft wraps it (``self.peft``) and injects ``T`` LoRA adapters in place.
+    n_tasks : int
+        ``T``, the number of adapters.
+    r : int
+        LoRA rank of each adapter (``lora_A (r, d_in)``, ``lora_B (d_out, r)`` per adapted layer).
+    alpha : float
+        LoRA alpha; peft's scaling ``alpha / r``.
+    dropout : float
+        LoRA dropout probability in ``[0, 1)``.
+    targets : str, optional
+        Regex (full match) of the adapted module names (default :data:`llm.models.LORA_TARGETS`).
+
+    Raises
+    ------
+    ModelError
+        For a rank that is not a positive integer.
+    ValueError
+        From peft, when ``targets`` matches no module of ``hf_model``.
     """
 
     one_task_per_batch = True
@@ -100,6 +131,18 @@ class PeftAdapters:
     def select(self, pair_tasks, task: int | None):
         """Activate task ``task``'s adapter (see :meth:`TaskAdapters.select`).
 
+        Parameters
+        ----------
+        pair_tasks : torch.Tensor
+            ``(P,)`` task index of each sequence (unused: every sequence is of task ``task``).
+        task : int or None
+            The task whose adapter the forward pass uses.
+
+        Yields
+        ------
+        None
+            The adapter stays active after the block (peft keeps one active adapter).
+
         Raises
         ------
         ValueError
@@ -117,14 +160,33 @@ class PeftAdapters:
         yield
 
     def export(self, out_dir: str) -> None:
-        """Every task's adapter in peft's format under ``out_dir/task{t}/``."""
+        """Every task's adapter in peft's format under ``out_dir/task{t}/`` (``PeftModel.save_pretrained``).
+
+        Parameters
+        ----------
+        out_dir : str
+            Folder to write into.
+        """
         self.peft.save_pretrained(out_dir, selected_adapters=self.names)
 
 
 class BatchedAdapters:
     """All tasks' adapters stacked in ``llm.multilora`` layers: a mixed batch with per-example task ids.
 
-    Raises :class:`llm.config.ModelError` for a rank that is not a positive integer.
+    Parameters
+    ----------
+    hf_model, n_tasks, r, alpha, dropout, targets
+        As for :class:`PeftAdapters` (the :data:`AdapterFactory` signature); here every targeted ``nn.Linear``
+        of ``hf_model`` is replaced in place by a :class:`llm.multilora.MultiTaskLoraLinear` holding
+        ``lora_A (T, r, d_in)`` and ``lora_B (T, d_out, r)``.
+
+    Raises
+    ------
+    ModelError
+        For a rank that is not a positive integer.
+    ValueError
+        When ``alpha`` or ``dropout`` is out of range, or ``targets`` matches no ``nn.Linear`` of ``hf_model``
+        (:func:`llm.multilora.inject_multitask_lora`).
     """
 
     one_task_per_batch = False
@@ -142,11 +204,38 @@ class BatchedAdapters:
                                                         dropout=dropout, target_modules=targets or LORA_TARGETS)
 
     def select(self, pair_tasks, task: int | None):
-        """Per-pair task index ``(P,)`` for every stacked layer during the forward pass."""
+        """Per-pair task index ``(P,)`` for every stacked layer during the forward pass.
+
+        Parameters
+        ----------
+        pair_tasks : torch.Tensor
+            ``(P,)`` integer task index of each sequence of the batch.
+        task : int or None
+            Unused: mixed batches are routed by ``pair_tasks`` alone.
+
+        Returns
+        -------
+        ContextManager[None]
+            :func:`llm.multilora.task_ids` of the model and ``pair_tasks``.
+
+        Raises
+        ------
+        ValueError
+            When ``pair_tasks`` is not a 1-D integer tensor or holds an index outside ``[0, T)``.
+        RuntimeError
+            When a task index is already set on the model (nested use).
+        """
         return self.multilora.task_ids(self.model, pair_tasks)
 
     def export(self, out_dir: str) -> None:
-        """Every task's adapter in peft's format under ``out_dir/task{t}/``."""
+        """Every task's adapter in peft's format under ``out_dir/task{t}/``
+        (:func:`llm.multilora.export_task_adapter`).
+
+        Parameters
+        ----------
+        out_dir : str
+            Folder to write into.
+        """
         name = getattr(self.model.config, "_name_or_path", None) or None
         for t in range(self.n_tasks):
             self.multilora.export_task_adapter(self.model, t, os.path.join(out_dir, f"task{t}"),
@@ -161,23 +250,43 @@ ADAPTERS: dict[str, type] = {
 
 
 def default_schedule() -> str:
-    """The Meta-LoRA schedule used when none is given: the first entry of :data:`ADAPTERS`."""
+    """The Meta-LoRA schedule used when none is given: the first entry of :data:`ADAPTERS`.
+
+    Returns
+    -------
+    str
+        A key of :data:`ADAPTERS`.
+    """
     return next(iter(ADAPTERS))
 
 
 def finetune_schedule() -> str:
     """The adapter type of fine-tuning, which trains every test task in one batch: the first entry of
-    :data:`ADAPTERS` that accepts mixed batches."""
+    :data:`ADAPTERS` that accepts mixed batches.
+
+    Returns
+    -------
+    str
+        A key of :data:`ADAPTERS` whose class has ``one_task_per_batch = False``.
+    """
     return next(name for name, cls in ADAPTERS.items() if not cls.one_task_per_batch)
 
 
 def adapter_type(schedule: str | None) -> type:
     """The class registered as ``schedule`` (``None``: :func:`default_schedule`).
 
+    Returns
+    -------
+    type
+        A class with the constructor of :data:`AdapterFactory` that satisfies :class:`TaskAdapters`.
+
     Raises
     ------
     LLMError
         For a name that is not in :data:`ADAPTERS`.
+
+    >>> adapter_type(None) is BatchedAdapters, adapter_type("sequential") is PeftAdapters
+    (True, True)
     """
     schedule = schedule or default_schedule()
     if schedule not in ADAPTERS:

@@ -3,19 +3,6 @@ into place (``os.replace``) once complete, removed on any error.
 
 Every writer of ``llm`` (checkpoints, adapters, tables, bundles, plots) and of the ``llm`` benchmarks goes through
 these three helpers. ``llm`` does not import ``theory`` or ``landscape``, so it keeps its own copy of this rule.
-
->>> import os, tempfile
->>> d = tempfile.mkdtemp()
->>> atomic_write_text(os.path.join(d, "a.txt"), "one\\n")
->>> open(os.path.join(d, "a.txt")).read()
-'one\\n'
->>> with atomic_path(os.path.join(d, "a.txt")) as tmp:
-...     _ = open(tmp, "w").write("partial")
-...     raise ValueError("stopped before the rename")
-Traceback (most recent call last):
-ValueError: stopped before the rename
->>> open(os.path.join(d, "a.txt")).read(), sorted(os.listdir(d))
-('one\\n', ['a.txt'])
 """
 
 from __future__ import annotations
@@ -133,6 +120,18 @@ def atomic_dir(path: str, prefix: str | None = None) -> Iterator[str]:
 def check_writable_dir(path: str, option: str = "--out") -> str:
     """``path`` as a folder to write into, checked before any work (the command lines' rule for ``--out``-like
     options): refused when it is an existing file, or when nothing can be created under its nearest existing parent.
+
+    Parameters
+    ----------
+    path : str
+        The folder (it need not exist yet; nothing is created).
+    option : str
+        The option's name, for the message.
+
+    Returns
+    -------
+    str
+        ``path`` unchanged.
 
     Raises
     ------

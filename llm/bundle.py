@@ -46,12 +46,22 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spe
 
 
 def bundle_config(preset: str):
-    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (model left as the packaged MiniLM).
+    """The ``llm.config.Config`` whose tasks a bundle of ``preset`` holds (the model left as the packaged MiniLM).
+
+    ``'gpu'``: the ``cpu`` preset with :data:`GPU_OVERRIDES`; ``'smoke'``: the smoke preset.
+
+    Returns
+    -------
+    llm.config.Config
 
     Raises
     ------
     LLMError
-        For a preset other than those of :data:`BUNDLE_PRESETS`.
+        For a preset not in :data:`BUNDLE_PRESETS`.
+
+    >>> cfg = bundle_config("gpu")
+    >>> cfg.n_test_tasks, cfg.freeze_layers, len(cfg.seeds)
+    (32, 0, 10)
     """
     from .config import LLMError
     from .config import preset as cfg_preset
@@ -133,15 +143,23 @@ def _split_tensors(split) -> dict:
 
 
 def make_bundle(out: str, *, preset: str = "gpu", cache_dir: str | None = None) -> dict:
-    """Write the bundle of ``preset`` to ``out`` (replaced if it holds an older bundle); returns the manifest.
+    """Write the bundle of ``preset`` (:data:`BUNDLE_PRESETS`) to ``out`` atomically (:func:`llm.atomic.atomic_dir`).
 
-    Everything is written to a temporary folder beside ``out`` and renamed into place when complete
-    (:func:`llm.atomic.atomic_dir`).
+    ``out`` must be absent, empty or an older bundle (then replaced); ``cache_dir``: the tokenisation cache (default
+    :func:`llm.tokens.default_cache_dir`). The manifest's ``files`` maps each relative path to its ``bytes`` and
+    ``sha256``; its ``tasks`` is :meth:`llm.data.TaskSet.summary`.
+
+    Returns
+    -------
+    dict
+        The manifest ``bundle.json``: ``preset``, ``config``, ``model``, ``total_bytes``, ``files``, ``tasks``.
 
     Raises
     ------
     LLMError
-        For an unknown preset, an ``out`` that is neither empty nor a bundle, or a bundle over :data:`MAX_BYTES`.
+        Unknown preset, ``out`` not empty nor a bundle, over :data:`MAX_BYTES`, ids beyond int32, or bad task data.
+    OSError
+        When the folder cannot be written (``out`` is then left as it was).
     """
     from .config import LLMError
 
@@ -220,7 +238,20 @@ def _read_manifest(bundle_dir: str) -> dict:
 
 
 def verify_bundle(bundle_dir: str) -> dict:
-    """Check every file's size and sha256 against the manifest; returns the manifest or raises LLMError."""
+    """Check every file's size and sha256 against the manifest ``bundle_dir/bundle.json``.
+
+    Returns
+    -------
+    dict
+        The manifest (:func:`make_bundle`).
+
+    Raises
+    ------
+    LLMError
+        When there is no ``bundle.json``, or a listed file is missing or differs in size or sha256.
+    json.JSONDecodeError
+        When ``bundle.json`` is not JSON.
+    """
     from .config import LLMError
 
     manifest = _read_manifest(bundle_dir)
@@ -232,7 +263,19 @@ def verify_bundle(bundle_dir: str) -> dict:
 
 
 def load_bundle_tasks(bundle_dir: str):
-    """The ``llm.data.TaskSet`` stored in the bundle."""
+    """The ``llm.data.TaskSet`` (``T`` retraining and ``T'`` test tasks) stored in ``bundle_dir/data/tasks.json``.
+
+    Returns
+    -------
+    llm.data.TaskSet
+
+    Raises
+    ------
+    OSError
+        When ``data/tasks.json`` is missing or unreadable.
+    json.JSONDecodeError
+        When it is not JSON.
+    """
     from .data import TaskSet
 
     with open(os.path.join(bundle_dir, "data", "tasks.json"), encoding="utf-8") as fh:
@@ -242,9 +285,24 @@ def load_bundle_tasks(bundle_dir: str):
 
 
 def bundle_splits(bundle_dir: str, cfg, *, device=None):
-    """An :class:`llm.prefix.SplitCache` for ``cfg`` holding the bundle's tokenised splits (the model's tokenizer
-    is ``DIR/model``'s). Raises :class:`llm.config.LLMError` when ``cfg`` asks for other lengths or another scorer
-    than the bundle was made with."""
+    """An :class:`llm.prefix.SplitCache` for ``cfg`` holding the bundle's tokenised splits (tokenizer: ``DIR/model``).
+
+    ``cfg``'s scorer and token lengths must be the bundle's; ``device``: where the frozen lower part runs.
+
+    Returns
+    -------
+    llm.prefix.SplitCache
+        Every split of ``data/splits.json``, token ids read back as int64.
+
+    Raises
+    ------
+    LLMError
+        When ``cfg`` asks for another scorer or other lengths than the bundle was made with.
+    ModelError
+        When ``DIR/model``'s tokenizer cannot be loaded.
+    OSError
+        When a data file of the bundle is missing or unreadable.
+    """
     from safetensors.torch import load_file
 
     from .config import LLMError
@@ -271,7 +329,13 @@ def bundle_splits(bundle_dir: str, cfg, *, device=None):
 # ---------------------------------------------------------------------------------------------------------- CLI
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    """Register ``bundle`` on an ``argparse`` subparsers object; the parser's default ``func`` is :func:`main`."""
+    """Register ``bundle`` (``--out``, ``--preset``, ``--cache-dir``) on ``sub`` (from ``add_subparsers``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``bundle`` subparser; its default ``func`` is :func:`main`.
+    """
     p = sub.add_parser("bundle", help="write the offline bundle (fp16 MiniLM + pre-tokenised tasks, <= 60 MiB) "
                                       "that benchmarks/gpu_validation.py needs",
                        description=__doc__.split("\n\n")[0])
@@ -284,8 +348,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(args) -> int:
-    """Run ``bundle`` from parsed arguments (``args.out``, ``args.preset``, ``args.cache_dir``); 0 on success,
-    2 with one message on stderr for bad input."""
+    """Run ``bundle`` from parsed arguments (``out``, ``preset``, ``cache_dir``).
+
+    Prints one JSON line (``out``, ``preset``, ``mib``, ``retrain_tasks``, ``test_tasks``) on stdout, or bad input
+    (:class:`llm.config.LLMError`) as one line on stderr.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 for bad input.
+    """
     from .config import LLMError
 
     from .atomic import check_writable_dir

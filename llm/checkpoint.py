@@ -44,12 +44,31 @@ def _named_checkpoint(run_dir: str, pointer: str) -> str | None:
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
-    """Folder of the last finished epoch of ``run_dir``, or ``None``."""
+    """Folder of the last finished epoch of ``run_dir``, or ``None``.
+
+    Returns
+    -------
+    str or None
+        ``run_dir/epoch-NNN`` named by ``run_dir/LATEST``; ``None`` when the pointer is missing or names no
+        existing epoch folder.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as run:
+    ...     print(latest_checkpoint(run))
+    None
+    """
     return _named_checkpoint(run_dir, "LATEST")
 
 
 def best_checkpoint(run_dir: str) -> str | None:
-    """Folder of the epoch selected on validation accuracy (``BEST``), else the last one, or ``None``."""
+    """Folder of the epoch selected on validation accuracy (``BEST``), else the last one, or ``None``.
+
+    Returns
+    -------
+    str or None
+        ``run_dir/epoch-NNN`` named by ``BEST``, else by ``LATEST``; ``None`` when neither names an existing
+        epoch folder.
+    """
     return _named_checkpoint(run_dir, "BEST") or latest_checkpoint(run_dir)
 
 
@@ -61,7 +80,34 @@ def save_checkpoint(run_dir: str, epoch: int, *, model, tokenizer, optimizer, sc
                     best: bool = False) -> str:
     """Write epoch ``epoch`` of ``model`` (a :class:`llm.models.Scorer`) atomically; return its folder.
 
-    ``best``: this epoch becomes ``BEST`` (the selected one). Epoch folders named by neither pointer are removed.
+    Parameters
+    ----------
+    run_dir : str
+        The run folder (layout in the module docstring).
+    epoch : int
+        1-based epoch number; the folder is ``epoch-{epoch:03d}``.
+    model : llm.models.Scorer
+        Its encoder, heads, adapters (peft format) and trainable tensors are written.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Saved beside the encoder, so that the epoch folder is a loadable model folder.
+    optimizer, scheduler
+        Their ``state_dict()`` go to ``optimizer.pt`` with the torch RNG state.
+    state : dict
+        Written as ``state.json`` (see :func:`read_state`).
+    best : bool
+        This epoch becomes ``BEST`` (the selected one).
+
+    Epoch folders named by neither ``LATEST`` nor ``BEST`` are removed afterwards.
+
+    Returns
+    -------
+    str
+        The epoch folder ``run_dir/epoch-NNN``.
+
+    Raises
+    ------
+    OSError
+        When the folder cannot be written (the previous epochs and pointers are then unchanged).
     """
     from safetensors.torch import save_file
 
@@ -124,6 +170,20 @@ def read_state(ckpt: str) -> dict:
 def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
     """Restore parameters, optimizer, scheduler and the torch RNG from ``ckpt``; return its ``state.json``.
 
+    Parameters
+    ----------
+    ckpt : str
+        An epoch folder written by :func:`save_checkpoint`.
+    model : llm.models.Scorer
+        Built with the options of the run that wrote ``ckpt``; loaded in place.
+    optimizer, scheduler
+        Loaded in place (``optimizer.pt``, read with ``weights_only=True``).
+
+    Returns
+    -------
+    dict
+        The checkpoint's ``state.json`` (see :func:`read_state`).
+
     Raises
     ------
     LLMError
@@ -154,7 +214,18 @@ def load_train_state(ckpt: str, *, model, optimizer, scheduler) -> dict:
 def resolve_encoder(path: str) -> str:
     """A retraining run folder -> its selected epoch (``BEST``, else ``LATEST``); a model folder or name -> itself.
 
-    Raises :class:`LLMError` when the run folder's pointers name no existing checkpoint.
+    Returns
+    -------
+    str
+        The epoch folder of a run folder (one holding ``LATEST`` or ``BEST``), else ``path`` unchanged.
+
+    Raises
+    ------
+    LLMError
+        When the run folder's pointers name no existing checkpoint.
+
+    >>> resolve_encoder("minilm")
+    'minilm'
     """
     if os.path.isfile(os.path.join(path, "LATEST")) or os.path.isfile(os.path.join(path, "BEST")):
         ckpt = best_checkpoint(path)

@@ -66,7 +66,22 @@ def _is_int(v) -> bool:
 
 @dataclass(frozen=True)
 class Config:
-    """Every knob of a retraining / fine-tuning / table run. All fields have defaults (the ``cpu`` preset's)."""
+    """Every knob of a retraining / fine-tuning / table run. All fields have defaults (the ``cpu`` preset's).
+
+    Each field's meaning is its ``metadata["help"]`` (what ``python -m llm ... --help`` shows); sizes are counts of
+    samples, tasks or tokens, learning rates are per optimiser step.
+
+    Raises
+    ------
+    LLMError
+        On construction (and :meth:`replace`), for a field outside its range, naming the field, the rule and the
+        value: a count that is not a positive (or non-negative) integer, an unknown ``scorer`` or ``select``,
+        ``max_length`` outside ``[16, 4096]``, a ``candidate_length`` that leaves a cross-encoder pair no room for
+        its context, no negative at all, a non-finite or non-positive learning rate, repeated ranks or seeds.
+
+    >>> Config().batch_for("sr"), Config().lr_for("meta-lora", 16)
+    (16, 0.0001)
+    """
 
     model: str = field(default=DEFAULT_MODEL, metadata={"help": "'minilm' (packaged), a HF name or a local path"})
     scorer: str = field(default="bi", metadata={
@@ -173,18 +188,74 @@ class Config:
                 raise LLMError(f"lr_meta must be (rank, lr > 0) pairs, got {item!r}")
 
     def lr_for(self, method: str, rank: int | None) -> float:
-        """Learning rate of a retraining method (``'sr'`` or ``'meta-lora'`` with its rank)."""
+        """Learning rate of a retraining method (``'sr'`` or ``'meta-lora'`` with its rank).
+
+        Parameters
+        ----------
+        method : str
+            ``'sr'``; any other value is read as ``'meta-lora'``.
+        rank : int or None
+            The Meta-LoRA rank ``r`` (ignored for SR).
+
+        Returns
+        -------
+        float
+            ``lr_sr`` for SR; for Meta-LoRA-r the ``lr`` paired with ``r`` in ``lr_meta``, else
+            ``lr_meta_default`` (the paper's Appendix C gives a learning rate per rank).
+        """
         if method == "sr":
             return self.lr_sr
         return dict(self.lr_meta).get(rank, self.lr_meta_default)
 
     def batch_for(self, method: str) -> int:
+        """Samples per retraining batch of ``method``.
+
+        Parameters
+        ----------
+        method : str
+            ``'sr'``; any other value is read as ``'meta-lora'``.
+
+        Returns
+        -------
+        int
+            ``batch_sr`` for SR, ``batch_meta`` otherwise.
+        """
         return self.batch_sr if method == "sr" else self.batch_meta
 
     def replace(self, **changes) -> "Config":
+        """A copy with the fields ``changes`` replaced (``dataclasses.replace``), validated again.
+
+        Returns
+        -------
+        Config
+            The new configuration; ``self`` is unchanged (frozen).
+
+        Raises
+        ------
+        LLMError
+            When a new value breaks a rule of the class (see :class:`Config`).
+        TypeError
+            For a keyword that is not a field.
+
+        >>> Config().replace(seeds=(7,)).seeds
+        (7,)
+        """
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict: the tuples ``lr_meta``, ``seeds``, ``meta_ranks``, ``finetune_ranks``
+        become lists (``lr_meta`` a list of ``[rank, lr]`` lists).
+
+        Returns
+        -------
+        dict
+            ``{field name: value}`` for every field; :meth:`from_dict` reads it back.
+
+        >>> Config().to_dict()["lr_meta"]
+        [[8, 0.0001], [16, 0.0001]]
+        >>> Config.from_dict(Config().to_dict()) == Config()
+        True
+        """
         d = dataclasses.asdict(self)
         for name in ("lr_meta", "seeds", "meta_ranks", "finetune_ranks"):
             d[name] = [list(x) if isinstance(x, tuple) else x for x in getattr(self, name)]
@@ -192,7 +263,29 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        """Inverse of :meth:`to_dict` (unknown keys raise :class:`LLMError`)."""
+        """Inverse of :meth:`to_dict`: fields missing from ``d`` keep their defaults.
+
+        Parameters
+        ----------
+        d : dict
+            ``{field name: value}``, lists where the class holds tuples (as :meth:`to_dict` writes them).
+
+        Returns
+        -------
+        Config
+            Equal to the configuration that wrote ``d`` (``from_dict(c.to_dict()) == c``).
+
+        Raises
+        ------
+        LLMError
+            When ``d`` is not a dict, holds an unknown key, or a value breaks a rule of the class.
+        TypeError
+            When ``seeds``, ``meta_ranks``, ``finetune_ranks`` or an entry of ``lr_meta`` is not iterable.
+
+        >>> Config.from_dict({"epochs": 3})
+        Traceback (most recent call last):
+        llm.config.LLMError: not a configuration: unknown fields ['epochs']
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(d, dict) or set(d) - names:
             extra = sorted(set(d) - names) if isinstance(d, dict) else type(d).__name__
@@ -233,7 +326,24 @@ PRESETS: dict[str, Config] = {
 def preset(name: str, **overrides) -> Config:
     """The named preset with fields replaced by ``overrides`` (``None`` values are ignored).
 
-    Raises :class:`LLMError` for an unknown preset or an invalid value.
+    Parameters
+    ----------
+    name : str
+        A key of :data:`PRESETS` (``'cpu'``, ``'paper'``, ``'smoke'``).
+    **overrides
+        Field values; ``None`` means "keep the preset's" (how the command line passes options not given).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    LLMError
+        For an unknown preset, an unknown field name, or an invalid value.
+
+    >>> preset("smoke", seeds=(3,), model=None).seeds
+    (3,)
     """
     if name not in PRESETS:
         raise LLMError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")

@@ -101,7 +101,19 @@ class Sample:
 @dataclass(frozen=True)
 class Task:
     """One speaker's samples: ``train`` (retraining or fine-tuning), ``heldout`` (scored; empty for retraining
-    tasks) and ``validation`` (epoch selection), from disjoint conversations."""
+    tasks) and ``validation`` (epoch selection), from disjoint conversations.
+
+    Attributes
+    ----------
+    name : str
+        The speaker's id (chitchat) or the persona (ConvAI2).
+    train, heldout, validation : tuple of Sample
+        ``(n_train,)``, ``(n_heldout,)`` and ``(n_validation,)`` samples.
+
+    >>> t = Task("alice", train=(Sample("hi", ("hello", "bye"), 0, "c1"),), heldout=())
+    >>> len(t.split("train")), t.split("validation")
+    (1, ())
+    """
 
     name: str
     train: tuple[Sample, ...]
@@ -110,6 +122,11 @@ class Task:
 
     def split(self, which: str) -> tuple[Sample, ...]:
         """The samples of split ``which`` (one of :data:`SPLITS`).
+
+        Returns
+        -------
+        tuple of Sample
+            The split's samples in their order (possibly empty).
 
         Raises
         ------
@@ -140,8 +157,18 @@ class TaskSet:
     source: str
 
     def summary(self) -> dict:
-        """Names and split sizes: ``{"source", "retrain": [{"task", "train", "heldout", "validation"}], "test": [...]}``
-        (sample counts per split)."""
+        """Names and split sizes of every task.
+
+        Returns
+        -------
+        dict
+            ``{"source": str, "retrain": [...], "test": [...]}``, each list holding one
+            ``{"task": name, "train": n, "validation": n, "heldout": n}`` per task (sample counts), in task order.
+
+        >>> s = Sample("hi", ("hello", "bye"), 0, "c1")
+        >>> TaskSet((Task("a", (s, s), ()),), (Task("b", (s,), (s,)),), "chitchat").summary()["test"]
+        [{'task': 'b', 'train': 1, 'validation': 0, 'heldout': 1}]
+        """
         def sizes(t: Task) -> dict:
             return {"task": t.name, **{s: len(t.split(s)) for s in SPLITS}}
 
@@ -156,6 +183,11 @@ def read_chitchat(path: str | None = None) -> list[Conversation]:
 
     Each message (consecutive utterances of one sender) becomes one turn, its utterances joined by a space;
     consecutive messages of the same sender are merged.
+
+    Returns
+    -------
+    list of Conversation
+        One per conversation of the file, in file order; a turn's ``speaker`` is the sender's id.
 
     Raises
     ------
@@ -212,7 +244,7 @@ def _candidates(field: str) -> tuple[str, ...]:
 
 
 def _utf8_lines(fh, path: str):
-    """The lines of the binary file ``fh`` as text; a byte that is not UTF-8 raises :class:`DataError` naming the file and line."""
+    """The lines of the binary file ``fh`` as text; a non-UTF-8 byte raises :class:`DataError` naming its line."""
     for lineno, raw in enumerate(fh, 1):
         try:
             yield raw.decode("utf-8")
@@ -222,13 +254,22 @@ def _utf8_lines(fh, path: str):
 
 
 def read_convai2(path: str) -> list[Conversation]:
-    """Read a ConvAI2 / PersonaChat file in ParlAI text format; one conversation per episode.
+    """Read a ConvAI2 / PersonaChat file in ParlAI text format, one conversation per episode.
 
-    A line is ``N text``; ``N == 1`` starts an episode; ``N your persona: ...`` lines give the persona; a dialogue
-    line is ``N partner<TAB>reply<TAB><TAB>cand_1|...|cand_20`` with the reply among the candidates (blank and
-    repeated candidates are dropped, see :func:`_candidates`). The speaker of
-    the replies is the persona, the sorted tuple of its lines joined by ``" | "`` (no ``eval``); the partner's turns
-    have speaker ``None``. Malformed lines raise :class:`DataError` naming the file and line.
+    A line is ``N text``, ``N == 1`` starting an episode; ``N your persona: ...`` lines give the persona; a dialogue
+    line is ``N partner<TAB>reply<TAB><TAB>cand_1|...|cand_20``, the reply among the candidates (blank and repeated
+    candidates dropped, :func:`_candidates`). The replies' speaker is the persona: its sorted lines joined by
+    ``" | "`` (no ``eval``); the partner's turns have speaker ``None`` and no candidates.
+
+    Returns
+    -------
+    list of Conversation
+        One per episode, in file order, with id ``"<file name>:<first line>"``; partner and reply turns alternate.
+
+    Raises
+    ------
+    DataError
+        An unreadable or non-UTF-8 file, a malformed line, turn number or reply, or no episode (names file, line).
     """
     try:
         fh = open(path, "rb")  # decoded line by line (_utf8_lines), so that a bad byte is named by its line
@@ -291,6 +332,11 @@ def read_convai2(path: str) -> list[Conversation]:
 def load_tasks(cfg: Config) -> TaskSet:
     """The task set of ``cfg.data``: ``'chitchat'`` (the packaged dataset), a chitchat-format ``.json`` file or a
     ConvAI2 ParlAI text file, built by :func:`llm.tasks.build_tasks`.
+
+    Returns
+    -------
+    TaskSet
+        ``cfg.n_retrain_tasks`` retraining and ``cfg.n_test_tasks`` test tasks, with the sizes of ``cfg``.
 
     Raises
     ------

@@ -75,7 +75,13 @@ class TaskEvaluation:
     seconds: float
 
     def to_dict(self) -> dict:
-        """The fields as a plain dict (tuples kept)."""
+        """The fields as a plain dict (tuples kept).
+
+        Returns
+        -------
+        dict
+            ``{field name: value}`` (``dataclasses.asdict``); a table's per-task piece adds its configuration.
+        """
         return dataclasses.asdict(self)
 
 
@@ -95,10 +101,32 @@ def build_finetune_model(cfg: Config, encoder, *, rank: int | None, seed: int, n
     :func:`llm.adapters.finetune_schedule`, which takes every task in one batch) and a fresh head per task
     (cross) trainable; ``rank=None``: no adapter (the base as it is).
 
+    Parameters
+    ----------
+    cfg : Config
+        Scorer, ``freeze_layers``, ``lora_alpha``, ``lora_dropout`` and ``temperature`` are read from it.
+    encoder : str or transformers.PreTrainedModel
+        A model name or folder, a retraining run folder (its selected epoch), or an HF model (deep-copied; its
+        frozen embeddings and lower blocks shared).
+    rank : int or None
+        Fine-tuning LoRA rank ``r'`` (scaling ``lora_alpha / r'``); ``None``: no adapter.
+    seed : int
+        Seeds the adapters' and heads' initialisation (``torch.manual_seed``).
+    n_tasks : int
+        ``T'``, the number of adapters and heads.
+
+    Returns
+    -------
+    Scorer
+        Only the LoRA tensors (``lora_A (T', r', d_in)``, ``lora_B (T', d_out, r')`` per adapted layer) and, cross,
+        the heads have ``requires_grad``.
+
     Raises
     ------
     LLMError
-        For a bad rank or an encoder that cannot be loaded offline (:class:`llm.config.ModelError`).
+        :class:`llm.config.ModelError` for a rank that is not a positive integer, an encoder that cannot be
+        loaded offline, a model with too few blocks for ``cfg.freeze_layers`` or (cross) without a supported
+        classification head.
     """
     if rank is not None:
         lora_config(rank, cfg.lora_alpha, cfg.lora_dropout)  # validates the rank before loading anything
@@ -241,5 +269,25 @@ def finetune_tasks(cfg: Config, encoder, tasks: list[Task], *, rank: int, seed: 
 
 
 def finetune(cfg: Config, encoder, task: Task, *, rank: int, seed: int, **kwargs) -> TaskEvaluation:
-    """:func:`finetune_tasks` of one task."""
+    """:func:`finetune_tasks` of one task.
+
+    Parameters
+    ----------
+    cfg, encoder, rank, seed
+        As for :func:`finetune_tasks`.
+    task : Task
+        The test task.
+    **kwargs
+        ``device``, ``cache_dir``, ``progress``, ``splits`` of :func:`finetune_tasks`.
+
+    Returns
+    -------
+    TaskEvaluation
+        The task's fine-tuned held-out result.
+
+    Raises
+    ------
+    LLMError, NonFiniteLossError
+        As :func:`finetune_tasks`.
+    """
     return finetune_tasks(cfg, encoder, [task], rank=rank, seed=seed, **kwargs)[0]

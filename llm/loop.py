@@ -27,12 +27,17 @@ __all__ = ["make_accelerator", "Batches", "TaskRounds", "make_loader", "set_thre
 
 @functools.lru_cache(maxsize=None)
 def make_accelerator(device: str | None = None):
-    """One ``Accelerator`` per device: CUDA + bf16 when present, else the CPU.
+    """One ``Accelerator`` per device (cached): CUDA + bf16 when present, else the CPU.
 
-    The cache is the one piece of process state in ``llm``, and it mirrors accelerate's own: accelerate keeps its
-    process state (``AcceleratorState``) as a singleton that refuses a second, different set-up in the same
-    process, so every retraining and fine-tuning of one process (a table runs many) shares the accelerator of its
-    device. Callers pass the device explicitly; nothing else is kept between calls.
+    The cache is ``llm``'s one piece of process state and mirrors accelerate's own: its ``AcceleratorState`` is a
+    singleton that refuses a second, different set-up in one process, so every retraining and fine-tuning of a process
+    (a table runs many) shares its device's accelerator. ``device``: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``None``
+    (CUDA when available).
+
+    Returns
+    -------
+    accelerate.Accelerator
+        Mixed precision ``'bf16'`` on CUDA, ``'no'`` on the CPU; DDP with ``find_unused_parameters=True``.
 
     Raises
     ------
@@ -53,7 +58,16 @@ def make_accelerator(device: str | None = None):
 
 
 class Batches:
-    """Batches of sample indices; ``epoch`` set before each epoch. ``by_task``: every batch holds one task."""
+    """Batches of the sample indices of a split with tasks ``tasks`` ``(N,)``; ``epoch`` is set before each epoch.
+
+    ``batch`` samples per batch (the last of an epoch, or of a task, may be smaller), in an order drawn from
+    ``torch.Generator().manual_seed(seed * 1_000_003 + epoch)``; ``by_task``: every batch holds one task (the batches
+    of all tasks shuffled together).
+
+    >>> b = Batches(torch.tensor([0, 0, 0, 1, 1]), 2, seed=0, by_task=True)
+    >>> len(b), sorted(len(x) for x in b), all(len(set(b.tasks[x].tolist())) == 1 for x in b)
+    (3, [1, 2, 2], True)
+    """
 
     def __init__(self, tasks: torch.Tensor, batch: int, seed: int, by_task: bool):
         self.tasks, self.batch, self.seed, self.by_task = tasks, batch, seed, by_task
@@ -80,9 +94,15 @@ class Batches:
 
 
 class TaskRounds:
-    """Batches for fine-tuning several tasks at once: step ``s`` of an epoch holds the ``s``-th batch of every task
-    (each task's samples in its own order, seeded by ``(seed, epoch, task)``; a task with fewer batches starts its
-    order again), so every task's adapter gets a gradient at every step."""
+    """Batches for fine-tuning several tasks at once: step ``s`` of an epoch holds the ``s``-th batch of every task.
+
+    ``batch`` samples of each task per step, each task's samples in its own order seeded by ``(seed, epoch, task)``; a
+    task with fewer batches starts its order again, so every task's adapter gets a gradient at every step.
+
+    >>> r = TaskRounds(torch.tensor([0, 0, 0, 0, 1]), 2, seed=0)
+    >>> len(r), [len(step) for step in r], all(4 in step for step in r)
+    (2, [3, 3], True)
+    """
 
     def __init__(self, tasks: torch.Tensor, batch: int, seed: int):
         self.tasks, self.batch, self.seed = tasks, batch, seed
@@ -106,8 +126,13 @@ class TaskRounds:
 
 
 def make_loader(batches):
-    """A ``DataLoader`` yielding the sample indices (LongTensor) of each batch of ``batches`` (a :class:`Batches`
-    or :class:`TaskRounds`), so that ``accelerate`` can shard the batches over processes."""
+    """A ``DataLoader`` over a :class:`Batches` or :class:`TaskRounds`, so that accelerate can shard the batches.
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Yields each batch's sample indices as a LongTensor ``(B,)``.
+    """
     return torch.utils.data.DataLoader(range(len(batches.tasks)), batch_sampler=batches,
                                        collate_fn=lambda idx: torch.tensor(idx, dtype=torch.long))
 
@@ -131,9 +156,16 @@ def _negatives(cfg: Config, split: Split) -> int | None:
 
 
 def evaluate(model: Scorer, split: Split, *, accelerator, batch: int) -> torch.Tensor:
-    """Correctness (N,) of ``model`` on every sample of ``split`` (all ``C`` candidates): 1 where the true
-    candidate scores highest. Each distinct (sequence, task) is encoded once, ``batch`` sequences at a time,
-    grouped by task (every chunk goes through one task's adapter) and by length."""
+    """Correctness ``(N,)`` of ``model`` on every sample of ``split``, all ``C`` candidates (eval mode, no gradients).
+
+    Each distinct (sequence, task) is encoded once under ``accelerator.autocast()``, ``batch`` sequences per forward
+    pass, grouped by task (one adapter per chunk) and by length.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` int64: 1 where the ``argmax`` of the sample's ``C`` scores is its label (ties: the first candidate).
+    """
     model.eval()
     b = split.batch(torch.arange(len(split)))
     seqs, seq_tasks = b["seqs"], b["seq_tasks"]
@@ -157,9 +189,26 @@ def evaluate(model: Scorer, split: Split, *, accelerator, batch: int) -> torch.T
 
 
 def select_epoch(select: str, val: list[float], held: list[float], n_epochs: int) -> int:
-    """1-based epoch of ``n_epochs`` chosen by ``select`` from per-epoch accuracies after epochs 1..n (``val``:
-    validation, ``held``: the scored items, used only by ``'heldout'``); ties go to the earlier epoch, and
-    ``'validation'`` without a validation split takes the last epoch."""
+    """1-based epoch of ``n_epochs`` chosen by ``select`` (:data:`llm.config.SELECTIONS`); ties go to the earlier epoch.
+
+    ``val``, ``held``: accuracies ``(n_epochs,)`` after epochs 1..n on the validation split and on the scored items
+    (NaN: not measured). ``'validation'`` takes the best ``val`` (the last epoch when none was measured),
+    ``'heldout'`` the best ``held``, ``'last'`` the last epoch.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        For ``'heldout'`` with ``held`` empty.
+
+    >>> select_epoch("validation", [0.5, 0.7, 0.7], [], 3), select_epoch("last", [0.9, 0.1], [], 2)
+    (2, 2)
+    >>> select_epoch("validation", [float("nan")] * 3, [], 3)
+    3
+    """
     if select == "last" or (select == "validation" and not [v for v in val if not math.isnan(v)]):
         return n_epochs
     scores = val if select == "validation" else held
@@ -173,11 +222,12 @@ PIECE_SAMPLES = 64
 
 
 def return_freed_memory() -> None:
-    """Hand the heap memory freed by a finished training back to the operating system. glibc keeps freed blocks of
-    the many differently sized activation tensors in its arenas, so a table's resident memory grew by about 0.5 GB
-    per seed although nothing stayed referenced (measured: a Meta-LoRA retraining left 1.28 GB resident, 0.80 GB
-    after ``malloc_trim``). Neither torch nor the standard library exposes ``malloc_trim``, hence ctypes; a no-op
-    on other C libraries."""
+    """Hand the heap memory freed by a finished training back to the OS (glibc's ``malloc_trim``; elsewhere a no-op).
+
+    glibc keeps freed blocks of the many differently sized activation tensors in its arenas, so a table's resident
+    memory grew by about 0.5 GB per seed with nothing referenced (measured: a Meta-LoRA retraining left 1.28 GB
+    resident, 0.80 GB after ``malloc_trim``). Neither torch nor the standard library exposes it, hence ctypes.
+    """
     import ctypes
     import ctypes.util
     import gc
@@ -190,8 +240,19 @@ def return_freed_memory() -> None:
 
 
 def task_pieces(idx: torch.Tensor, tasks: torch.Tensor, limit: int | None = None) -> list[torch.Tensor]:
-    """``idx`` (B,) cut into runs of whole tasks of at most ``limit`` samples (default :data:`PIECE_SAMPLES`; a
-    larger task alone). ``tasks`` (N,): the task of every sample of the split that ``idx`` indexes."""
+    """``idx`` ``(B,)`` cut into runs of whole tasks of at most ``limit`` samples (default :data:`PIECE_SAMPLES`).
+
+    ``tasks`` ``(N,)``: the task of every sample of the split that ``idx`` indexes. A task's samples, contiguous in
+    ``idx`` (as :class:`TaskRounds` makes them), are never split; a task larger than ``limit`` is a piece alone.
+
+    Returns
+    -------
+    list of torch.Tensor
+        Consecutive slices of ``idx`` whose concatenation is ``idx``.
+
+    >>> task_pieces(torch.arange(5), torch.tensor([0, 0, 1, 1, 2]), limit=2)
+    [tensor([0, 1]), tensor([2, 3]), tensor([4])]
+    """
     limit = PIECE_SAMPLES if limit is None else limit
     t = tasks[idx]
     starts = [0] + [i for i in range(1, len(idx)) if t[i] != t[i - 1]] + [len(idx)]
@@ -207,9 +268,20 @@ def task_pieces(idx: torch.Tensor, tasks: torch.Tensor, limit: int | None = None
 def train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelerator, optimizer, scheduler,
                  cfg: Config, seed: int, epoch: int, single_task: bool, bar, what: str,
                  task_sum: bool = False) -> float:
-    """One epoch; returns the mean training loss. ``task_sum``: the loss of a batch is the sum over its tasks of
-    each task's mean loss, so that every task's adapter gets exactly the gradient of its own fine-tuning (computed
-    in pieces of whole tasks, :func:`task_pieces`).
+    """One training epoch on ``split``: one optimiser and scheduler step per batch of ``loader``.
+
+    ``pmodel``: the model as ``accelerator.prepare`` returned it (called for the forward pass); ``raw``: the unwrapped
+    :class:`~llm.models.Scorer` (its ``loss``); ``loader``: :func:`make_loader` of ``batches`` (prepared), whose
+    ``epoch`` is set here. The negatives of step ``s`` are seeded by ``(seed, epoch, s)``; ``cfg``'s
+    ``train_negatives``, ``scorer`` and ``in_batch_negatives`` are read. ``single_task``: every batch is of one task
+    (passed to the adapters' ``select``); ``bar`` advances once per step; ``what`` names the run in errors.
+    ``task_sum``: a batch's loss is the sum over its tasks of each task's mean loss, so every task's adapter gets
+    exactly the gradient of its own fine-tuning (computed in pieces of whole tasks, :func:`task_pieces`).
+
+    Returns
+    -------
+    float
+        The mean over the epoch's steps of each step's loss (cross-entropy, nats).
 
     Raises
     ------
@@ -255,13 +327,27 @@ def train_epoch(pmodel, raw: Scorer, split: Split, loader, batches, *, accelerat
 
 
 def adapter_targets(cfg: Config, hf) -> str:
-    """Regex of the linear layers adapted by LoRA: those of the trained blocks ``cfg.freeze_layers ..`` of ``hf``."""
+    """Regex of the linear layers adapted by LoRA: those of the trained blocks ``cfg.freeze_layers ..`` of ``hf``.
+
+    Returns
+    -------
+    str
+        :func:`llm.models.lora_targets` of ``cfg.freeze_layers`` and ``hf``'s number of blocks.
+    """
     return lora_targets(cfg.freeze_layers, n_blocks(hf))
 
 
 def make_optimizer(params, lr: float, cfg: Config, total_steps: int):
-    """AdamW (weight decay ``cfg.weight_decay``) and a linear schedule with ``cfg.warmup_fraction`` warm-up over
-    ``total_steps`` steps; returns ``(optimizer, scheduler)``."""
+    """AdamW (``cfg.weight_decay``) with a linear schedule and ``cfg.warmup_fraction`` warm-up (the paper's Appendix C).
+
+    The learning rate rises from 0 to ``lr`` over ``int(warmup_fraction * total_steps)`` steps, then falls linearly to 0
+    at ``total_steps`` (``transformers.get_linear_schedule_with_warmup``); AdamW is fused where the build has it.
+
+    Returns
+    -------
+    tuple
+        ``(torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR)``.
+    """
     from transformers import get_linear_schedule_with_warmup
 
     # fused=True: one kernel over all tensors; the per-tensor loop spent seconds per step on the 12M-entry
@@ -275,7 +361,13 @@ def make_optimizer(params, lr: float, cfg: Config, total_steps: int):
 
 
 def progress_bar(total: int, desc: str, enabled: bool):
-    """A tqdm bar of ``total`` steps, silent when not ``enabled`` or when stderr is not a terminal."""
+    """A tqdm bar of ``total`` steps, silent when not ``enabled`` or when stderr is not a terminal.
+
+    Returns
+    -------
+    tqdm.tqdm
+        Call ``update(1)`` per step and ``close()`` at the end.
+    """
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=None if enabled else True, leave=False)
@@ -283,6 +375,11 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 def accuracy(correct: torch.Tensor) -> float:
     """Mean of the 1/0 tensor ``correct``; NaN when it is empty.
+
+    Returns
+    -------
+    float
+        A fraction in ``[0, 1]``, or NaN.
 
     >>> accuracy(torch.tensor([1, 0, 1, 1])), accuracy(torch.tensor([]))
     (0.75, nan)

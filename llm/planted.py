@@ -1,21 +1,18 @@
-"""``python -m llm planted``: the paper's Theorem 3.1 / Corollary 1 and Theorem 3.3 / Corollary 3 checked inside the
-packaged pretrained MiniLM, with a planted ground truth.
+"""``python -m llm planted``: Theorems 3.1 and 3.3 (Corollaries 1 and 3) inside the pretrained MiniLM, planted truth.
 
-For every chosen linear layer (``--layers``, a regex over module names; default the attention output projection
-of the top block, ``encoder.layer.5.attention.output.dense``, a 384 x 384 matrix with LayerNorm, the GELU FFN and
-LayerNorm above it) with pretrained weight ``W0``, a shared shift ``S`` and rank-k task perturbations
-``Delta_t = B_t C_t^T`` are drawn (:func:`llm.planted_model.plant`); task t's teacher is the network with
-``W0 + S + Delta_t`` there, ``A* = W0 + S``. Inputs are real chitchat turns (:mod:`llm.planted_data`); a target is
-the teacher's final hidden state of each real token ((B, L, 384), mean squared error over real tokens and
-features). Students start at ``W0``; SR, Meta-LoRA and fine-tuning train what :mod:`llm.planted_train` states;
-everything else is frozen and shared with the teachers. For every seed and setting (T, k) the run records:
-retraining curves, the spectra of ``W_SR - A*`` and ``W_Meta - A*`` in the data's metric against the linear
-prediction ``mean_t Delta_t``, and held-out test losses of rank-r LoRA fine-tuning of the new task (r = k, 2k,
-3k, (T+1)k) on three bases: SR's, Meta-LoRA's and the pretrained ``W0`` ("none"). :mod:`llm.planted_report`
-turns the records into CSVs, PNGs, ``summary.json`` and the verdicts.
+For every chosen linear layer (``--layers``, a regex over module names; default the top block's attention output
+projection ``encoder.layer.5.attention.output.dense``, 384 x 384, LayerNorm, FFN and LayerNorm above) with
+pretrained weight ``W0``, a shared shift ``S`` and rank-k perturbations ``Delta_t = B_t C_t^T`` are drawn
+(:func:`llm.planted_model.plant`): task t's teacher has ``W0 + S + Delta_t`` there, ``A* = W0 + S``. Inputs are
+real chitchat turns (:mod:`llm.planted_data`), targets the teacher's final hidden states ``(B, L, 384)`` (mean
+squared error over real tokens and features). Students start at ``W0`` and train what :mod:`llm.planted_train`
+states; all else is frozen and shared with the teachers. Each seed and setting (T, k) records retraining curves,
+the spectra of ``W_SR - A*`` and ``W_Meta - A*`` (data metric) against the linear prediction ``mean_t Delta_t``,
+and held-out losses of rank-r LoRA fine-tuning of the new task (r = k, 2k, 3k, (T+1)k) on SR's, Meta-LoRA's and
+the pretrained base ("none"); :mod:`llm.planted_report` makes CSVs, PNGs, ``summary.json`` and verdicts of them.
 
 Seeds are the unit of replication: seed s redraws the planted truth, the split of the turn pool into tasks, the
-LoRA initialisations and the batch order; all settings of one seed share its draws where they can (nested tasks).
+LoRA initialisations and the batch order; a seed's settings share its draws where they can (nested tasks).
 """
 
 from __future__ import annotations
@@ -39,7 +36,15 @@ DEFAULT_LAYERS = r"encoder\.layer\.5\.attention\.output\.dense"
 
 @dataclass(frozen=True)
 class PlantedConfig:
-    """Every knob of ``llm planted`` (defaults: the ``default`` preset). Sizes count chitchat turns."""
+    """Every knob of ``llm planted`` (defaults: the ``default`` preset); a field's meaning is its ``metadata["help"]``.
+
+    Sizes count chitchat turns, scales are ratios of Frobenius norms, learning rates are per optimiser step.
+
+    Raises
+    ------
+    LLMError
+        On construction and :meth:`replace`, for a value outside its field's rule (the message names both).
+    """
 
     model: str = field(default="minilm", metadata={"help": "'minilm' (packaged) or a local BERT model folder"})
     layers: str = field(default=DEFAULT_LAYERS, metadata={"help": "regex (full match) of the chosen layers' names"})
@@ -75,12 +80,34 @@ class PlantedConfig:
 
     @property
     def n_values(self) -> list[int]:
+        """Every ``n`` (new-task training turns) fine-tuned with, ascending: ``finetune_turns`` and ``n_sweep``.
+
+        >>> PlantedConfig().n_values
+        [16, 64, 128]
+        """
         return sorted({self.finetune_turns, *self.n_sweep})
 
     def replace(self, **changes) -> "PlantedConfig":
+        """A copy with the fields ``changes`` replaced (``dataclasses.replace``), validated again.
+
+        Returns
+        -------
+        PlantedConfig
+
+        Raises
+        ------
+        LLMError
+            As :class:`PlantedConfig` (and ``TypeError`` for a keyword that is not a field).
+        """
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict (tuples become lists), as ``summary.json`` records them.
+
+        Returns
+        -------
+        dict
+        """
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples become lists
 
 
@@ -140,12 +167,16 @@ PRESETS = {
 
 
 def planted_preset(name: str, **overrides) -> PlantedConfig:
-    """The preset ``name`` with ``overrides`` (None values ignored); LLMError for an unknown name or bad value.
+    """The preset ``name`` (a key of :data:`PRESETS`) with ``overrides``; a ``None`` override keeps the preset's value.
+
+    Returns
+    -------
+    PlantedConfig
 
     Raises
     ------
     LLMError
-        For an unknown preset name or an invalid value.
+        For an unknown preset name; otherwise as :meth:`PlantedConfig.replace`.
     """
     if name not in PRESETS:
         raise LLMError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
@@ -153,7 +184,14 @@ def planted_preset(name: str, **overrides) -> PlantedConfig:
 
 
 def finetune_ranks(T: int, k: int) -> list[int]:
-    """The fine-tuning ranks of a setting: ``k, 2k, 3k, (T+1)k`` without repeats, ascending."""
+    """The fine-tuning ranks ``k, 2k, 3k, (T+1)k`` of a setting, without repeats, ascending.
+
+    ``k``: Corollary 3 (Meta-LoRA base); ``3k``: Corollary 2; ``(T+1)k = rank(W_{T+1} - A_SR)``: Corollary 1 (SR base).
+
+    Returns
+    -------
+    list of int
+    """
     return sorted({k, 2 * k, 3 * k, (T + 1) * k})
 
 
@@ -301,9 +339,22 @@ def _finetune_all(ctx: _Context, split, seed: int, T: int, k: int, teacher: dict
 # ------------------------------------------------------------------------------------------------------- the run
 
 def run_planted(cfg: PlantedConfig, *, log=print, progress: bool = False) -> dict:
-    """Every seed and setting of ``cfg``; returns ``{"config", "layers", "records", "elapsed_s", ...}``.
+    """Run every seed and setting of ``cfg`` (module docstring); ``log`` gets a line per retraining and for the pool.
 
-    Raises LLMError for a model or layer pattern that does not fit (checked before any training).
+    ``layers``: each ``W0``'s shape, Frobenius and spectral norm; ``records``: one per (seed, setting), read by
+    :func:`llm.planted_report.summarise`; ``progress``: a tqdm bar over the runs.
+
+    Returns
+    -------
+    dict
+        ``config``, ``layers``, ``pool``, ``records``, ``elapsed_s`` (s), ``threads``, ``load_average`` (start, end).
+
+    Raises
+    ------
+    LLMError
+        Before training: no offline model, no layer matched, ``(T+1) k > min(d_out, d_in)`` (Remark 3.1), too few turns.
+    NonFiniteLossError
+        When a retraining or fine-tuning loss is not finite.
     """
     from tqdm.auto import tqdm
 

@@ -39,6 +39,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     Every option's type states its rule (argparse refuses a bad value with one message naming the option, the
     value and the rule, exit 2); :class:`llm.planted.PlantedConfig` checks the combinations.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``planted`` subparser, added to ``sub`` (what ``ArgumentParser.add_subparsers`` returned).
     """
     from .__main__ import _int_at_least  # the integer rule of every llm subcommand
     from .planted import PRESETS
@@ -121,6 +126,19 @@ def main(args) -> int:
     :class:`llm.config.NonFiniteLossError`: ``llm``'s entry point turns them into one line and exit 2 or 1.
     Ctrl-C is answered here with one line and exit 130; results are written only once every run is finished,
     each file whole (temporary file + rename), ``summary.json`` last.
+
+    Returns
+    -------
+    int
+        0 on success (the verdicts, or with ``--json`` the :func:`llm.planted_report.json_view`, on stdout);
+        130 after Ctrl-C.
+
+    Raises
+    ------
+    LLMError
+        For bad input (see above); :class:`llm.config.ModelError` for a model that cannot be loaded offline.
+    NonFiniteLossError
+        When a training loss is not finite.
     """
     from .atomic import check_writable_dir
     from .models import check_model

@@ -27,7 +27,18 @@ __all__ = ["Pool", "Split", "read_turns", "build_pool", "split_pool"]
 
 
 def read_turns() -> list[str]:
-    """Distinct turn texts of the packaged chitchat data, sorted (so the pool does not depend on file order)."""
+    """Distinct turn texts of the packaged chitchat data, sorted (so the pool does not depend on file order).
+
+    Returns
+    -------
+    list of str
+        Every distinct turn text of :func:`llm.data.read_chitchat`, sorted.
+
+    Raises
+    ------
+    DataError
+        When the packaged data file is unreadable or malformed.
+    """
     from .data import read_chitchat
 
     return sorted({t.text for c in read_chitchat() for t in c.turns})
@@ -36,7 +47,24 @@ def read_turns() -> list[str]:
 @dataclass(frozen=True)
 class Pool:
     """``texts`` (P,), the cache of every turn (rows are tokens when ``flat``), and ``row_offsets`` (P + 1,): turn
-    i's rows are ``row_offsets[i]:row_offsets[i+1]``."""
+    i's rows are ``row_offsets[i]:row_offsets[i+1]``.
+
+    Attributes
+    ----------
+    texts : tuple of str
+        ``(P,)`` the pool's turns.
+    cache : Cache
+        Activations at the resume point: ``P`` sequences of ``L`` tokens, or (``flat``) ``M`` one-token rows,
+        one per real token.
+    flat : bool
+        Rows are tokens (everything above the resume point acts token by token).
+    row_offsets : torch.Tensor
+        ``(P + 1,)`` int64, ``row_offsets[0] = 0``.
+
+    >>> pool = Pool(("a b", "c d e"), None, True, torch.tensor([0, 2, 5]))
+    >>> pool.rows([1, 0]), pool.n_rows([1, 0])
+    (tensor([2, 3, 4, 0, 1]), tensor([3, 2]))
+    """
 
     texts: tuple
     cache: Cache
@@ -44,7 +72,13 @@ class Pool:
     row_offsets: torch.Tensor
 
     def rows(self, turns) -> torch.Tensor:
-        """LongTensor of the rows of the given turns, in order."""
+        """LongTensor of the rows of the given turns, in order.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(sum of n_rows(turns),)`` int64 row indices into ``cache`` (``turns`` itself when not ``flat``).
+        """
         turns = torch.as_tensor(turns, dtype=torch.long)
         if not self.flat:
             return turns
@@ -52,7 +86,13 @@ class Pool:
         return torch.cat([torch.arange(int(s), int(e)) for s, e in zip(starts, ends)]) if len(turns) else turns
 
     def n_rows(self, turns) -> torch.Tensor:
-        """Rows per turn ``(len(turns),)``."""
+        """Rows per turn ``(len(turns),)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(len(turns),)`` int64: the turn's real tokens when ``flat``, else ones.
+        """
         turns = torch.as_tensor(turns, dtype=torch.long)
         if not self.flat:
             return torch.ones(len(turns), dtype=torch.long)
@@ -93,8 +133,36 @@ def build_pool(model, tokenizer, names: tuple[str, ...], *, size: int, min_token
                data_seed: int, chunk: int = 256, why: str = "") -> Pool:
     """Tokenise ``size`` turns and cache their activations at the chosen layers' resume point (module docstring).
 
-    Raises LLMError when fewer than ``size`` turns fit the token range; ``why`` (how ``size`` was counted) is added
-    to its message."""
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The frozen encoder (:func:`llm.planted_model.load_encoder`).
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer.
+    names : tuple of str
+        The chosen layers (:func:`llm.planted_model.chosen_layers`).
+    size : int
+        ``P``, turns in the pool.
+    min_tokens, max_tokens : int
+        Token range of a kept turn, ``[CLS]`` and ``[SEP]`` included; turns are padded to ``max_tokens``.
+    data_seed : int
+        Seeds the order in which turns are tried.
+    chunk : int
+        Turns per encoder forward pass.
+    why : str
+        How ``size`` was counted, added to the error message.
+
+    Returns
+    -------
+    Pool
+
+    Raises
+    ------
+    LLMError
+        When fewer than ``size`` turns fit the token range.
+    DataError
+        When the packaged chitchat data cannot be read.
+    """
     texts = _select(read_turns(), tokenizer, size, min_tokens, max_tokens, data_seed, why)
     enc = tokenizer(texts, padding="max_length", max_length=max_tokens, truncation=True, return_tensors="pt")
     parts = [build_cache(model, enc["input_ids"][i:i + chunk], enc["attention_mask"][i:i + chunk], names)
@@ -109,7 +177,17 @@ def build_pool(model, tokenizer, names: tuple[str, ...], *, size: int, min_token
 
 @dataclass(frozen=True)
 class Split:
-    """Turn indices into the pool: ``heldout`` (m,), ``new_train`` (n_max,), ``retrain`` (T_max, N)."""
+    """Turn indices into the pool: ``heldout`` (m,), ``new_train`` (n_max,), ``retrain`` (T_max, N).
+
+    Attributes
+    ----------
+    heldout : numpy.ndarray
+        ``(m,)`` held-out turns of the new task.
+    new_train : numpy.ndarray
+        ``(n_max,)`` training turns of the new task; the first ``n`` are the training set of size ``n``.
+    retrain : numpy.ndarray
+        ``(T_max, N)``: row ``t`` holds retraining task ``t``'s turns.
+    """
 
     heldout: np.ndarray
     new_train: np.ndarray
@@ -117,12 +195,21 @@ class Split:
 
 
 def split_pool(pool_size: int, *, seed: int, m: int, n_max: int, N: int, T_max: int) -> Split:
-    """The seed's disjoint split of the pool (module docstring); LLMError when the pool is too small.
+    """The seed's disjoint split of the pool (module docstring).
+
+    Returns
+    -------
+    Split
+        Disjoint index sets drawn by one permutation of ``range(pool_size)`` seeded by ``(seed, 2)``.
 
     Raises
     ------
     LLMError
-        When the pool holds fewer turns than the split needs.
+        When the pool holds fewer turns than the split needs (``m + n_max + N * T_max``).
+
+    >>> s = split_pool(20, seed=0, m=2, n_max=3, N=4, T_max=3)
+    >>> s.heldout.shape, s.new_train.shape, s.retrain.shape, len({*s.heldout, *s.new_train, *s.retrain.ravel()})
+    ((2,), (3,), (3, 4), 17)
     """
     need = m + n_max + N * T_max
     if need > pool_size:

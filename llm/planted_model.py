@@ -1,31 +1,26 @@
 """Plumbing of ``llm planted``: the pretrained encoder, its chosen linear layers, the planted teachers, and the
 forward pass that resumes from cached activations of the frozen lower layers.
 
-Everything here works on a ``transformers`` BERT encoder (``AutoModel``; the packaged all-MiniLM-L6-v2 has 6
-blocks of hidden size ``H = 384`` and FFN size ``4H = 1536``) in evaluation mode (no dropout), float32.
+All on a ``transformers`` BERT ``AutoModel`` in eval mode (no dropout), float32; all-MiniLM-L6-v2: 6 blocks, H = 384.
 
 Chosen layers and the resume point
 ----------------------------------
 A chosen layer is an ``nn.Linear`` of a transformer block, named as in ``model.named_modules()``
-(``encoder.layer.{b}.{sub}``). Inside block ``b`` each linear layer sits at a *stage* (:data:`STAGES`): 0 =
-query/key/value (input: the block's input), 1 = ``attention.output.dense`` (input: the attention context),
-2 = ``intermediate.dense`` (input: the attention output), 3 = ``output.dense`` (input: the FFN activation). Every
-weight outside the chosen layers is frozen and shared by teachers and students, so everything below the lowest
-chosen layer ``(b, s)`` is the same for all of them: :func:`build_cache` runs the encoder once per input set and
-keeps exactly the tensors the block-``b`` forward needs from stage ``s`` on (block input, context, attention output
-and FFN activation as needed) plus the attention mask the encoder built; :func:`forward_top` runs the rest (the
-remaining stages of block ``b`` through its own submodules, then every block above) and returns the final hidden
-states ``(B, L, H)``. The submodules are the model's own (``BertSelfOutput``, ``BertIntermediate``,
-``BertOutput``, ``BertLayer``), called in the order ``BertLayer.forward`` calls them, so LoRA layers injected by
+(``encoder.layer.{b}.{sub}``), at a *stage* of its block (:data:`STAGES`): 0 query/key/value (input: the block's
+input), 1 ``attention.output.dense`` (the attention context), 2 ``intermediate.dense`` (the attention output),
+3 ``output.dense`` (the FFN activation). All other weights are frozen and shared by teachers and students, so all
+below the lowest chosen layer ``(b, s)`` is common to them: :func:`build_cache` runs the encoder once per input set
+up to there; :func:`forward_top` runs the rest through the model's own submodules (``BertSelfOutput``,
+``BertIntermediate``, ``BertOutput``, ``BertLayer``) in ``BertLayer.forward``'s order, so LoRA layers injected by
 peft or :mod:`llm.multilora` take part without further plumbing.
 
-Planted teachers
-----------------
-For chosen layer ``l`` with pretrained weight ``W0`` of shape ``(d_out, d_in)`` (:func:`plant`): a shared shift
-``S`` (i.i.d. Gaussian entries, rescaled to ``||S||_F = shift_scale ||W0||_F``; ``shift_rank`` > 0 makes it
-a rank-``shift_rank`` product instead) and per task ``t = 1..T+1`` a rank-``k`` ``Delta_t = B_t C_t^T`` with
-Gaussian ``B_t (d_out, k)``, ``C_t (d_in, k)``, rescaled to ``||Delta_t||_F = delta_scale ||W0||_F``. Task t's
-teacher uses ``W0 + S + Delta_t``; ``A* = W0 + S`` is the shared truth. Biases are not perturbed.
+Planted teachers (:func:`plant`)
+--------------------------------
+For a chosen layer with pretrained weight ``W0`` ``(d_out, d_in)``: a shared shift ``S`` (i.i.d. Gaussian, or a
+rank-``shift_rank`` product, rescaled to ``||S||_F = shift_scale ||W0||_F``) and per task ``t = 1..T+1`` a rank-k
+``Delta_t = B_t C_t^T`` with Gaussian ``B_t`` ``(d_out, k)``, ``C_t`` ``(d_in, k)``, rescaled to ``||Delta_t||_F =
+delta_scale ||W0||_F`` (evenly between the two). Task t's teacher uses ``W0 + S + Delta_t``; ``A* = W0 + S`` is the
+shared truth (the paper's ``A*``; ``Delta_t`` stands for ``U*_t U*_t^T``, asymmetric here). Biases are unchanged.
 """
 
 from __future__ import annotations
@@ -52,10 +47,16 @@ class _Stop(Exception):
 
 
 def load_encoder(name: str = "minilm") -> nn.Module:
-    """The pretrained encoder (``transformers.AutoModel``, float32, eval mode, every parameter frozen).
+    """The pretrained BERT-style ``AutoModel`` ``name`` (``'minilm'`` or a local folder), float32, eval mode, frozen.
 
-    ``name``: ``'minilm'`` (the packaged all-MiniLM-L6-v2) or a local model folder; never downloads.
-    Raises :class:`llm.config.LLMError` when the folder cannot be loaded offline.
+    Returns
+    -------
+    torch.nn.Module
+
+    Raises
+    ------
+    LLMError
+        When the folder cannot be loaded offline or the model has no ``encoder.layer`` blocks.
     """
     from transformers import AutoModel, logging
 
@@ -82,7 +83,11 @@ def load_encoder(name: str = "minilm") -> nn.Module:
 
 
 def layer_position(name: str) -> tuple[int, int]:
-    """``(block, stage)`` of a chosen layer's name (see the module docstring); LLMError for other names.
+    """``(block, stage)`` of a chosen layer's name (stages: :data:`STAGES`, module docstring).
+
+    Returns
+    -------
+    tuple of int
 
     Raises
     ------
@@ -97,9 +102,16 @@ def layer_position(name: str) -> tuple[int, int]:
 
 
 def chosen_layers(model: nn.Module, pattern: str) -> tuple[str, ...]:
-    """Names of the block linear layers whose full name matches the regex ``pattern``, lowest first.
+    """Names of the block linear layers whose full name matches the regex ``pattern``, by ``(block, stage, name)``.
 
-    Raises LLMError for an invalid regex or when nothing matches (the message lists the layers that exist).
+    Returns
+    -------
+    tuple of str
+
+    Raises
+    ------
+    LLMError
+        For an invalid regex or when nothing matches (the message names layers that exist).
     """
     try:
         rx = re.compile(pattern)
@@ -115,7 +127,17 @@ def chosen_layers(model: nn.Module, pattern: str) -> tuple[str, ...]:
 
 
 def base_linear(model: nn.Module, name: str) -> nn.Linear:
-    """The ``nn.Linear`` at ``name``, also when peft or :mod:`llm.multilora` wrapped it (its ``base_layer``)."""
+    """The ``nn.Linear`` at ``name`` itself, also when peft or :mod:`llm.multilora` wrapped it (its ``base_layer``).
+
+    Returns
+    -------
+    torch.nn.Linear
+
+    Raises
+    ------
+    AttributeError
+        When ``model`` has no submodule ``name``.
+    """
     m = model.get_submodule(name)
     while not isinstance(m, nn.Linear) and hasattr(m, "base_layer"):
         m = m.base_layer
@@ -124,12 +146,12 @@ def base_linear(model: nn.Module, name: str) -> nn.Linear:
 
 @dataclass(frozen=True)
 class Cache:
-    """Activations at the resume point ``(block, stage)`` for ``B`` sequences of ``L`` tokens.
+    """Activations of ``B`` sequences of ``L`` tokens at the resume point ``(block, stage)`` of the lowest chosen layer.
 
-    ``tensors``: stage 0 ``(hidden,)``; 1 ``(context, hidden)``; 2 ``(attention_output,)``; 3
-    ``(ffn_activation, attention_output)``; each ``(B, L, H)`` (the FFN activation ``(B, L, 4H)``); the first is
-    the input of the chosen layers of that stage. ``mask``: the attention mask the encoder passes to its blocks (as
-    built by ``transformers``; ``None`` without padding). ``token_mask``: ``(B, L)`` bool, True on real tokens.
+    ``tensors``, each ``(B, L, H)`` (the FFN activation ``(B, L, 4H)``), the first the chosen layers' input: stage 0
+    ``(hidden,)``, 1 ``(context, hidden)``, 2 ``(attention_output,)``, 3 ``(ffn_activation, attention_output)``.
+    ``mask``: the attention mask the encoder passes to its blocks (``None`` without padding); ``token_mask``:
+    ``(B, L)`` bool, True on real tokens.
     """
 
     tensors: tuple
@@ -139,20 +161,33 @@ class Cache:
     stage: int
 
     def take(self, rows: torch.Tensor) -> "Cache":
-        """The cache of the sequences ``rows`` (a LongTensor of indices)."""
+        """The cache of the sequences ``rows`` (LongTensor); a mask broadcast over sequences is kept as it is.
+
+        Returns
+        -------
+        Cache
+        """
         def pick(x):
             return x if x is None or x.dim() == 0 or x.shape[0] == 1 else x.index_select(0, rows)
         return Cache(tuple(pick(x) for x in self.tensors), pick(self.mask), self.token_mask.index_select(0, rows),
                      self.block, self.stage)
 
     def position_wise(self, n_blocks: int) -> bool:
-        """True when everything from the resume point up acts on each token alone (no attention above): the
-        top block from stage 1 on."""
+        """True when everything from the resume point up acts on each token alone: the top block from stage 1 on.
+
+        Returns
+        -------
+        bool
+        """
         return self.block == n_blocks - 1 and self.stage >= 1
 
     def flatten(self) -> "Cache":
-        """The real tokens as ``M`` sequences of one token (``(M, 1, .)`` tensors, no padding, no mask); only
-        valid when :meth:`position_wise` (the outputs are then those of the real tokens, in row-major order)."""
+        """The ``M`` real tokens as ``(M, 1, .)`` one-token sequences, row-major, no mask (if :meth:`position_wise`).
+
+        Returns
+        -------
+        Cache
+        """
         keep = self.token_mask
         return Cache(tuple(x[keep].unsqueeze(1) for x in self.tensors), None,
                      torch.ones(int(keep.sum()), 1, dtype=torch.bool), self.block, self.stage)
@@ -161,7 +196,17 @@ class Cache:
 @torch.no_grad()
 def build_cache(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 names: tuple[str, ...]) -> Cache:
-    """Run the frozen encoder on ``input_ids`` (B, L) up to the lowest chosen layer; return its :class:`Cache`."""
+    """Run the frozen encoder on ``input_ids``, ``attention_mask`` ``(B, L)`` up to the lowest of the layers ``names``.
+
+    Returns
+    -------
+    Cache
+
+    Raises
+    ------
+    LLMError
+        When a name is not a linear layer of a transformer block.
+    """
     block, stage = min(layer_position(n) for n in names)
     layer = model.encoder.layer[block]
     got: dict = {}
@@ -198,7 +243,12 @@ def _run_block(layer: nn.Module, hidden: torch.Tensor, mask) -> torch.Tensor:
 
 
 def forward_top(model: nn.Module, cache: Cache) -> torch.Tensor:
-    """Final hidden states ``(B, L, H)`` of the encoder from the cached activations (module docstring)."""
+    """``model(input_ids, attention_mask).last_hidden_state`` resumed from ``cache``, with the current weights.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, L, H)
+    """
     layers = model.encoder.layer
     layer = layers[cache.block]
     s = cache.stage
@@ -215,8 +265,11 @@ def forward_top(model: nn.Module, cache: Cache) -> torch.Tensor:
 
 
 def layer_output(model: nn.Module, cache: Cache, name: str) -> torch.Tensor:
-    """Output ``(B, L, d_out)`` of the chosen layer ``name`` on the cached input (the linear limit's prediction);
-    ``name`` must sit at the cache's resume point.
+    """``x W^T + b`` of the chosen layer ``name`` (with any LoRA on it) on the cached input ``x`` (the linear limit).
+
+    Returns
+    -------
+    torch.Tensor, shape (B, L, d_out)
 
     Raises
     ------
@@ -229,16 +282,23 @@ def layer_output(model: nn.Module, cache: Cache, name: str) -> torch.Tensor:
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the real tokens and the feature dimension: ``sum_{real} ||pred - target||^2 /
-    (n_real * D)`` for ``pred``, ``target`` of shape ``(B, L, D)`` and ``token_mask`` ``(B, L)``."""
+    """Mean squared error of ``pred``, ``target`` ``(B, L, D)`` over features and the real tokens (``token_mask``).
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar ``sum_{real} ||pred - target||^2 / (n_real D)`` (differentiable); NaN without a real token.
+    """
     m = token_mask.to(pred.dtype).unsqueeze(-1)
     return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[-1])
 
 
 @dataclass(frozen=True)
 class Planted:
-    """The planted truth of one chosen layer: ``W0 (d_out, d_in)``, ``S (d_out, d_in)``, ``B (T+1, d_out, k)``,
-    ``C (T+1, d_in, k)``; task t (0-based, the last one is the new task) uses ``W0 + S + B[t] C[t]^T``."""
+    """The planted truth of a layer (module docstring): ``W0``, ``S`` ``(d_out, d_in)``, ``B``, ``C`` ``(T+1, d_., k)``.
+
+    Task t (0-based; the last is the new task) uses ``W0 + S + B[t] C[t]^T``.
+    """
 
     W0: torch.Tensor
     S: torch.Tensor
@@ -247,23 +307,44 @@ class Planted:
 
     @property
     def A_star(self) -> torch.Tensor:
+        """``A* = W0 + S`` ``(d_out, d_in)``: the truth shared by every task (the paper's ``A*``)."""
         return self.W0 + self.S
 
     def delta(self, t: int) -> torch.Tensor:
+        """Task t's planted rank-k perturbation ``Delta_t = B[t] C[t]^T``; ``t`` in ``[0, T]`` (``T``: the new task).
+
+        Returns
+        -------
+        torch.Tensor, shape (d_out, d_in)
+        """
         return self.B[t] @ self.C[t].T
 
     def teacher(self, t: int) -> torch.Tensor:
+        """Task t's teacher weight ``W_t = A* + Delta_t`` (``t`` as in :meth:`delta`).
+
+        Returns
+        -------
+        torch.Tensor, shape (d_out, d_in)
+        """
         return self.A_star + self.delta(t)
 
 
 def plant(W0: torch.Tensor, *, n_tasks: int, k: int, shift_scale: float, delta_scale: float, shift_rank: int,
           generator: torch.Generator) -> Planted:
-    """Draw ``S`` and ``Delta_t = B_t C_t^T`` for one layer (module docstring for the law).
+    """Draw ``S`` and ``Delta_t`` (module docstring) for a layer of weight ``W0`` ``(d_out, d_in)``, ``n_tasks = T+1``.
 
-    ``W0``: ``(d_out, d_in)``; ``n_tasks`` counts the new task too (``T + 1``). The draws come in the order ``S``,
-    the new task, retraining task 1, 2, ..., so a setting with more retraining tasks extends one with fewer (same
-    ``S``, same new task, same first tasks). Raises LLMError when ``n_tasks * k > min(d_out, d_in)`` (the planted
-    directions could not be independent; the paper's Remark 3.1).
+    ``shift_rank = 0``: ``S`` of full rank. ``generator`` draws ``S``, the new task, then retraining tasks 1, 2, ..., so
+    a setting with more retraining tasks extends one with fewer (same ``S``, new task and first tasks).
+
+    Returns
+    -------
+    Planted
+        With a copy of ``W0``.
+
+    Raises
+    ------
+    LLMError
+        When ``n_tasks * k > min(d_out, d_in)``: the planted directions could not be independent (Remark 3.1).
     """
     d_out, d_in = W0.shape
     if n_tasks * k > min(d_out, d_in):
@@ -285,13 +366,24 @@ def plant(W0: torch.Tensor, *, n_tasks: int, k: int, shift_scale: float, delta_s
 
 
 def current_weights(model: nn.Module, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Copies of the chosen layers' weights ``{name: (d_out, d_in)}``."""
+    """Detached copies ``{name: (d_out, d_in)}`` of the chosen layers' weights.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+    """
     return {n: base_linear(model, n).weight.detach().clone() for n in names}
 
 
 @contextlib.contextmanager
 def set_weights(model: nn.Module, weights: dict[str, torch.Tensor]):
-    """Within the block the chosen layers hold ``weights`` (copied in); the previous weights come back after."""
+    """Within the block the chosen layers hold ``weights`` ``{name: (d_out, d_in)}`` (copied into ``model``, in place).
+
+    Yields
+    ------
+    None
+        The previous weights are restored when the block ends, also on an error.
+    """
     old = {}
     with torch.no_grad():
         for n, W in weights.items():

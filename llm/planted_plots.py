@@ -121,7 +121,20 @@ def _n_plot(summary, setting):
 
 
 def write_plots(result: dict, summary: dict):
-    """``[(file name, matplotlib Figure)]`` of the panels in the module docstring."""
+    """``[(file name, matplotlib Figure)]`` of the panels in the module docstring.
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`llm.planted.run_planted` returned.
+    summary : dict
+        :func:`llm.planted_report.summarise` of ``result``.
+
+    Returns
+    -------
+    list of (str, matplotlib.figure.Figure)
+        ``rank.png``, ``steps.png``, ``spectra.png`` and, with an n sweep, ``n.png``; nothing is written.
+    """
     cfg = result["config"]
     settings = sorted({(r["T"], r["k"]) for r in result["records"]}, key=lambda x: (x[1], x[0]))
     n = cfg["finetune_turns"]

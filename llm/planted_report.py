@@ -57,7 +57,15 @@ def _pretrained(rec, n) -> float:
 
 def finetune_table(records) -> list[dict]:
     """One row per (T, k, n, rank, method): per-seed final test losses, median and range; relative = divided by
-    the pretrained model's test loss of the same seed."""
+    the pretrained model's test loss of the same seed.
+
+    Returns
+    -------
+    list of dict
+        Keys ``T``, ``k``, ``n``, ``finetune_rank``, ``method``, ``test_loss`` (median over seeds, MSE),
+        ``range`` (``[min, max]``), ``seeds``, ``per_seed``, ``test_loss_rel`` (median) and ``per_seed_rel``;
+        ordered by k, T, n, rank and method (none, SR, Meta-LoRA).
+    """
     keys = sorted({(r["T"], r["k"], f["n"], f["rank"], f["method"]) for r in records for f in r["finetune"]},
                   key=lambda x: (x[1], x[0], x[2], x[3], ("none", "sr", "meta-lora").index(x[4])))
     rows = []
@@ -73,7 +81,15 @@ def finetune_table(records) -> list[dict]:
 
 
 def spectra_table(records) -> list[dict]:
-    """One row per (T, k, layer, method): per-seed numerical ranks, thresholds, leading singular values."""
+    """One row per (T, k, layer, method): per-seed numerical ranks, thresholds, leading singular values.
+
+    Returns
+    -------
+    list of dict
+        Keys ``T``, ``k``, ``layer``, ``method``, and the per-seed lists ``seeds``, ``numerical_rank``,
+        ``threshold``, ``singular_values`` (each ``(2 (T+1) k + 4,)`` at most, data metric) and
+        ``bias_coefficient``.
+    """
     out = {}
     for r in records:
         for s in r["spectra"]:
@@ -147,7 +163,20 @@ def _absorption(records, T, k) -> dict:
 
 
 def summarise(result: dict) -> dict:
-    """``rows``, ``spectra``, ``verdicts`` (per setting) and ``absorption`` of a run (module docstring)."""
+    """``rows``, ``spectra``, ``verdicts`` (per setting) and ``absorption`` of a run (module docstring).
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`llm.planted.run_planted` returned.
+
+    Returns
+    -------
+    dict
+        ``rows`` (:func:`finetune_table`), ``spectra`` (:func:`spectra_table`), ``verdicts`` (one
+        ``{"T", "k", "checks"}`` per setting; each check has ``prediction``, ``claim``, ``held`` and ``margin``)
+        and ``absorption`` (SR's and Meta-LoRA's pooled loss relative to the linear prediction's).
+    """
     records, cfg = result["records"], result["config"]
     rows, spec = finetune_table(records), spectra_table(records)
     settings = sorted({(r["T"], r["k"]) for r in records}, key=lambda x: (x[1], x[0]))
@@ -165,6 +194,11 @@ def json_view(summary: dict, n: int) -> dict:
     of the final held-out loss, ``seeds`` a list of ``{"seed": s, "test_loss": loss of seed s}`` (the range is
     their min and max). The n sweep's rows are in ``summary.json`` and ``finetune_rank.csv``. ``spectra``: the
     rows of :func:`spectra_table`.
+
+    Returns
+    -------
+    dict
+        ``{"rows": [...], "spectra": [...]}``.
     """
     keys = ("T", "k", "finetune_rank", "method", "test_loss")
     rows = [{**{key: r[key] for key in keys},
@@ -214,7 +248,18 @@ def _csvs(result) -> dict[str, str]:
 
 def write_outputs(out: str, result: dict, summary: dict, command: str) -> list[str]:
     """Write ``summary.json``, the CSVs, ``command.txt`` and the PNG panels into ``out`` (each file atomically:
-    temporary file + rename); returns the file names."""
+    temporary file + rename).
+
+    Returns
+    -------
+    list of str
+        The file names written, ``summary.json`` last.
+
+    Raises
+    ------
+    OSError
+        When ``out`` cannot be created or written (files already written stay whole).
+    """
     import json
 
     from .planted_plots import write_plots

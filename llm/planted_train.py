@@ -92,14 +92,26 @@ def _batches(task_of_row: torch.Tensor, per_task: int, steps: int, seed: int):
 def retrain(model, names: tuple[str, ...], cache: Cache, targets: torch.Tensor, task_of_row: torch.Tensor, *,
             method: str, k: int, steps: int, lr: float, seed: int, predict, per_task: int = 0,
             lr_adapter: float | None = None) -> RetrainResult:
-    """SR (``method='sr'``) or Meta-LoRA (``'meta-lora'``, rank-``k`` adapters) on the pooled retraining inputs.
+    """SR (``method='sr'``) or Meta-LoRA (``'meta-lora'``, rank-k adapters) of the chosen layers (module docstring).
 
-    ``cache``: the T tasks' inputs, ``B`` rows (sequences, or tokens of a flattened cache); ``targets``: each row's
-    own teacher output (``predict``'s shape); ``task_of_row``: LongTensor ``(B,)`` in ``[0, T)``;
-    ``predict(model, cache)`` gives the student's output; ``per_task``: rows of each task per step (0: all rows,
-    full batch). Adam with a cosine learning-rate decay from ``lr`` to 0 over ``steps``. The batches depend on
-    ``seed`` only, so SR and Meta-LoRA of one seed see the same batches. The model's chosen weights are restored
-    to their values on entry when this returns.
+    ``cache``: ``B`` rows of the T tasks' inputs (sequences, or tokens of a flattened cache); ``targets``: each row's
+    teacher output, ``predict(model, cache)``'s shape (e.g. ``(B, L, H)``); ``task_of_row``: ``(B,)`` int64 in
+    ``[0, T)``. Adam for ``steps`` steps, learning rate ``lr`` (adapters: ``lr_adapter``, default ``lr``) with cosine
+    decay to 0; each step takes ``per_task`` rows of every task (0: all rows). The batches and the adapters' init
+    (``alpha = k``: scaling 1) depend on ``seed`` only, so SR and Meta-LoRA of a seed see the same batches. The chosen
+    weights are restored to their values on entry when this returns.
+
+    Returns
+    -------
+    RetrainResult
+        Retrained weights, every step's loss (masked MSE) and, for Meta-LoRA, each task's adapter delta.
+
+    Raises
+    ------
+    NonFiniteLossError
+        When a step's loss is not finite.
+    ValueError
+        Meta-LoRA with ``k`` not an integer >= 1 (:func:`llm.multilora.inject_multitask_lora`).
     """
     from .multilora import inject_multitask_lora, set_mode, task_ids, unload_multitask_lora
 
@@ -166,10 +178,42 @@ def finetune(model, names: tuple[str, ...], base: dict, *, r: int, train: tuple,
     (``torch.optim.LBFGS``: strong-Wolfe line search, history 10, no stopping tolerance) until ``steps``
     evaluations of the training loss and its gradient (one *step* = one forward and backward pass over the n
     turns; the line search's evaluations count), in calls of about ``eval_every`` evaluations; the test loss is
-    recorded before training and after every call, the training loss at the start of every call and at the end. The objective is the training MSE divided by its starting value
-    (L-BFGS's first step and line search depend on the scale of the loss, O(1e-4) here). ``seed`` seeds the LoRA
+    recorded before training and after every call, the training loss at the start of every call and at the end.
+    The objective is the training MSE divided by its starting value (L-BFGS's first step and line search depend on
+    the scale of the loss, O(1e-4) here). ``seed`` seeds the LoRA
     initialisation (peft's: ``A`` kaiming-uniform, ``B = 0``), so the three bases of one run start alike. The model
     is left as it was on entry.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The encoder.
+    names : tuple of str
+        The chosen layers, adapted by the LoRA.
+    base : dict of str to torch.Tensor
+        The frozen base weights ``{name: (d_out, d_in)}``.
+    r : int
+        LoRA rank (``lora_alpha = r``).
+    train, test : tuple
+        ``(cache, target)`` of the n training and the m held-out turns.
+    steps : int
+        Budget of loss-and-gradient evaluations.
+    seed : int
+        Seeds the LoRA initialisation.
+    eval_every : int
+        Evaluations per L-BFGS call (between test losses).
+    predict : callable
+        ``(model, cache) -> output``.
+
+    Returns
+    -------
+    FinetuneCurve
+        Test and training loss (masked MSE, unnormalised) against the evaluations used.
+
+    Raises
+    ------
+    NonFiniteLossError
+        When the training objective is not finite.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -207,7 +251,13 @@ def finetune(model, names: tuple[str, ...], base: dict, *, r: int, train: tuple,
 @torch.no_grad()
 def input_second_moment(model, names: tuple[str, ...], cache: Cache, forward) -> dict[str, torch.Tensor]:
     """``Sigma = (1/M) sum_i x_i x_i^T`` ``(d_in, d_in)`` of each chosen layer's inputs over the M real tokens of
-    ``cache``, captured by forward pre-hooks while ``forward(model, cache)`` runs (the caller sets the weights)."""
+    ``cache``, captured by forward pre-hooks while ``forward(model, cache)`` runs (the caller sets the weights).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``{name: (d_in, d_in)}`` float64, symmetric positive semi-definite.
+    """
     sums: dict[str, torch.Tensor] = {}
     mask = cache.token_mask.reshape(-1)
 
@@ -230,7 +280,19 @@ def input_second_moment(model, names: tuple[str, ...], cache: Cache, forward) ->
 def weighted_spectrum(D: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
     """Singular values (descending, float64) of ``D Sigma^{1/2}`` for ``D (d_out, d_in)`` and ``Sigma (d_in, d_in)``
     positive semi-definite (``Sigma^{1/2}`` from its eigendecomposition, negative round-off clipped to 0); of ``D``
-    itself when ``sigma`` is None."""
+    itself when ``sigma`` is None.
+
+    ``||D Sigma^{1/2}||_F^2 = (1/M) sum_i ||D x_i||^2`` (module docstring): the data's metric.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(min(d_out, d_in),)`` float64, descending.
+
+    >>> D, sigma = torch.diag(torch.tensor([3.0, 4.0])), torch.diag(torch.tensor([4.0, 1.0]))
+    >>> weighted_spectrum(D, None).tolist(), [round(s, 9) for s in weighted_spectrum(D, sigma).tolist()]
+    ([4.0, 3.0], [6.0, 4.0])
+    """
     D = D.double()
     if sigma is not None:
         evals, evecs = torch.linalg.eigh(sigma.double())

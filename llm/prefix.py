@@ -48,8 +48,26 @@ def split_encoder(base: nn.Module, freeze_layers: int, *, keep_pooler: bool = Tr
 
     ``lower`` runs the embeddings and blocks ``0..f-1`` (no pooler); ``upper`` runs blocks ``f..`` on
     ``inputs_embeds`` (on token ids when ``f = 0``: then ``lower`` is ``None``) and the pooler if ``keep_pooler``.
-    Both share ``base``'s modules, so LoRA injected into ``base`` is seen by both. Raises :class:`ModelError`
-    when ``f`` is not below the number of blocks or the model lacks that layout.
+    Both share ``base``'s modules, so LoRA injected into ``base`` is seen by both.
+
+    Parameters
+    ----------
+    base : torch.nn.Module
+        The HF base model (``hf_model.base_model``).
+    freeze_layers : int
+        ``f``, in ``[0, n_blocks - 1]``.
+    keep_pooler : bool
+        Whether ``upper`` ends with the model's pooler (BERT cross-encoder heads read its output).
+
+    Returns
+    -------
+    tuple
+        ``(lower, upper)``: shallow copies of ``base`` sharing its modules; ``lower`` is ``None`` when ``f = 0``.
+
+    Raises
+    ------
+    ModelError
+        When ``f`` is not below the number of blocks or the model lacks that layout.
     """
     layers = getattr(getattr(base, "encoder", None), "layer", None)
     if layers is None or not hasattr(base, "embeddings"):
@@ -69,7 +87,20 @@ def split_encoder(base: nn.Module, freeze_layers: int, *, keep_pooler: bool = Tr
 @dataclass(frozen=True)
 class HiddenStore:
     """Lower-part outputs of ``S`` sequences, ragged: sequence ``s`` is ``hidden[offsets[s]:offsets[s+1]]`` (its
-    tokens x H)."""
+    tokens x H).
+
+    Attributes
+    ----------
+    hidden : torch.Tensor
+        ``(total, H)`` float32, the block-``f`` inputs of every real token.
+    offsets : torch.Tensor
+        ``(S + 1,)`` int64, ``offsets[0] = 0``.
+
+    >>> store = HiddenStore(torch.arange(10.0).reshape(5, 2), torch.tensor([0, 2, 5]))
+    >>> x = store.inputs([1, 0])
+    >>> len(store), tuple(x["inputs_embeds"].shape), x["attention_mask"].tolist()
+    (2, (2, 3, 2), [[1, 1, 1], [1, 1, 0]])
+    """
 
     hidden: torch.Tensor  # (total, H)
     offsets: torch.Tensor  # (S + 1,) int64
@@ -78,7 +109,14 @@ class HiddenStore:
         return int(self.offsets.shape[0]) - 1
 
     def inputs(self, seqs) -> dict:
-        """``inputs_embeds`` (P, L_max, H) and ``attention_mask`` (P, L_max) of sequences ``seqs`` (P,)."""
+        """``inputs_embeds`` (P, L_max, H) and ``attention_mask`` (P, L_max) of sequences ``seqs`` (P,).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``inputs_embeds`` (zero beyond each sequence's length) and ``attention_mask`` (int64 1/0), with
+            ``L_max`` the longest of the ``P`` sequences: what the upper part takes.
+        """
         seqs = torch.as_tensor(seqs, dtype=torch.long)
         start = self.offsets[seqs]
         length = self.offsets[seqs + 1] - start
@@ -91,7 +129,14 @@ class HiddenStore:
 
 def encode_lower(lower: nn.Module, store, *, batch: int = 64, device=None) -> HiddenStore:
     """Run ``lower`` once over every sequence of ``store`` (a :class:`llm.tokens.SequenceStore`), ``batch``
-    sequences at a time in order of length (little padding), and keep each sequence's unpadded outputs."""
+    sequences at a time in order of length (little padding), and keep each sequence's unpadded outputs.
+
+    Returns
+    -------
+    HiddenStore
+        ``S = len(store)`` sequences with ``store``'s offsets; ``hidden`` float32 on the CPU. ``lower`` is run
+        without gradients in eval mode and its training flag restored.
+    """
     n = len(store)
     lengths = store.lengths()
     order = torch.argsort(lengths, stable=True)
@@ -113,7 +158,19 @@ def encode_lower(lower: nn.Module, store, *, batch: int = 64, device=None) -> Hi
 def weights_checksum(module: nn.Module | None) -> tuple:
     """A cheap checksum of a module's parameters and buffers (per tensor: its sum, sum of squares and an
     index-weighted sum in float64). Used to make sure cached lower-part outputs are only reused with the frozen
-    weights that produced them; it guards against mistakes, not against adversaries."""
+    weights that produced them; it guards against mistakes, not against adversaries.
+
+    Returns
+    -------
+    tuple
+        ``(name, shape, sum, sum of squares, weighted sum)`` per tensor of ``module.state_dict()``, sorted by
+        name, sums rounded to 6 decimals; ``()`` for ``None``.
+
+    >>> lin = nn.Linear(2, 1, bias=False).requires_grad_(False)
+    >>> _ = lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    >>> weights_checksum(lin), weights_checksum(None)
+    ((('weight', (1, 2), 3.0, 5.0, 2.5),), ())
+    """
     if module is None:
         return ()
     out = []
@@ -130,8 +187,19 @@ class SplitCache:
     ``cfg.freeze_layers > 0``; each built on first use and reused by every retraining, fine-tuning and evaluation
     of a run (the lower part is the same frozen pretrained one for all of them, which :meth:`get` checks).
 
-    ``tokenised``: splits already tokenised (e.g. read from an offline bundle), keyed like :meth:`key`; they are
-    used instead of tokenising.
+    Parameters
+    ----------
+    cfg : llm.config.Config
+        Scorer, token lengths, ``freeze_layers`` and ``eval_batch`` are read from it.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The model's tokenizer.
+    cache_dir : str, optional
+        Tokenisation cache (default :func:`llm.tokens.default_cache_dir`).
+    device : str or torch.device, optional
+        Where the lower part runs.
+    tokenised : dict, optional
+        Splits already tokenised (e.g. read from an offline bundle), keyed like :meth:`key`; they are used
+        instead of tokenising.
     """
 
     def __init__(self, cfg, tokenizer, *, cache_dir: str | None = None, device=None, tokenised: dict | None = None):
@@ -143,11 +211,28 @@ class SplitCache:
 
     @staticmethod
     def key(tasks, which: str) -> tuple:
-        """``(task names, split)``: what identifies a split."""
+        """``(task names, split)``: what identifies a split.
+
+        Returns
+        -------
+        tuple
+            ``(tuple of task names in order, which)``.
+        """
         return tuple(t.name for t in tasks), which
 
     def tokenised(self, tasks, which: str):
-        """The token-level split (no lower-part outputs), tokenised on first use."""
+        """The token-level split (no lower-part outputs), tokenised on first use.
+
+        Returns
+        -------
+        llm.tokens.Split
+            :func:`llm.tokens.tokenise` of ``tasks`` and ``which`` with the configuration's lengths.
+
+        Raises
+        ------
+        LLMError
+            When the split holds no sample.
+        """
         from .tokens import tokenise
 
         k = self.key(tasks, which)
@@ -176,7 +261,16 @@ class SplitCache:
     def get(self, tasks, which: str, lower: nn.Module | None):
         """The ``which`` split of ``tasks`` (see :func:`llm.tokens.tokenise`) as the upper part consumes it.
 
-        Raises :class:`llm.config.LLMError` when ``lower`` differs from the lower part the cache was built with.
+        Returns
+        -------
+        llm.tokens.Split
+            Its ``store`` a :class:`llm.tokens.SequenceStore` (``freeze_layers = 0``) or a :class:`HiddenStore`
+            of ``lower``'s outputs.
+
+        Raises
+        ------
+        LLMError
+            When ``lower`` differs from the lower part the cache was built with, or the split holds no sample.
         """
         if self.cfg.freeze_layers == 0:
             return self.tokenised(tasks, which)

@@ -3,12 +3,12 @@
 ``table.json`` fields: ``rows`` (one per table row: ``method`` ('none' for the controls, 'SR', 'Meta-LoRA'),
 ``retrain_rank``, ``finetune_rank`` (None: no fine-tuning), ``label``, ``accuracy`` with ``ci95`` (seeds and test
 tasks), ``ci95_seed``, ``per_seed``, ``per_task``, ``val_curve`` (validation accuracy of the test tasks before
-fine-tuning and after each epoch, mean over tasks and seeds), ``selected_epochs``; ``average`` and ``accuracies`` repeat ``accuracy`` and
-``per_task``), ``comparisons`` (``a``, ``b``, ``finetune_rank``, ``delta`` = a - b as a fraction, ``ci95``,
-``p_value`` (paired t over seeds), ``p_signflip``, ``unit`` = 'seed', ``mde80``, ``ci95_seeds_tasks``,
-``primary``), ``n_items`` (paired held-out items per seed), ``seeds``, ``tasks``, ``items_per_task``,
-``retraining`` (per seed and method: losses, validation accuracies, selected epoch), the configuration, the
-selection rule (``select``, ``optimistic``) and timings.
+fine-tuning and after each epoch, mean over tasks and seeds), ``selected_epochs``; ``average`` and ``accuracies``
+repeat ``accuracy`` and ``per_task``), ``comparisons`` (``a``, ``b``, ``finetune_rank``, ``delta`` = a - b as a
+fraction, ``ci95``, ``p_value`` (paired t over seeds), ``p_signflip``, ``unit`` = 'seed', ``mde80``,
+``ci95_seeds_tasks``, ``primary``), ``n_items`` (paired held-out items per seed), ``seeds``, ``tasks``,
+``items_per_task``, ``retraining`` (per seed and method: losses, validation accuracies, selected epoch), the
+configuration, the selection rule (``select``, ``optimistic``) and timings.
 """
 
 from __future__ import annotations
@@ -38,7 +38,24 @@ def _p(p) -> str:
 
 def verdict(c: dict) -> str:
     """One sentence on a comparison: which row is ahead, with its interval, or that no difference was detected
-    and how large a difference the run could have detected."""
+    and how large a difference the run could have detected.
+
+    Parameters
+    ----------
+    c : dict
+        A comparison of ``table.json``: ``a``, ``b``, ``delta`` (a - b, a fraction), ``ci95``, ``p_value``,
+        ``mde80``.
+
+    Returns
+    -------
+    str
+        "**a beat b** (...)" when ``p < 0.05`` and the interval excludes 0, else "no detectable difference ...";
+        a note when the interval is not finite (one seed).
+
+    >>> verdict({"a": "Meta-LoRA-8 -> LoRA-8", "b": "SR -> LoRA-8", "delta": -0.04, "ci95": [-0.07, -0.01],
+    ...          "p_value": 0.02, "mde80": 0.03})
+    '**SR -> LoRA-8 beat Meta-LoRA-8 -> LoRA-8** (delta = -0.040, 95% CI [-0.070, -0.010], p = 0.020).'
+    """
     lo, hi = c["ci95"]
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{c['a']} vs {c['b']}: delta {_f(c['delta'])} (too few seeds for an interval)"
@@ -51,7 +68,18 @@ def verdict(c: dict) -> str:
 
 
 def to_markdown(doc: dict) -> str:
-    """The table, its comparisons, per-task accuracies and the retraining record as Markdown."""
+    """The table, its comparisons, per-task accuracies and the retraining record as Markdown.
+
+    Parameters
+    ----------
+    doc : dict
+        The ``table.json`` document (module docstring).
+
+    Returns
+    -------
+    str
+        The text of ``table.md``.
+    """
     cfg, s = doc["config"], doc["seeds"]
     sel = {"validation": "on each task's validation split (never on the scored items)",
            "heldout": "on the scored items themselves (the paper's choice: OPTIMISTIC)",
@@ -83,7 +111,8 @@ def to_markdown(doc: dict) -> str:
     for r in doc["rows"]:
         lines.append(f"| {r['label']} | " + " | ".join(_f(a, 2) for a in r["per_task"]) + " |")
     lines += ["", "## Retraining (loss and validation accuracy per epoch; selected epoch)", "",
-              "| seed | method | loss per epoch | validation accuracy per epoch | selected |", "|---:|---|---|---|---:|"]
+              "| seed | method | loss per epoch | validation accuracy per epoch | selected |",
+              "|---:|---|---|---|---:|"]
     for e in doc["retraining"]:
         name = "SR" if e["method"] == "sr" else f"Meta-LoRA-{e['rank']}"
         lines.append(f"| {e['seed']} | {name} | " + ", ".join(_f(x) for x in e["losses"]) + " | "
@@ -94,7 +123,13 @@ def to_markdown(doc: dict) -> str:
 
 def plot_curves(doc: dict, path: str) -> None:
     """PNG: retraining validation accuracy per epoch (left) and the test tasks' validation accuracy per
-    fine-tuning epoch (right), means over seeds (and test tasks), integer epoch ticks."""
+    fine-tuning epoch (right), means over seeds (and test tasks), integer epoch ticks.
+
+    Raises
+    ------
+    OSError
+        When ``path`` cannot be written (it is then left as it was).
+    """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -127,7 +162,16 @@ def plot_curves(doc: dict, path: str) -> None:
 
 
 def json_ready(obj):
-    """``obj`` with every non-finite float replaced by ``None`` (strict JSON has no NaN)."""
+    """``obj`` with every non-finite float replaced by ``None`` (strict JSON has no NaN).
+
+    Returns
+    -------
+    object
+        A copy of ``obj`` (dicts, lists; tuples become lists) with NaN and infinities as ``None``.
+
+    >>> json_ready({"a": float("nan"), "b": (1.0, float("inf")), "c": "x"})
+    {'a': None, 'b': [1.0, None], 'c': 'x'}
+    """
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -138,7 +182,13 @@ def json_ready(obj):
 
 
 def write(doc: dict, out_dir: str) -> None:
-    """``table.json``, ``table.md`` and ``accuracy.png`` in ``out_dir``, each written atomically."""
+    """``table.json``, ``table.md`` and ``accuracy.png`` in ``out_dir``, each written atomically.
+
+    Raises
+    ------
+    OSError
+        When ``out_dir`` cannot be written (files already written stay whole).
+    """
     atomic_write_text(os.path.join(out_dir, "table.json"), json.dumps(json_ready(doc), indent=1, allow_nan=False)
                       + "\n")
     atomic_write_text(os.path.join(out_dir, "table.md"), to_markdown(doc))

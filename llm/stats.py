@@ -36,7 +36,20 @@ def _as_matrix(x, name: str) -> np.ndarray:
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """``(mean, lo, hi)``: the Student-t interval of the mean of ``values`` (n,). ``n = 1``: ``(x, nan, nan)``;
-    zero spread: ``(x, x, x)``."""
+    zero spread: ``(x, x, x)``.
+
+    ``mean +- t_{(1 + level) / 2, n - 1} s / sqrt(n)`` with ``s`` the sample standard deviation (``ddof = 1``).
+
+    Returns
+    -------
+    tuple of float
+        ``(mean, lo, hi)`` in the unit of ``values``.
+
+    >>> t_interval([2.0, 2.0, 2.0]), t_interval([0.5])
+    ((2.0, 2.0, 2.0), (0.5, nan, nan))
+    >>> [round(x, 4) for x in t_interval([0.0, 1.0])]  # t_{0.975, 1} = 12.7062, s / sqrt(2) = 0.5
+    [0.5, -5.8531, 6.8531]
+    """
     v = np.asarray(values, dtype=float)
     m = float(v.mean())
     if v.size < 2:
@@ -49,6 +62,14 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
 def sign_flip_p(d) -> float:
     """Exact two-sided sign-flip (randomisation) p-value of ``mean(d) = 0`` over all ``2^n`` sign patterns of
     ``d`` (n,): the fraction of patterns whose ``|mean|`` is at least the observed one (ties counted).
+
+    Returns
+    -------
+    float
+        In ``[2 / 2^n, 1]`` (the observed signs and their mirror image always count).
+
+    >>> sign_flip_p([0.1, 0.2, 0.3])  # only +++ and --- reach |mean| = 0.2 among 8 patterns
+    0.25
 
     Raises
     ------
@@ -67,7 +88,16 @@ def sign_flip_p(d) -> float:
 def mde80(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest ``|delta|`` a two-sided one-sample t-test of ``n`` paired differences with standard deviation
     ``sd`` detects with probability ``power`` at level ``alpha``: solves
-    ``P(|T| > t_{1-alpha/2, n-1}) = power`` for ``T ~ nct(n - 1, delta sqrt(n) / sd)``. NaN for ``n < 2``."""
+    ``P(|T| > t_{1-alpha/2, n-1}) = power`` for ``T ~ nct(n - 1, delta sqrt(n) / sd)`` (Cohen 1988, ch. 2).
+
+    Returns
+    -------
+    float
+        The difference, in the unit of ``sd``; NaN for ``n < 2`` or a non-finite ``sd``, 0 for ``sd = 0``.
+
+    >>> mde80(0.0, 5), mde80(0.1, 1)
+    (0.0, nan)
+    """
     if n < 2 or not math.isfinite(sd):
         return math.nan
     if sd == 0:
@@ -93,10 +123,16 @@ def seeds_tasks_interval(x, groups, level: float = 0.95) -> tuple[float, float, 
     ``t``'s ``n_t`` items over seeds; degrees of freedom by Welch-Satterthwaite. Slightly conservative (the
     seed-by-item residual enters both terms).
 
+    Returns
+    -------
+    tuple of float
+        ``(mean, lo, hi)`` in the unit of ``x``; ``lo = hi = nan`` with one seed and one task.
+
     Raises
     ------
     ValueError
-        When ``groups`` does not have one entry per item (column of ``x``).
+        When ``x`` is not a finite 2-D matrix with at least one seed and one item, or ``groups`` does not have
+        one entry per item (column of ``x``).
     """
     x = _as_matrix(x, "x")
     g = np.asarray(groups)
@@ -128,8 +164,27 @@ def seeds_tasks_interval(x, groups, level: float = 0.95) -> tuple[float, float, 
 def compare(a, b, groups) -> dict:
     """Paired comparison of methods ``a`` and ``b`` (each (S, N) correctness on the same items and seeds):
     ``delta`` (a - b, accuracy as a fraction), ``ci95``, ``p_value`` (paired t over seeds), ``p_signflip``,
-    ``mde80``, ``sd_seed``, ``per_seed`` and ``ci95_seeds_tasks`` (module docstring). Raises ``ValueError`` for
-    mismatched shapes."""
+    ``mde80``, ``sd_seed``, ``per_seed`` and ``ci95_seeds_tasks`` (module docstring).
+
+    Parameters
+    ----------
+    a, b : array_like
+        ``(S, N)`` 0/1 correctness of the two methods, same seeds and items in the same order.
+    groups : array_like
+        ``(N,)`` test task of each item.
+
+    Returns
+    -------
+    dict
+        The keys above plus ``unit`` (``'seed'``) and ``n_seeds``; ``p_signflip`` is ``None`` for more than 20
+        seeds, intervals and p-values NaN for one seed.
+
+    Raises
+    ------
+    ValueError
+        When ``a`` or ``b`` is not a finite 2-D matrix, their shapes differ, or ``groups`` has not one entry per
+        item.
+    """
     a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same (seeds, items) shape, got {a.shape} and {b.shape}")
@@ -151,7 +206,26 @@ def compare(a, b, groups) -> dict:
 def summarise(correct, groups) -> dict:
     """One method's accuracy: ``accuracy`` (mean over seeds and items), ``ci95`` (seeds and tasks, see
     :func:`seeds_tasks_interval`), ``per_seed`` (S,), ``per_task`` (mean over seeds, tasks in order of first
-    appearance) and ``ci95_seed`` (t over the seed means: items fixed)."""
+    appearance) and ``ci95_seed`` (t over the seed means: items fixed).
+
+    Parameters
+    ----------
+    correct : array_like
+        ``(S, N)`` 0/1 correctness.
+    groups : array_like
+        ``(N,)`` test task of each item.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (a fraction), ``ci95`` and ``ci95_seed`` (``[lo, hi]``), ``per_seed`` ``(S,)``, ``per_task``
+        ``(n_tasks,)``.
+
+    Raises
+    ------
+    ValueError
+        When ``correct`` is not a finite 2-D matrix or ``groups`` has not one entry per item.
+    """
     x = _as_matrix(correct, "correct")
     g = np.asarray(groups)
     m, lo, hi = seeds_tasks_interval(x, g)

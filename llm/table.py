@@ -38,7 +38,18 @@ __all__ = ["table_rows", "run_table", "row_label", "comparisons_of"]
 
 
 def table_rows(cfg: Config) -> list[dict]:
-    """The rows of the table for ``cfg`` (see the module docstring), controls first."""
+    """The rows of the table for ``cfg`` (see the module docstring), controls first.
+
+    Returns
+    -------
+    list of dict
+        Each with ``method`` (``'none'``, ``'SR'``, ``'Meta-LoRA'``), ``retrain_rank``, ``finetune_rank``
+        (``None``: no fine-tuning), ``table`` (``'controls'`` or ``'LoRA-r'``) and ``label`` (:func:`row_label`).
+
+    >>> from llm.config import preset
+    >>> [r["label"] for r in table_rows(preset("smoke"))]
+    ['none -> none', 'none -> LoRA-8', 'SR -> LoRA-8', 'Meta-LoRA-8 -> LoRA-8']
+    """
     rows = [{"method": "none", "retrain_rank": None, "finetune_rank": None, "table": "controls"}]
     for fr in cfg.finetune_ranks:
         part = f"LoRA-{fr}"
@@ -63,6 +74,7 @@ def row_label(r: dict) -> str:
     Returns
     -------
     str
+        ``"<retraining> -> <fine-tuning>"``.
 
     >>> row_label({"method": "Meta-LoRA", "retrain_rank": 8, "finetune_rank": 8})
     'Meta-LoRA-8 -> LoRA-8'
@@ -76,7 +88,24 @@ def row_label(r: dict) -> str:
 
 def comparisons_of(rows: list[dict]) -> list[tuple[str, str, int | None, bool]]:
     """(a, b, fine-tuning rank, primary) pairs: every pair of rows at one fine-tuning rank, and every retrained
-    row against ``none -> none``. The primary comparisons are Meta-LoRA against SR at the same ranks."""
+    row against ``none -> none``. The primary comparisons are Meta-LoRA against SR at the same ranks.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`table_rows`, the control ``none -> none`` first.
+
+    Returns
+    -------
+    list of tuple
+        ``(label a, label b, finetune_rank, primary)``; the later row of a pair is ``a`` (Meta-LoRA rows come
+        after SR, so ``delta = a - b`` is Meta-LoRA minus SR).
+
+    >>> from llm.config import preset
+    >>> pairs = comparisons_of(table_rows(preset("smoke")))
+    >>> len(pairs), [(a, b) for a, b, _, primary in pairs if primary]
+    (6, [('Meta-LoRA-8 -> LoRA-8', 'SR -> LoRA-8')])
+    """
     out = []
     ctrl = rows[0]["label"]
     for fr in dict.fromkeys(r["finetune_rank"] for r in rows[1:]):
@@ -225,8 +254,24 @@ def run_table(cfg: Config, out_dir: str, *, tasks: TaskSet | None = None, resume
     ``tasks`` / ``splits``: the task set and (pre-)tokenised splits to use instead of building them from
     ``cfg.data`` (an offline bundle provides both).
 
-    Raises :class:`LLMError` for bad input (and lets :class:`llm.config.NonFiniteLossError` and
-    ``KeyboardInterrupt`` through: finished pieces stay in ``out_dir/runs`` for ``resume``).
+    Returns
+    -------
+    dict
+        The ``table.json`` document (``rows``, ``comparisons``, ``n_items``, ``seeds``, ``tasks``, the
+        retraining record, configuration and timings in seconds); non-finite floats are still NaN here
+        (:func:`llm.report.json_ready` turns them into ``null`` in the file).
+
+    Raises
+    ------
+    LLMError
+        For bad input: data that cannot be read or built into tasks (:class:`llm.config.DataError`,
+        :class:`llm.config.CandidateError`), a model that cannot be loaded (:class:`llm.config.ModelError`), a
+        bad device or schedule.
+    NonFiniteLossError
+        When a training loss is not finite (passed through, like ``KeyboardInterrupt``: finished pieces stay in
+        ``out_dir/runs`` for ``resume``).
+    OSError
+        When ``out_dir`` cannot be written.
     """
     from . import report
 

@@ -126,8 +126,28 @@ def build_tasks(conversations: list[Conversation], cfg: Config, source: str = "c
     context). Ties are broken by name, so the choice is deterministic. Retraining tasks get ``train`` and
     ``validation`` splits, test tasks ``train``, ``validation`` and ``heldout``.
 
-    Raises :class:`LLMError` when there are too few speakers or a split of a task would be empty, and
-    :class:`CandidateError` when fewer than 20 distinct candidates can be found.
+    Parameters
+    ----------
+    conversations : list of Conversation
+        From :func:`llm.data.read_chitchat` or :func:`llm.data.read_convai2`.
+    cfg : Config
+        Numbers of tasks, split caps, ``per_conversation``, ``context_turns``, ``negative_pool`` and
+        ``data_seed``.
+    source : str
+        Recorded as :attr:`TaskSet.source`.
+
+    Returns
+    -------
+    TaskSet
+        ``cfg.n_retrain_tasks`` retraining tasks (the largest speakers) and ``cfg.n_test_tasks`` test tasks (the
+        next largest), each sample with ``C = 20`` distinct candidates.
+
+    Raises
+    ------
+    LLMError
+        When there are too few speakers or a split of a task would be empty.
+    CandidateError
+        When fewer than 20 distinct candidates can be found for a sample.
     """
     replies = _replies(conversations)
     need = cfg.n_retrain_tasks + cfg.n_test_tasks

@@ -38,14 +38,26 @@ _VOLATILE = ("truncation_side", "padding_side", "is_local", "local_files_only", 
 
 
 def default_cache_dir() -> str:
-    """``$METALORA_CACHE`` or ``~/.cache/metalora/llm``: where tokenised splits are cached."""
+    """``$METALORA_CACHE`` or ``~/.cache/metalora/llm``: where tokenised splits are cached.
+
+    Returns
+    -------
+    str
+        The folder (not created here).
+    """
     return os.environ.get("METALORA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "metalora", "llm"))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """sha256 of the files ``tokenizer.save_pretrained`` writes (call-time settings removed), memoised on the
     object: two tokenizers that tokenise alike get the same fingerprint wherever they were loaded from, and a
-    different tokenizer saved at the same path gets another one."""
+    different tokenizer saved at the same path gets another one.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+    """
     cached = getattr(tokenizer, "_metalora_fingerprint", None)
     if cached is not None:
         return cached
@@ -73,7 +85,24 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 @dataclass(frozen=True)
 class SequenceStore:
-    """``S`` token sequences, ragged: sequence ``s`` is ``ids[offsets[s]:offsets[s+1]]`` (``types`` likewise)."""
+    """``S`` token sequences, ragged: sequence ``s`` is ``ids[offsets[s]:offsets[s+1]]`` (``types`` likewise).
+
+    Attributes
+    ----------
+    ids : torch.Tensor
+        ``(total,)`` int64 token ids, special tokens included.
+    types : torch.Tensor or None
+        ``(total,)`` int64 token type ids (BERT), or ``None``.
+    offsets : torch.Tensor
+        ``(S + 1,)`` int64, ``offsets[0] = 0``.
+    pad_id : int
+        The tokenizer's padding id.
+
+    >>> import torch
+    >>> store = SequenceStore(torch.tensor([101, 7, 102, 101, 8, 9, 102]), None, torch.tensor([0, 3, 7]), 0)
+    >>> store.lengths().tolist(), store.inputs([1, 0])["input_ids"].tolist()
+    ([3, 4], [[101, 8, 9, 102], [101, 7, 102, 0]])
+    """
 
     ids: "torch.Tensor"  # (total,) int64
     types: "torch.Tensor | None"  # (total,) int64 or None
@@ -84,11 +113,25 @@ class SequenceStore:
         return int(self.offsets.shape[0]) - 1
 
     def lengths(self) -> "torch.Tensor":
+        """Tokens of every sequence.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(S,)`` int64, ``offsets[1:] - offsets[:-1]``.
+        """
         return self.offsets[1:] - self.offsets[:-1]
 
     def inputs(self, seqs) -> dict:
         """Encoder inputs of sequences ``seqs`` (P,): ``input_ids``, ``attention_mask`` (and ``token_type_ids``)
-        of shape (P, L_max), padded with tensor operations only."""
+        of shape (P, L_max), padded with tensor operations only.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``(P, L_max)`` int64 each, ``L_max`` the longest of the ``P`` sequences; padding holds ``pad_id``
+            (ids), 0 (mask and types).
+        """
         import torch
 
         seqs = torch.as_tensor(seqs, dtype=torch.long)
@@ -123,22 +166,49 @@ class Split:
 
     @property
     def scorer(self) -> str:
+        """``'bi'`` when contexts are separate sequences, ``'cross'`` when every candidate is a pair."""
         return "cross" if self.contexts is None else "bi"
 
     @property
     def n_candidates(self) -> int:
+        """``C``, candidates per sample (20 for the tasks of :mod:`llm.tasks`)."""
         return int(self.candidates.shape[1])
 
     def with_store(self, store) -> "Split":
+        """The same samples as indices into another store (e.g. the :class:`llm.prefix.HiddenStore` of this
+        split's sequences).
+
+        Parameters
+        ----------
+        store : SequenceStore or llm.prefix.HiddenStore
+            Holding the same ``S`` sequences in the same order.
+
+        Returns
+        -------
+        Split
+            A copy; ``self`` is unchanged.
+        """
         return dataclasses.replace(self, store=store)
 
     def batch(self, idx, negatives: int | None = None, generator=None) -> dict:
         """The batch of samples ``idx`` (B,).
 
-        ``negatives = k`` keeps the true candidate (first) and ``k`` random other candidates of each sample
-        (training); ``None`` keeps all ``C`` (evaluation). Returns ``seqs`` (U,) the distinct (sequence, task)
-        pairs to encode with their ``seq_tasks`` (U,) and ``is_candidate`` (U,), ``cand`` (B, K) and ``ctx`` (B,)
-        (bi) positions into them, ``labels`` (B,) the index of the true candidate among the K, and ``tasks`` (B,).
+        Parameters
+        ----------
+        idx : array_like
+            ``(B,)`` sample indices.
+        negatives : int, optional
+            ``k``: keep the true candidate (first) and ``k`` random other candidates of each sample (training,
+            ``K = k + 1``); ``None`` keeps all ``C`` (evaluation, ``K = C``).
+        generator : torch.Generator, optional
+            Source of the negatives' draw.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``seqs`` (U,) the distinct (sequence, task) pairs to encode with their ``seq_tasks`` (U,) and
+            ``is_candidate`` (U,); ``cand`` (B, K) and ``ctx`` (B,) (bi; ``None`` for cross) positions into
+            them; ``labels`` (B,) the index of the true candidate among the K; ``tasks`` (B,).
         """
         import torch
 
@@ -235,7 +305,34 @@ def tokenise(tasks, tokenizer, *, scorer: str, max_length: int, candidate_length
     """Tokenise the ``split`` samples (``'train'``, ``'validation'`` or ``'heldout'``) of ``tasks`` for ``scorer``.
 
     The task index of a sample is the position of its task in ``tasks``; the truncation rules are those of the
-    module docstring. Raises :class:`LLMError` when the split holds no sample.
+    module docstring.
+
+    Parameters
+    ----------
+    tasks : sequence of llm.data.Task
+        The tasks whose samples are tokenised, in task-index order.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        The model's tokenizer.
+    scorer : str
+        ``'bi'`` or ``'cross'``.
+    max_length : int
+        Tokens of a context (bi) or of a pair (cross), special tokens included.
+    candidate_length : int
+        Tokens kept from the start of a candidate (special tokens excluded).
+    split : str
+        One of :data:`llm.data.SPLITS`.
+    cache_dir : str, optional
+        Tokenisation cache (default :func:`default_cache_dir`; created when missing).
+
+    Returns
+    -------
+    Split
+        ``N`` samples of ``C`` candidates; each distinct text (bi) or pair (cross) tokenised once.
+
+    Raises
+    ------
+    LLMError
+        When the split holds no sample, ``split`` is not a split name, or ``scorer`` is unknown.
     """
     import torch
 

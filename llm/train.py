@@ -94,7 +94,13 @@ class RetrainResult:
     seconds: float
 
     def to_dict(self) -> dict:
-        """The fields as a plain dict (tuples kept)."""
+        """The fields as a plain dict (tuples kept).
+
+        Returns
+        -------
+        dict
+            ``{field name: value}`` (``dataclasses.asdict``), what ``retrain.json`` of a table run records.
+        """
         return dataclasses.asdict(self)
 
 
@@ -102,13 +108,33 @@ def build_retrain_model(cfg: Config, method: str, rank: int | None, n_tasks: int
                         schedule: str | None = None, hf=None) -> Scorer:
     """Scorer (+ adapters) for ``method`` with the upper part, adapters and heads trainable, the rest frozen.
 
-    ``hf``: an HF model to use instead of loading ``cfg.model``; ``schedule``: a name of
-    :data:`llm.adapters.ADAPTERS` (default: the first), Meta-LoRA only.
+    Parameters
+    ----------
+    cfg : Config
+        Model, scorer, ``freeze_layers``, ``temperature``, ``lora_alpha`` and ``lora_dropout`` are read.
+    method : str
+        ``'sr'`` or ``'meta-lora'``.
+    rank : int or None
+        ``r`` of Meta-LoRA-r (ignored for SR).
+    n_tasks : int
+        ``T``: adapters and heads of Meta-LoRA (SR has one head).
+    seed : int
+        ``torch.manual_seed(seed)`` before the model is built (adapters), and the heads' seed.
+    schedule : str, optional
+        A name of :data:`llm.adapters.ADAPTERS` (default: the first), Meta-LoRA only.
+    hf : transformers.PreTrainedModel, optional
+        An HF model to use instead of loading ``cfg.model``.
+
+    Returns
+    -------
+    Scorer
+        Trainable: the upper part's encoder weights, the LoRA tensors and the heads; the rest frozen.
 
     Raises
     ------
     LLMError
-        For a bad method, rank or schedule.
+        For a bad method, rank or schedule; :class:`llm.config.ModelError` for a model that cannot be loaded
+        offline or does not fit the scorer or ``freeze_layers``.
     """
     if method not in METHODS:
         raise LLMError(f"method must be one of {METHODS}, got {method!r}")

@@ -53,10 +53,37 @@ def inject_multitask_lora(model: nn.Module, *, n_tasks: int, r: int, alpha: floa
                           target_modules: str | Sequence[str], mode: str = DEFAULT_MODE) -> list[str]:
     """Replace every targeted ``nn.Linear`` of ``model`` by a :class:`MultiTaskLoraLinear`, in place.
 
-    ``target_modules``: ``"all-linear"`` (every ``nn.Linear`` except classification / output heads, as peft),
-    a regex matched against the full module name, or a list of names / name suffixes (peft's rules).
-    Returns the replaced module names (relative to ``model``), sorted. Base weights keep their ``requires_grad``.
-    Raises ValueError for ``n_tasks <= 0``, ``r <= 0``, bad alpha / dropout, or when no module matches.
+    Base weights keep their ``requires_grad``; the new ``lora_A (T, r, d_in)`` and ``lora_B (T, d_out, r)`` are
+    trainable.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Changed in place; it records the options for :func:`llm.multilora.export_task_adapter`.
+    n_tasks, r, alpha, dropout
+        ``T``, the rank, LoRA alpha (scaling ``alpha / r``) and the LoRA dropout probability.
+    target_modules : str or sequence of str
+        ``"all-linear"`` (every ``nn.Linear`` except classification / output heads, as peft), a regex matched
+        against the full module name, or a list of names / name suffixes (peft's rules).
+    mode : str
+        ``"gather"`` or ``"grouped"`` (:data:`llm.multilora.MODES`).
+
+    Returns
+    -------
+    list of str
+        The replaced module names (relative to ``model``), sorted.
+
+    Raises
+    ------
+    ValueError
+        For ``n_tasks`` or ``r`` not an integer >= 1, alpha not finite and > 0, dropout outside ``[0, 1)``, an
+        unknown mode, empty ``target_modules``, a model that already holds stacked layers, or when no
+        ``nn.Linear`` matches (the message lists the model's linear layers).
+
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> names = inject_multitask_lora(model, n_tasks=3, r=2, alpha=2.0, dropout=0.0, target_modules=["0"])
+    >>> names, type(model[0]).__name__, type(model[2]).__name__
+    (['0'], 'MultiTaskLoraLinear', 'Linear')
     """
     check_sizes(n_tasks=n_tasks, r=r, alpha=alpha, dropout=dropout)
     check_mode(mode)
@@ -96,10 +123,15 @@ def inject_multitask_lora(model: nn.Module, *, n_tasks: int, r: int, alpha: floa
 def inject_multitask_head(model: nn.Module, *, n_tasks: int, module_name: str) -> MultiTaskHead:
     """Replace the ``nn.Linear`` at ``module_name`` by a :class:`MultiTaskHead` whose T heads start as its copies.
 
+    Returns
+    -------
+    MultiTaskHead
+        The new module (now a child of ``model``), ``weight (T, n_labels, hidden)``.
+
     Raises
     ------
     ValueError
-        When ``module_name`` is not a submodule of ``model`` or not an ``nn.Linear``.
+        When ``module_name`` is not a submodule of ``model`` or not an ``nn.Linear``, or ``n_tasks <= 0``.
     """
     try:
         linear = model.get_submodule(module_name)
@@ -113,12 +145,24 @@ def inject_multitask_head(model: nn.Module, *, n_tasks: int, module_name: str) -
 
 
 def multitask_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every MultiTaskLoraLinear and MultiTaskHead in ``model``."""
+    """(name, module) of every MultiTaskLoraLinear and MultiTaskHead in ``model``.
+
+    Returns
+    -------
+    list of (str, nn.Module)
+        In ``model.named_modules()`` order; empty when nothing was injected.
+    """
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (MultiTaskLoraLinear, MultiTaskHead))]
 
 
 def set_mode(model: nn.Module, mode: str) -> None:
-    """Switch every MultiTaskLoraLinear of ``model`` to ``mode`` ("gather" or "grouped")."""
+    """Switch every MultiTaskLoraLinear of ``model`` to ``mode`` ("gather" or "grouped").
+
+    Raises
+    ------
+    ValueError
+        When ``mode`` is not one of :data:`llm.multilora.MODES`.
+    """
     check_mode(mode)
     for _, m in multitask_modules(model):
         if isinstance(m, MultiTaskLoraLinear):
@@ -130,6 +174,11 @@ def task_ids(model: nn.Module, ids: torch.Tensor) -> Iterator[None]:
     """Within the block, example b of every batch through ``model`` uses task ``ids[b]`` (ids: LongTensor (B,)).
 
     Works through wrappers (DDP, accelerate) since it walks ``model.modules()``. Nested use is refused.
+
+    Yields
+    ------
+    None
+        The index is cleared from every layer when the block ends, also on an error.
 
     Raises
     ------
@@ -167,7 +216,13 @@ def _describe(x) -> str:
 
 def unload_multitask_lora(model: nn.Module) -> nn.Module:
     """Put the base ``nn.Linear`` layers back (adapters dropped, merged deltas removed); heads become task 0's
-    ``nn.Linear`` copy. Returns ``model`` (changed in place), e.g. to ``save_pretrained`` the retrained encoder."""
+    ``nn.Linear`` copy, e.g. to ``save_pretrained`` the retrained encoder.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself, changed in place (unchanged when it holds no stacked layer).
+    """
     for name, m in multitask_modules(model):
         if isinstance(m, MultiTaskLoraLinear):
             m.unmerge()
@@ -180,7 +235,13 @@ def unload_multitask_lora(model: nn.Module) -> nn.Module:
 
 
 def trainable_lora_parameters(model: nn.Module) -> Iterable[nn.Parameter]:
-    """The LoRA A and B parameters of every MultiTaskLoraLinear (e.g. for a separate optimiser group)."""
+    """The LoRA A and B parameters of every MultiTaskLoraLinear (e.g. for a separate optimiser group).
+
+    Yields
+    ------
+    torch.nn.Parameter
+        ``lora_A (T, r, d_in)`` then ``lora_B (T, d_out, r)`` of each layer, in module order.
+    """
     for _, m in multitask_modules(model):
         if isinstance(m, MultiTaskLoraLinear):
             yield m.lora_A

@@ -40,23 +40,24 @@ class _TaskIndexMixin:
 
 
 class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
-    """A base ``nn.Linear`` plus T LoRA adapters, example b using adapter ``t_b``.
+    """A base ``nn.Linear`` plus T LoRA adapters, example b using adapter ``t_b`` (peft's ``lora.Linear`` per example).
 
-    Parameters
-    ----------
-    base_layer : nn.Linear with weight ``W: (d_out, d_in)``; kept as ``self.base_layer`` (trainable unless frozen).
-    n_tasks : T >= 1.
-    r : rank >= 1.
-    alpha : LoRA alpha; ``scaling = alpha / r`` (peft's default, no rsLoRA).
-    dropout : probability in [0, 1) of the dropout applied to the LoRA branch's input.
-    mode : "gather" or "grouped" (same numbers, different kernels).
+    ``forward(x)``: ``(B, ..., d_in) -> (B, ..., d_out)``, ``W x_b + bias + scaling * B[t_b] (A[t_b] dropout(x_b))``
+    with ``scaling = alpha / r`` (peft's default, no rsLoRA). ``base_layer`` (``W``: ``(d_out, d_in)``) is kept and
+    trainable unless frozen; ``dropout`` acts on the LoRA branch's input; ``mode`` ``'gather'`` or ``'grouped'``: the
+    same numbers by other kernels. ``lora_A`` ``(T, r, d_in)`` starts kaiming-uniform per task and ``lora_B``
+    ``(T, d_out, r)`` at zero (a no-op at init, as peft); ``merged_task`` is the task merged by :meth:`merge`, if any.
 
-    Attributes
-    ----------
-    lora_A : Parameter ``(T, r, d_in)``; lora_B : Parameter ``(T, d_out, r)``.
+    Raises
+    ------
+    ValueError
+        ``n_tasks`` or ``r`` not an integer >= 1, ``alpha`` not finite > 0, ``dropout`` not in ``[0, 1)``, bad ``mode``.
+    TypeError
+        When ``base_layer`` is not an ``nn.Linear``.
 
-    ``forward(x)`` with ``x: (B, ..., d_in)`` returns ``(B, ..., d_out)``:
-    ``W x + bias + scaling * B[t_b] (A[t_b] dropout(x_b))``.
+    >>> layer = MultiTaskLoraLinear(nn.Linear(4, 3), n_tasks=2, r=2, alpha=4.0)
+    >>> tuple(layer.lora_A.shape), tuple(layer.lora_B.shape), layer.scaling
+    ((2, 2, 4), (2, 3, 2), 2.0)
     """
 
     def __init__(self, base_layer: nn.Linear, *, n_tasks: int, r: int, alpha: float, dropout: float = 0.0,
@@ -80,10 +81,10 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self) -> None:
-        """peft's default init, task by task: ``A[t]`` kaiming-uniform (a = sqrt(5), fan_in = d_in), ``B[t] = 0``.
+        """peft's default init, task by task: ``A[t]`` kaiming-uniform (``a = sqrt(5)``, fan_in ``d_in``), ``B[t] = 0``.
 
-        Each ``(r, d_in)`` slice is initialised by its own call, in task order, exactly as peft initialises an
-        ``nn.Linear(d_in, r)`` per adapter (a single call on the 3-D tensor would use fan_in = r * d_in).
+        One call per ``(r, d_in)`` slice, in task order, as peft initialises an ``nn.Linear(d_in, r)`` per adapter (one
+        call on the 3-D tensor would use fan_in ``r * d_in``).
         """
         with torch.no_grad():
             for t in range(self.n_tasks):
@@ -91,21 +92,32 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
             self.lora_B.zero_()
 
     def get_delta_weight(self, t: int) -> torch.Tensor:
-        """``scaling * B[t] @ A[t]``, shape ``(d_out, d_in)`` (peft's ``get_delta_weight``)."""
+        """Task t's delta weight ``scaling * B[t] @ A[t]`` (peft's ``get_delta_weight``), with its autograd graph.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(d_out, d_in)``, of rank at most ``r``.
+
+        Raises
+        ------
+        ValueError
+            When ``t`` is not an integer in ``[0, T)``.
+        """
         check_task(t, self.n_tasks)
         return self.scaling * (self.lora_B[t] @ self.lora_A[t])
 
     def merge(self, t: int) -> None:
-        """Add task t's delta weight into the base weight (then only batches of task t are accepted).
+        """Add task t's delta weight into the base weight; then only batches of task t are accepted.
 
-        As peft's ``safe_merge``: the merged weight is computed on a copy and refused if not finite.
+        As peft's ``safe_merge``, the sum is computed on a copy and refused, nothing changed, when it is not finite.
 
         Raises
         ------
         RuntimeError
             When a task is already merged.
         ValueError
-            When the merged weight would not be finite (nothing is changed).
+            When ``t`` is not an integer in ``[0, T)``, or the merged weight would not be finite.
         """
         if self.merged_task is not None:
             raise RuntimeError(f"task {self.merged_task} is already merged; unmerge first")
@@ -117,6 +129,10 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         self.merged_task = int(t)
 
     def unmerge(self) -> None:
+        """Subtract the merged task's delta weight from the base weight again (a no-op when none is merged).
+
+        The base weight then equals its value before :meth:`merge` up to float rounding (peft's ``unmerge``).
+        """
         if self.merged_task is None:
             return
         with torch.no_grad():
@@ -125,6 +141,20 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         self.merged_task = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x_b + bias + scaling * B[t_b] A[t_b] dropout(x_b)`` for every example b (``t_b`` set by ``task_ids``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, ..., d_out)`` for ``x`` ``(B, ..., d_in)``, in the base layer's dtype (LoRA branch: the adapters').
+
+        Raises
+        ------
+        RuntimeError
+            When no task index is set, or a task is merged and the batch holds another.
+        ValueError
+            When the task index does not have one entry per example (``B``).
+        """
         ids = self._ids_for(x)
         result = self.base_layer(x)
         if self.merged_task is not None:
@@ -151,6 +181,13 @@ class MultiTaskLoraLinear(_TaskIndexMixin, nn.Module):
         return result + delta.reshape(*lead[:-1], self.out_features).to(result.dtype)
 
     def extra_repr(self) -> str:
+        """The sizes shown in ``repr(module)``.
+
+        Returns
+        -------
+        str
+            ``"n_tasks=T, r=r, alpha=alpha, mode='gather'"``.
+        """
         return f"n_tasks={self.n_tasks}, r={self.r}, alpha={self.alpha}, mode={self.mode!r}"
 
 
@@ -186,11 +223,16 @@ def _grouped_delta(x3: torch.Tensor, ids: torch.Tensor, A: torch.Tensor, B: torc
 
 
 class MultiTaskHead(_TaskIndexMixin, nn.Module):
-    """T stacked linear heads, example b using head ``t_b``.
+    """T stacked linear heads, example b using head ``t_b``: ``y_b = weight[t_b] x_b + bias[t_b]``.
 
-    ``weight: (T, n_labels, hidden)``, ``bias: (T, n_labels)``; ``forward(x)`` with ``x: (B, ..., hidden)`` returns
-    ``(B, ..., n_labels)`` with ``y_b = weight[t_b] x_b + bias[t_b]``. Built from an ``nn.Linear`` by
-    :meth:`from_linear`, every task's head starting as a copy of it (what peft's ``modules_to_save`` does per adapter).
+    ``weight`` ``(T, n_labels, hidden)`` and (with ``bias``) ``bias`` ``(T, n_labels)`` start at zero in ``dtype`` on
+    ``device``; :meth:`from_linear` starts every task's head as a copy of an ``nn.Linear`` (what peft's
+    ``modules_to_save`` does per adapter).
+
+    Raises
+    ------
+    ValueError
+        For ``n_tasks <= 0``.
     """
 
     def __init__(self, n_tasks: int, hidden: int, n_labels: int, *, bias: bool = True, dtype=None, device=None):
@@ -204,6 +246,23 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n_tasks: int) -> MultiTaskHead:
+        """``T = n_tasks`` copies of ``linear`` (weight ``(n_labels, hidden)``; dtype, device kept) as one stacked head.
+
+        Returns
+        -------
+        MultiTaskHead
+            ``weight[t]`` equal to ``linear.weight`` and ``bias[t]`` to ``linear.bias`` for every t.
+
+        Raises
+        ------
+        ValueError
+            For ``n_tasks <= 0``.
+
+        >>> lin = nn.Linear(4, 2)
+        >>> head = MultiTaskHead.from_linear(lin, 3)
+        >>> tuple(head.weight.shape), torch.equal(head.weight[2], lin.weight)
+        ((3, 2, 4), True)
+        """
         head = cls(n_tasks, linear.in_features, linear.out_features, bias=linear.bias is not None,
                    dtype=linear.weight.dtype, device=linear.weight.device)
         with torch.no_grad():
@@ -213,7 +272,18 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return head
 
     def task_linear(self, t: int) -> nn.Linear:
-        """Task t's head as a fresh ``nn.Linear`` (a copy)."""
+        """Task t's head as a fresh ``nn.Linear`` (a detached copy of ``weight[t]``, ``bias[t]``).
+
+        Returns
+        -------
+        nn.Linear
+            ``hidden -> n_labels``.
+
+        Raises
+        ------
+        ValueError
+            When ``t`` is not an integer in ``[0, T)``.
+        """
         check_task(t, self.n_tasks)
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                         dtype=self.weight.dtype, device=self.weight.device)
@@ -224,6 +294,20 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``y_b = weight[t_b] x_b + bias[t_b]`` for every example b (``t_b`` set by ``task_ids``).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, ..., n_labels)`` for ``x`` ``(B, ..., hidden)``.
+
+        Raises
+        ------
+        RuntimeError
+            When no task index is set.
+        ValueError
+            When the task index does not have one entry per example (``B``).
+        """
         ids = self._ids_for(x)
         lead = x.shape
         x3 = x.reshape(lead[0], -1, lead[-1])
@@ -237,6 +321,13 @@ class MultiTaskHead(_TaskIndexMixin, nn.Module):
         return y.reshape(*lead[:-1], self.out_features)
 
     def extra_repr(self) -> str:
+        """The sizes shown in ``repr(module)``.
+
+        Returns
+        -------
+        str
+            ``"n_tasks=T, in_features=hidden, out_features=n_labels"``.
+        """
         return f"n_tasks={self.n_tasks}, in_features={self.in_features}, out_features={self.out_features}"
 
 
@@ -246,8 +337,7 @@ def check_sizes(*, n_tasks, r, alpha, dropout) -> None:
     Raises
     ------
     ValueError
-        When ``n_tasks`` or ``r`` is not an integer >= 1, ``alpha`` not a finite number > 0, or ``dropout``
-        outside ``[0, 1)``.
+        ``n_tasks`` or ``r`` not an integer >= 1, ``alpha`` not a finite number > 0, or ``dropout`` not in ``[0, 1)``.
     """
     if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks <= 0:
         raise ValueError(f"n_tasks must be an integer >= 1, got {n_tasks!r}")
@@ -260,12 +350,34 @@ def check_sizes(*, n_tasks, r, alpha, dropout) -> None:
 
 
 def check_mode(mode: str) -> None:
-    """Raises ``ValueError`` when ``mode`` is not one of :data:`MODES`."""
+    """Refuse a forward implementation that is not one of :data:`MODES`.
+
+    Raises
+    ------
+    ValueError
+        When ``mode`` is not one of :data:`MODES`.
+
+    >>> check_mode("gather")
+    >>> check_mode("loop")
+    Traceback (most recent call last):
+    ValueError: mode must be one of ('gather', 'grouped'), got 'loop'
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def check_task(t, n_tasks: int) -> None:
-    """Raises ``ValueError`` when ``t`` is not an integer task index in ``[0, n_tasks)``."""
+    """Refuse a task index outside ``[0, n_tasks)``.
+
+    Raises
+    ------
+    ValueError
+        When ``t`` is not an integer (``bool`` excluded) in ``[0, n_tasks)``.
+
+    >>> check_task(1, 2)
+    >>> check_task(2, 2)
+    Traceback (most recent call last):
+    ValueError: task index must be an integer in [0, 2), got 2
+    """
     if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < n_tasks:
         raise ValueError(f"task index must be an integer in [0, {n_tasks}), got {t!r}")

@@ -68,6 +68,11 @@ def export_task_adapter(model: nn.Module, t: int, out_dir: str | os.PathLike, *,
     weights as ``model`` (before injection) then computes what ``model`` computes for task t. Both files are
     written atomically (temporary file + rename).
 
+    Returns
+    -------
+    str
+        ``out_dir`` (as a string).
+
     Raises
     ------
     ValueError
@@ -122,8 +127,16 @@ def _strip_adapter_name(key: str) -> str:
 def import_task_adapter(model: nn.Module, t: int, adapter_dir: str | os.PathLike) -> None:
     """Load a peft-format LoRA adapter (as written by :func:`export_task_adapter` or peft) into task t's slices.
 
-    Checks rank, alpha and that every wrapped module receives exactly its A and B (shapes included); head slices
-    are loaded for MultiTaskHead modules when the file holds them. Raises ValueError naming the mismatch.
+    Checks rank, alpha and that every wrapped module receives exactly its A ``(r, d_in)`` and B ``(d_out, r)``;
+    head slices are loaded for MultiTaskHead modules when the file holds them. Other tasks' slices are untouched.
+
+    Raises
+    ------
+    ValueError
+        Naming the mismatch: the model holds no multi-task LoRA; ``t`` is not in ``[0, T)``; a file is missing,
+        not JSON or not safetensors; another rank or alpha; an option the stacked layers do not implement (rsLoRA,
+        DoRA, ``fan_in_fan_out``, LoRA bias, per-module rank or alpha patterns); a missing, extra or misshapen
+        tensor; or a shared weight that differs from the model's.
     """
     from safetensors.torch import load_file
 

@@ -11,7 +11,12 @@ import torch
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from llm.multilora import MultiTaskLoraLinear, inject_multitask_head, inject_multitask_lora, multitask_modules  # noqa: E402,E501
+from llm.multilora import (  # noqa: E402
+    MultiTaskLoraLinear,
+    inject_multitask_head,
+    inject_multitask_lora,
+    multitask_modules,
+)
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 

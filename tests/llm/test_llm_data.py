@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
+from llm.adapters import adapter_type
 from llm.config import CandidateError, DataError, LLMError, preset
-from llm.data import read_chitchat, read_convai2
+from llm.data import Task, read_chitchat, read_convai2
 from llm.tasks import build_tasks
 from test_llm_support import write_chitchat, write_convai2
 
@@ -53,6 +54,19 @@ def test_convai2_malformed_lines_name_file_and_line(tmp_path, content, line, wha
     with pytest.raises(DataError) as err:
         read_convai2(str(p))
     assert f"{p}:{line}:" in str(err.value) and what in str(err.value)
+
+
+def test_convai2_smallest_episodes_speakers_candidates_and_ids(tmp_path):
+    """Partner turns have no speaker and no candidates; a reply's speaker is the persona (its sorted lines joined by
+    " | "), its candidates the line's; an episode's id is "<file name>:<first line>"."""
+    p = tmp_path / "train.txt"
+    p.write_text("1 your persona: i like tea.\n2 your persona: a cat is mine.\n3 hi\thello\t\thello|bye\n"
+                 "1 your persona: x.\n2 yo\tbye\t\tbye|hello\n")
+    eps = read_convai2(str(p))
+    assert [e.id for e in eps] == ["train.txt:1", "train.txt:4"]
+    assert [(t.speaker, t.text, t.candidates) for t in eps[0].turns] == [
+        (None, "hi", None), ("a cat is mine. | i like tea.", "hello", ("hello", "bye"))]
+    assert eps[1].turns[1].speaker == "x."
 
 
 def test_convai2_unreadable_file(tmp_path):
@@ -192,6 +206,19 @@ def test_chitchat_builder_is_deterministic_and_seeded(chitchat):
     c = build_tasks(chitchat, CFG.replace(data_seed=1))
     assert [t.name for t in c.retrain] == [t.name for t in a.retrain]  # the choice of tasks is by size only
     assert [s.candidates for s in c.retrain[0].train] != [s.candidates for s in a.retrain[0].train]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Task("a", (), ()).split("test"), "split must be one of ('train', 'validation', 'heldout'), got 'test'"),
+    (lambda: preset("gpu"), "unknown preset 'gpu'; choose one of ['cpu', 'paper', 'smoke']"),
+    (lambda: preset("smoke", batch_sr=0), "batch_sr must be a positive integer, got 0"),
+    (lambda: preset("smoke", epochs=3), "'epochs'"),
+    (lambda: adapter_type("parallel"), "schedule must be one of ('batched', 'sequential'), got 'parallel'"),
+])
+def test_a_bad_name_or_value_is_refused_with_its_rule(make, message):
+    with pytest.raises(LLMError) as err:
+        make()
+    assert message in str(err.value)
 
 
 def test_too_few_candidates_and_too_few_speakers_are_refused(tmp_path):

@@ -32,6 +32,7 @@ from llm.planted_model import (  # noqa: E402
     chosen_layers,
     forward_top,
     layer_output,
+    layer_position,
     load_encoder,
     masked_mse,
     plant,
@@ -161,6 +162,20 @@ def test_masked_mse_counts_only_real_tokens():
     target[0, 2] = 100.0  # a padding position
     mask = torch.tensor([[True, True, False], [True, False, False]])
     assert float(masked_mse(pred, target, mask)) == 1.0
+    # the mean runs over the features too: (1^2 + 3^2) / 2 on the one real token
+    one = torch.tensor([[[1.0, 3.0], [5.0, 5.0]]])
+    assert float(masked_mse(torch.zeros(1, 2, 2), one, torch.tensor([[True, False]]))) == 5.0
+
+
+def test_layer_position_of_every_stage_and_refusal_of_other_modules():
+    from llm.config import LLMError
+
+    subs = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense"]
+    assert [layer_position(f"encoder.layer.5.{s}") for s in subs] == [(5, 0)] * 3 + [(5, 1), (5, 2), (5, 3)]
+    for bad in ("pooler.dense", "encoder.layer.0.attention.output.LayerNorm", "encoder.layer.x.output.dense"):
+        with pytest.raises(LLMError, match=f"layer '{re.escape(bad)}' is not a linear layer of a transformer block"):
+            layer_position(bad)
 
 
 def _linear_limit_data(model, tok, names, *, T, turns):
@@ -232,6 +247,15 @@ def test_a_seed_reproduces_its_numbers_and_another_seed_differs(tiny_dir):
 def test_finetune_ranks():
     assert finetune_ranks(2, 1) == [1, 2, 3]
     assert finetune_ranks(5, 2) == [2, 4, 6, 12]
+
+
+def test_preset_keeps_unset_overrides_and_to_dict_is_json():
+    """A ``None`` override (an option not given on the command line) keeps the preset's value; tuples become lists."""
+    cfg = planted_preset("smoke", seeds=None, retrain_steps=5)
+    assert cfg.seeds == (0, 1) and cfg.retrain_steps == 5
+    d = cfg.to_dict()
+    assert d["settings"] == [[2, 1]] and d["n_sweep_setting"] == [3, 1] and d["seeds"] == [0, 1]
+    assert json.loads(json.dumps(d)) == d
 
 
 @pytest.mark.parametrize("change, word", [(dict(settings=((1, 1),)), "T must"), (dict(settings=((2, 0),)), "k must"),

@@ -139,3 +139,19 @@ def test_batch_runs_each_distinct_sequence_once_and_points_back_exactly(tokenize
         n = int(inputs["attention_mask"][j].sum())
         assert inputs["input_ids"][j, :n].tolist() == _seq(split, s)
         assert inputs["input_ids"][j, n:].eq(split.store.pad_id).all()
+
+
+def test_a_hand_built_bi_split_batches_each_sequence_once_with_exact_pointers():
+    from llm.tokens import SequenceStore, Split
+
+    # sequences: 0 = context of sample 0, 1 and 2 = candidates shared by both samples, 3 = context of sample 1
+    store = SequenceStore(torch.tensor([5, 6, 7, 8]), None, torch.tensor([0, 1, 2, 3, 4]), 0)
+    split = Split(store, torch.tensor([[1, 2], [2, 1]]), torch.tensor([0, 3]), torch.tensor([1, 0]),
+                  torch.tensor([0, 0]))
+    assert (split.scorer, split.n_candidates, len(split)) == ("bi", 2, 2)
+    b = split.batch([0, 1])
+    seqs = b["seqs"]
+    assert sorted(seqs.tolist()) == [0, 1, 2, 3]  # the shared candidates are encoded once
+    assert seqs[b["cand"]].tolist() == [[1, 2], [2, 1]] and seqs[b["ctx"]].tolist() == [0, 3]
+    assert b["is_candidate"].tolist() == [s in (1, 2) for s in seqs.tolist()]
+    assert b["labels"].tolist() == [1, 0] and b["tasks"].tolist() == [0, 0]
