@@ -174,13 +174,14 @@ def _run_table(args) -> int:
     return EXIT_OK
 
 
-def _schedule_option(p: argparse.ArgumentParser) -> None:
-    """``--schedule``: its choices and help read from the adapter registry (:data:`llm.adapters.ADAPTERS`)."""
+def _schedule_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--schedule``: its choices and help read from the adapter registry (:data:`llm.adapters.ADAPTERS`);
+    ``default`` the schedule used when it is not given (None: :func:`llm.adapters.default_schedule`)."""
     from .adapters import ADAPTERS, default_schedule
 
     kinds = "; ".join(f"{name}: {cls.help}" for name, cls in ADAPTERS.items())
     p.add_argument("--schedule", choices=list(ADAPTERS), default=None,
-                   help=f"Meta-LoRA adapter type ({kinds}; default {default_schedule()})")
+                   help=f"Meta-LoRA adapter type ({kinds}; default {default or default_schedule()})")
 
 
 def _add_table(sub) -> None:
@@ -195,7 +196,9 @@ def _add_table(sub) -> None:
                    help="ranks r of Meta-LoRA-r (default: preset's; the paper's Table 1: 8 16)")
     p.add_argument("--finetune-ranks", type=_positive, nargs="+", default=None,
                    help="fine-tuning LoRA ranks r' (default: preset's; the paper's Table 1: 8 16)")
-    _schedule_option(p)
+    from .adapters import TABLE_SCHEDULE
+
+    _schedule_option(p, TABLE_SCHEDULE)
     p.add_argument("--resume", action="store_true", help="reuse finished pieces in --out/runs")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrained encoders (by default removed once the table is written)")

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["TaskAdapters", "AdapterFactory", "PeftAdapters", "BatchedAdapters", "ADAPTERS", "default_schedule",
-           "finetune_schedule", "adapter_type"]
+           "finetune_schedule", "adapter_type", "TABLE_SCHEDULE"]
 
 
 @runtime_checkable
@@ -247,6 +247,11 @@ ADAPTERS: dict[str, type] = {
     "batched": BatchedAdapters,
     "sequential": PeftAdapters,
 }
+
+
+#: the Meta-LoRA schedule of ``llm table`` when none is given: the reference, peft named adapters with one task per
+#: batch (as the paper's code), with which ``results/llm`` was made; ``retrain`` defaults to :func:`default_schedule`
+TABLE_SCHEDULE = "sequential"
 
 
 def default_schedule() -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_mod
 from . import stats
+from .adapters import TABLE_SCHEDULE
 from .atomic import atomic_write_text
 from .config import Config, LLMError
 from .data import TaskSet, load_tasks
@@ -282,7 +283,7 @@ def run_table(cfg: Config, out_dir: str, *, tasks: TaskSet | None = None, resume
     n_rows = len(table_rows(cfg))
     log(f"{n_rows} rows x {len(cfg.seeds)} seeds; each row prints one line when it ends (the first also tokenises "
         f"and, with frozen blocks, caches their outputs: a few minutes on 2 cores)")
-    schedule = schedule or "sequential"
+    schedule = schedule or TABLE_SCHEDULE
     run = _Run(cfg, out_dir, tasks, resume=resume, device=device, schedule=schedule, cache_dir=cache_dir,
                progress=progress, log=log, splits=splits)
     rows = table_rows(cfg)

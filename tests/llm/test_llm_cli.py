@@ -48,6 +48,7 @@ def test_smoke_table_schema_controls_comparisons_and_resume(tiny_bert, chitchat_
     assert sum(c["primary"] for c in doc["comparisons"]) == 1
     full = json.loads((out / "table.json").read_text())
     assert full["rows"] == doc["rows"] and full["n_items"] == 4 and not full["optimistic"]
+    assert full["schedule"] == "sequential"  # the default that `llm table --help` states
     md = (out / "table.md").read_text()
     assert "## Comparisons" in md and "none -> none" in md and "(primary)" in md and "## Verdicts" in md
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,6 +131,10 @@ def test_entry_point_help_and_usage_errors():
     ok = subprocess.run([sys.executable, "-m", "llm", "table", "--help"], capture_output=True, text=True, env=env,
                         cwd=ROOT, timeout=120)
     assert ok.returncode == 0 and "--preset" in ok.stdout and "paper" in ok.stdout
+    assert "default sequential)" in " ".join(ok.stdout.split())  # table's own default, not retrain's
+    retrain = subprocess.run([sys.executable, "-m", "llm", "retrain", "--help"], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=120)
+    assert "default batched)" in " ".join(retrain.stdout.split())
     bad = subprocess.run([sys.executable, "-m", "llm", "retrain", "--method", "full", "--out", "x"],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "invalid choice: 'full'" in bad.stderr
