@@ -43,8 +43,8 @@ _positive, _nonneg = _int_at_least(1), _int_at_least(0)
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                   help=f"hyperparameters and sizes: cpu (default: powered CPU comparison), paper (Appendix C), "
-                        f"smoke (tests)")
+                   help="hyperparameters and sizes: cpu (default: powered CPU comparison), paper (Appendix C), "
+                        "smoke (tests)")
     p.add_argument("--model", default=None,
                    help="'minilm' (packaged all-MiniLM-L6-v2, default), a HF name such as roberta-large, or a path")
     p.add_argument("--data", default=None,

@@ -92,7 +92,7 @@ def to_markdown(doc: dict) -> str:
              f"- Trained: transformer blocks {doc['freeze_layers']}.. of the encoder (the embeddings and blocks "
              f"below are frozen for every row). Fine-tuning epoch chosen {sel}; retraining epoch chosen on the "
              f"retraining tasks' validation split.",
-             f"- Chance is 0.050. Intervals: 95%, over seeds and test tasks (rows) and over seeds (comparisons).",
+             "- Chance is 0.050. Intervals: 95%, over seeds and test tasks (rows) and over seeds (comparisons).",
              "", "| retraining -> fine-tuning | accuracy | 95% CI | accuracy per seed |", "|---|---:|---|---|"]
     for r in doc["rows"]:
         lines.append(f"| {r['label']} | {_f(r['accuracy'])} | {_ci(r['ci95'])} | "
