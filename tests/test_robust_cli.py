@@ -212,9 +212,10 @@ def test_benchmark_scripts_refuse_bad_options_before_timing(script, argv, capsys
 # ------------------------------------------------------------------------------------------ real signals
 
 def _slow_search(out) -> list[str]:
-    # instances of ~1 s each (1500 Newton-type starts), so that several are still running when the signal comes
+    # instances of ~2-3 s each (3000 Newton-type starts), so that several are still running when the signal comes
+    # even when the machine's load delays the test's polling (with 1500 starts a loaded run once finished first)
     return [sys.executable, "-m", "landscape", "search", "--d", "3", "--k", "1", "--T", "3", "--instances", "4",
-            "--starts", "1500", "--gd-runs", "0", "--seed", "0", "--out", str(out), "--workers", "2"]
+            "--starts", "3000", "--gd-runs", "0", "--seed", "0", "--out", str(out), "--workers", "2"]
 
 
 def _wait_for_lines(path, n: int, proc, deadline_s: float = 240.0) -> None:
