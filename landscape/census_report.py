@@ -23,7 +23,7 @@ from .census import OUTCOMES
 from theory.atomic import atomic_path
 
 __all__ = ["wilson", "fraction", "check_census_record", "cell_summary", "markdown", "margins",
-           "margins_markdown", "heat_maps", "POOLED"]
+           "margins_markdown", "heat_maps", "heat_map_figure", "POOLED"]
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -222,9 +222,19 @@ def margins_markdown(rows: list[dict]) -> str:
 
 
 def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
-    """A PNG of one fraction over the grid: one panel per k, d across, T down; each cell shows ``k/n`` and is
-    coloured by the fraction (grey: not run)."""
+    """A PNG of one fraction over the grid (:func:`heat_map_figure`), written atomically to ``path``."""
+    fig = heat_map_figure(cells, key, title)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def heat_map_figure(cells: list[dict], key: str, title: str):
+    """A matplotlib ``Figure`` of one fraction over the grid: one panel per k, d across, T down; each cell shows
+    ``k/n`` and is coloured by the fraction (grey: not run). The title is wrapped to the figure's width (a grid of
+    one cell is narrow)."""
     # the object-oriented Figure API with an Agg canvas: no pyplot global state, no backend switch in the caller
+    import textwrap
+
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -232,7 +242,9 @@ def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
     ks = sorted({c["k"] for c in cells})
     ds = sorted({c["d"] for c in cells})
     Ts = sorted({c["T"] for c in cells})
-    fig = Figure(figsize=(0.75 * len(ds) * len(ks) + 2.0, 0.75 * len(Ts) + 1.6), layout="constrained")
+    width = 0.75 * len(ds) * len(ks) + 2.0
+    lines = textwrap.wrap(title, max(16, int(12 * width)))  # 9-point text: at most ~12 characters per inch
+    fig = Figure(figsize=(width, 0.75 * len(Ts) + 1.45 + 0.15 * len(lines)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(ks), squeeze=False)
     vmax = max([_get(c, key)["fraction"] or 0.0 for c in cells if _get(c, key)] + [1e-3])
@@ -255,9 +267,8 @@ def heat_maps(cells: list[dict], path: str, key: str, title: str) -> None:
         ax.set_ylabel("T")
         ax.set_title(f"k = {k}")
     fig.colorbar(im, ax=list(axes[0]), label="fraction")
-    fig.suptitle(title, fontsize=9)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    fig.suptitle("\n".join(lines), fontsize=9)
+    return fig
 
 
 def _get(cell: dict, key: str):

@@ -166,3 +166,21 @@ def test_summary_counts_agree_with_the_records(full_run, tmp_path, capsys):
 def test_summary_refuses_a_folder_that_is_not_a_census(tmp_path, capsys):
     assert main(["census-summary", str(tmp_path)]) == 2
     assert "not a census folder" in capsys.readouterr().err
+
+
+def test_heat_map_titles_fit_a_one_cell_grid(full_run, tmp_path, capsys):
+    """Each heat map's title lies inside its figure, also for a grid of one cell (2.75 inches wide), where the
+    titles on one line are wider than the figure."""
+    from landscape.census_cli import _HEAT_MAPS
+    from landscape.census_report import heat_map_figure
+
+    assert main(["census-summary", str(full_run), "--out", str(tmp_path / "res"), "--json"]) == 0
+    one = strict_loads(capsys.readouterr().out)["cells"][:1]
+    for key, _, title in _HEAT_MAPS:
+        fig = heat_map_figure(one, key, title)
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        box, page = fig._suptitle.get_window_extent(renderer), fig.bbox
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, (title, box, page)
+        one_line = fig.text(0, 0, title, fontsize=9).get_window_extent(renderer)
+        assert one_line.width > page.width  # the unwrapped title would not fit
