@@ -104,7 +104,8 @@ def _inputs(args) -> None:
 def _out_file(path: str, option: str = "--out") -> str:
     if os.path.isdir(path):
         raise LLMError(f"{option} {path!r} is an existing folder; give a file name")
-    check_writable_dir(os.path.dirname(os.path.abspath(path)), option)
+    # the file is written through a temporary file beside it: the folder it goes into must take new files
+    check_writable_dir(os.path.dirname(os.path.abspath(path)) if os.path.exists(path) else path, option)
     return path
 
 

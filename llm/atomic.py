@@ -119,7 +119,8 @@ def atomic_dir(path: str, prefix: str | None = None) -> Iterator[str]:
 
 def check_writable_dir(path: str, option: str = "--out") -> str:
     """``path`` as a folder to write into, checked before any work (the command lines' rule for ``--out``-like
-    options): refused when it is an existing file, or when nothing can be created under its nearest existing parent.
+    options): refused when it is an existing file, or when nothing can be created in it (where it exists) or under its
+    nearest existing parent (where it does not).
 
     Parameters
     ----------
@@ -142,7 +143,7 @@ def check_writable_dir(path: str, option: str = "--out") -> str:
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise LLMError(f"{option} {path!r} is an existing file; give a folder")
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = os.path.abspath(path)  # the folder itself where it exists (it is written into), else its nearest parent
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):

@@ -217,6 +217,13 @@ def test_cache_dir_and_bundle_out_where_nothing_can_be_made_are_refused_before_w
     assert code == 2 and len(err) == 1
     assert err[0].startswith("python -m llm bundle: error: --out '/proc/x': nothing can be created under '/proc' (")
     assert not (tmp_path / "o").exists()
+    # every output option, also an existing folder that takes no new files and a file to write in one
+    for cmd, out in (("finetune", "/proc/x"), ("retrain", "/proc"), ("table", "/proc")):
+        extra = ["--encoder", "minilm"] if cmd == "finetune" else ["--method", "sr"] if cmd == "retrain" else []
+        code = main([cmd, "--preset", "smoke", *extra, "--out", out])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err == [f"python -m llm {cmd}: error: --out {out!r}: nothing can be created under "
+                                     "'/proc' (No such file or directory)"]
 
 
 def test_data_that_is_a_folder_is_refused_before_work(tmp_path, capsys):
