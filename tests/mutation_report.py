@@ -192,6 +192,8 @@ def main(argv=None) -> int:
         unknown = sorted(set(args.modules) - set(_modules_configured()))
         if unknown:
             parser.error(f"not configured in [tool.mutmut] of pyproject.toml: {', '.join(unknown)}")
+        if not Path(sys.executable).with_name("mutmut").exists():
+            parser.error("mutmut is not installed in this environment: pip install -e \".[test,mutation]\"")
         run(args.modules, args.redo, args.max_children, args.batch, args.lock, max(args.sample, 0), args.stop_after)
     else:
         report()
