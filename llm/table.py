@@ -278,8 +278,8 @@ def run_table(cfg: Config, out_dir: str, *, tasks: TaskSet | None = None, resume
 
     t0 = time.perf_counter()
     if tasks is None:
-        log(f"reading {cfg.data} and building {cfg.n_retrain_tasks} retraining + {cfg.n_test_tasks} test tasks")
-        tasks = load_tasks(cfg)
+        tasks = load_tasks(cfg)  # bad data is refused here, before anything is printed
+        log(f"read {cfg.data}: {len(tasks.retrain)} retraining + {len(tasks.test)} test tasks")
     n_rows = len(table_rows(cfg))
     log(f"{n_rows} rows x {len(cfg.seeds)} seeds; each row prints one line when it ends (the first also tokenises "
         f"and, with frozen blocks, caches their outputs: a few minutes on 2 cores)")

@@ -199,8 +199,8 @@ def test_data_that_is_not_utf8_and_an_out_where_nothing_can_be_made_exit_2(tmp_p
     garbage = tmp_path / "garbage.txt"
     garbage.write_bytes(b"1 your persona: i like tea.\n2 hi\t\xff\xfe\x8c bad\n")
     assert main(["table", "--preset", "smoke", "--data", str(garbage), "--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert f"{garbage}:2: not UTF-8 text" in err and len(err.strip().splitlines()) == 1
+    out, err = capsys.readouterr()
+    assert f"{garbage}:2: not UTF-8 text" in err and len(err.strip().splitlines()) == 1 and out == ""
     if os.path.isdir("/proc") and not os.access("/proc", os.W_OK) or os.path.ismount("/proc"):
         assert main(["table", "--preset", "smoke", "--out", "/proc/metalora-x"]) == 2
         err = capsys.readouterr().err
