@@ -171,8 +171,8 @@ def _cause(Jf: np.ndarray, f0_mid: np.ndarray) -> str:
         return (f"the Hessian at x0 is (nearly) singular (condition number {cond:.3g}, smallest |eigenvalue| "
                 f"{lam.min():.3g}; gradient norm {g:.3g}): x0 may be a degenerate critical point, which the Krawczyk "
                 "test cannot isolate (a singular Jacobian of the gradient)")
-    return (f"x0 is not close enough to a critical point (gradient norm {g:.3g}, with a well-conditioned Hessian: "
-            f"condition number {cond:.3g})")
+    return (f"x0 is not close enough to a critical point for the boxes tried (gradient norm {g:.3g}; Hessian "
+            f"condition number {cond:.3g}, not above the {_SINGULAR_COND:g} taken as singular)")
 
 
 def _radii(step: float, x0: np.ndarray, opts: _Options) -> list:
