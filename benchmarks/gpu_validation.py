@@ -130,7 +130,7 @@ def run_comparison(args, work: str) -> dict:
 def _markdown(res: dict) -> str:
     lines = [f"# GPU validation run ({'CPU smoke try-out' if res['smoke'] else 'full'})", "",
              f"- card: {res['device_name']}", f"- date: {res['date']}",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in res["versions"].items()),
              f"- seed (throughput): {res['seed']}; table seeds: {res.get('table', {}).get('seeds')}",
              f"- wall time: {res['wall_s']:.0f} s (budget {BUDGET_S} s)", ""]
     th = res.get("throughput")

@@ -16,7 +16,6 @@ candidate of the interval certificate (and the eps-net at n <= 12). ``--cost-mod
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
