@@ -272,8 +272,11 @@ def main(argv=None) -> int:
     # No network at run time: models are the packaged one, a local folder or the local Hugging Face cache. A user who
     # wants downloads sets HF_HUB_OFFLINE=0 (read by huggingface_hub when it is first imported, below this line).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # building the parser imports torch (a few seconds): a Ctrl-C there is one line too
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("python -m llm: interrupted before any work; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     try:
         return args.func(args)
     except LLMError as exc:

@@ -193,7 +193,9 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"not configured in [tool.mutmut] of pyproject.toml: {', '.join(unknown)}")
         if not Path(sys.executable).with_name("mutmut").exists():
-            parser.error("mutmut is not installed in this environment: pip install -e \".[test,mutation]\"")
+            print('mutation_report.py: error: mutmut is not installed in this environment: pip install -e '
+                  '".[test,mutation]"', file=sys.stderr)
+            return 2
         run(args.modules, args.redo, args.max_children, args.batch, args.lock, max(args.sample, 0), args.stop_after)
     else:
         report()

@@ -242,3 +242,13 @@ def test_table_over_an_earlier_run_needs_resume(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "rerun with --resume to continue it" in err
     assert piece.read_text() == "{}"  # nothing finished was thrown away
+
+
+def test_ctrl_c_while_the_parser_imports_torch_is_one_line(monkeypatch, capsys):
+    import llm.__main__ as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["table", "--preset", "smoke", "--out", "x"]) == 130
+    assert capsys.readouterr().err == "python -m llm: interrupted before any work; nothing written\n"
