@@ -38,7 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     """Register ``planted`` on an ``argparse`` subparsers object; its ``func`` is :func:`main`.
 
     Every option's type states its rule (argparse refuses a bad value with one message naming the option, the
-    value and the rule, exit 2); :class:`llm.planted.PlantedConfig` checks the combinations.
+    value and the rule, exit 2); :class:`llm.planted_config.PlantedConfig` checks the combinations.
 
     Returns
     -------
@@ -46,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         The ``planted`` subparser, added to ``sub`` (what ``ArgumentParser.add_subparsers`` returned).
     """
     from .__main__ import _int_at_least  # the integer rule of every llm subcommand
-    from .planted import PRESETS
+    from .planted_config import PRESETS
 
     positive, nonneg, at_least_2 = _int_at_least(1), _int_at_least(0), _int_at_least(2)
 
@@ -90,7 +90,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _config(args):
-    from .planted import planted_preset
+    from .planted_config import planted_preset
 
     seq = (lambda v: tuple(v) if v is not None else None)
     settings = sweep_at = None

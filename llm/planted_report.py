@@ -29,7 +29,7 @@ import os
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
-from .planted import finetune_ranks
+from .planted_config import finetune_ranks
 
 __all__ = ["summarise", "write_outputs", "json_view"]
 

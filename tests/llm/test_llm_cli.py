@@ -252,3 +252,12 @@ def test_ctrl_c_while_the_parser_imports_torch_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert cli.main(["table", "--preset", "smoke", "--out", "x"]) == 130
     assert capsys.readouterr().err == "python -m llm: interrupted before any work; nothing written\n"
+
+
+def test_building_the_parser_does_not_import_torch():
+    """Bad options are refused in a fraction of a second: the parser (presets included) is free of torch."""
+    code = "import sys, llm.__main__ as m; m.build_parser(); print(sorted(k for k in ('torch', 'transformers') " \
+           "if k in sys.modules))"
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

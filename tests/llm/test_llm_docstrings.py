@@ -107,7 +107,7 @@ def test_the_walk_sees_the_public_api():
     seen = {f"{p.stem}.{n}" for p in MODULES for n in _public_names(p.read_text(encoding="utf-8"))}
     assert {"config.Config.batch_for", "models.Scorer.lora_parameters", "layers.MultiTaskLoraLinear.forward",
             "layers.MultiTaskHead.from_linear", "tokens.Split.with_store", "planted_model.Planted.A_star",
-            "planted.PlantedConfig.n_values", "__main__.main"} <= seen
+            "planted_config.PlantedConfig.n_values", "__main__.main"} <= seen
     assert len(seen) >= 200
 
 
