@@ -4,6 +4,7 @@ per-instance batching (``landscape.search.search_instance``), at (d, k, T) = (3,
     flock /work/cpu.lock python benchmarks/landscape_census_speed.py [--json] [--out FILE] [--repeats 3]
     flock /work/cpu.lock python benchmarks/landscape_census_speed.py --cost-model
     flock /work/cpu.lock python benchmarks/landscape_census_speed.py --profile
+    flock /work/cpu.lock python benchmarks/landscape_census_speed.py --linalg
 
 One process, BLAS and torch pinned to one thread (printed). Both ways solve the same instances with 64 starts each
 (the same start scales and methods; the starts themselves are drawn per start by ``search_instance`` and per
@@ -11,7 +12,8 @@ instance by ``search_instances``), no gradient descent. The two are timed altern
 ratio of each pair is reported with their median, so a change of machine load between pairs does not bias it.
 Targets: at least 4x at (3, 1, 3) and at least 2x at (10, 2, 3). Also reported: the seconds per spurious-minimum
 candidate of the interval certificate (and the eps-net at n <= 12). ``--cost-model`` instead times
-``landscape.census.run_chunk`` at several sizes, the data behind the census's planning constants.
+``landscape.census.run_chunk`` at several sizes, the data behind the census's planning constants; ``--linalg``
+times the kernel's batched linear algebra, torch's (MKL) against NumPy's (OpenBLAS).
 """
 
 from __future__ import annotations
@@ -138,6 +140,40 @@ def profile() -> list[dict]:
     return rows
 
 
+def linalg() -> list[dict]:
+    """Seconds of torch's (MKL) against NumPy's batched ``eigh`` and Cholesky solve against LU ``solve``, on 256
+    random symmetric matrices (shifted positive definite for the solves) at n = 9, 24, 60: best of 5, ratio torch /
+    NumPy (below 1: torch faster)."""
+    import numpy as np
+    import torch
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    rows = []
+    for n in (9, 24, 60):
+        A = np.random.default_rng(n).standard_normal((256, n, n))
+        H = A + np.swapaxes(A, 1, 2)
+        P = H @ H + np.eye(n)
+        b = np.ones((256, n, 1))
+        Ht, Pt, bt = torch.from_numpy(H), torch.from_numpy(P), torch.from_numpy(b)
+        pairs = {"eigh": (lambda: np.linalg.eigh(H), lambda: torch.linalg.eigh(Ht)),
+                 "solve": (lambda: np.linalg.solve(P, b),
+                           lambda: torch.cholesky_solve(bt, torch.linalg.cholesky_ex(Pt)[0]))}
+        for name, (np_fn, torch_fn) in pairs.items():
+            t_np, t_torch = best(np_fn), best(torch_fn)
+            rows.append({"n": n, "op": name, "numpy_us_per_matrix": t_np / 256 * 1e6,
+                         "torch_us_per_matrix": t_torch / 256 * 1e6, "ratio": t_torch / t_np})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
     ap = OneLineParser(description=__doc__.splitlines()[0])
@@ -146,6 +182,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=positive_int, default=3, help="alternating timings per case (default 3)")
     ap.add_argument("--cost-model", action="store_true", help="time run_chunk at several sizes instead")
     ap.add_argument("--profile", action="store_true", help="cProfile both ways at (10, 2, 3) instead")
+    ap.add_argument("--linalg", action="store_true", help="time torch's against NumPy's batched eigh and solves")
     return run_command(_run, ap.parse_args(argv))
 
 
@@ -158,11 +195,14 @@ def _run(args) -> int:
             result = {"cost_model": cost_model()}
         elif args.profile:
             result = {"profile": profile()}
+        elif args.linalg:
+            result = {"linalg": linalg()}
         else:
             result = {"cases": [measure(c, args.repeats) for c in CASES]}
     result.update(seed=SEED, threads=threads, cpu_count=os.cpu_count(), loadavg_start=list(load0),
                   loadavg_end=list(os.getloadavg()), environment=environment())
-    if not (args.cost_model or args.profile):
+    extra = args.cost_model or args.profile or args.linalg
+    if not extra:
         goals = {(3, 1, 3): 4.0, (10, 2, 3): 2.0}
         result["targets"] = [{"d": c["d"], "k": c["k"], "T": c["T"], "goal": goals[(c["d"], c["k"], c["T"])],
                               "median_ratio": c["median_ratio"],
@@ -170,7 +210,7 @@ def _run(args) -> int:
                              for c in result["cases"]]
     if args.out:
         write_json(args.out, result)
-    if args.json or args.cost_model or args.profile:
+    if args.json or extra:
         print(json.dumps(result))
         return 0
     print(f"threads: {threads}; load average at start {load0[0]:.2f}, at end {result['loadavg_end'][0]:.2f}")

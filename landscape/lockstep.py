@@ -8,11 +8,13 @@ an LU solve), and at (10, 2, 3) ``eigh`` and the Hessian's 7-index ``einsum`` as
 - every row of the batch carries its own instance (task matrices ``W``, tolerance, divergence bound), so one
   iteration serves the starts of all instances of a chunk;
 - the Hessian is assembled by :func:`landscape._batched.hess_fast`;
-- a row takes the same step as ``solve_batch`` (``V diag(phi(lam)) V^T g``, same damping rules), but from one LU
-  solve per trial where that is the same step: ``(H^2 + mu I) s = H g`` for ``"newton"`` while ``mu`` is not tiny,
-  ``(H + mu I) s = g`` for ``"min"`` where H is positive definite; the eigen-decomposition stays for the first
-  iteration (the damping starts from ``lambda_max``), the polish (pseudo-inverse), indefinite ``"min"`` rows and
-  small damping.
+- a row takes the same step as ``solve_batch`` (``V diag(phi(lam)) V^T g``, same damping rules), but from one
+  Cholesky factorisation per trial where that is the same step: ``(H^2 + mu I) s = H g`` for ``"newton"`` while
+  ``mu`` is not tiny, ``(H + mu I) s = g`` for ``"min"`` where H is positive definite; the eigen-decomposition stays
+  for the first iteration (the damping starts from ``lambda_max``), the polish (pseudo-inverse), indefinite
+  ``"min"`` rows (a row found indefinite skips the Cholesky test at its next iteration) and small damping;
+- the eigen-decompositions and Cholesky factorisations are torch's (MKL's LAPACK), faster than NumPy's at these
+  sizes on one thread (``python benchmarks/landscape_census_speed.py --linalg``).
 
 The steps agree with ``solve_batch``'s up to round-off (on the same starts nearly every start ends with the same
 status at the same critical orbit; ``tests/landscape/test_census_kernel.py``). A row's arithmetic does not depend on the
@@ -31,6 +33,8 @@ the paper's Figure 1 (:func:`figure1_descent`). :mod:`landscape.multisearch` bui
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -94,6 +98,14 @@ def solve_rows(problems: list[Problem], inst, X0, *, method="newton", options: S
     is_newton = np.array([m == "newton" for m in methods], dtype=bool)
     f, g = R.loss_grad(X, np.arange(B))
     mu, polish, iters, status, active = _solver_state(B, opts)
+    indefinite = np.zeros(B, dtype=bool)  # the row's last eigen-decomposition had a negative eigenvalue
+    with _one_torch_thread():
+        _iterate(R, X, f, g, mu, polish, iters, status, active, indefinite, is_newton, opts)
+    return {"X": X, "f": f, "g": g, "iterations": iters, "status": status}
+
+
+def _iterate(R, X, f, g, mu, polish, iters, status, active, indefinite, is_newton, opts):
+    """The lock-step iterations of :func:`solve_rows` (updates the arrays in place)."""
     for _ in range(opts.max_iter):
         idx = np.flatnonzero(active)
         gn = np.linalg.norm(g[idx], axis=1)
@@ -108,15 +120,14 @@ def solve_rows(problems: list[Problem], inst, X0, *, method="newton", options: S
         if idx.size == 0:
             break
         iters[idx] += 1
-        _newton_step(R, X, f, g, mu, polish, status, active, idx, gn, is_newton, opts)
+        _newton_step(R, X, f, g, mu, polish, status, active, indefinite, idx, gn, is_newton)
     else:
         idx = np.flatnonzero(active)
         fin = np.linalg.norm(g[idx], axis=1) <= R.gtol[idx]
         status[idx[fin]] = "converged"
-    return {"X": X, "f": f, "g": g, "iterations": iters, "status": status}
 
 
-def _newton_step(R, X, f, g, mu, polish, status, active, idx, gn, is_newton, opts):
+def _newton_step(R, X, f, g, mu, polish, status, active, indefinite, idx, gn, is_newton):
     """One lock-step iteration of :func:`solve_rows` on the active rows ``idx`` (updates the arrays in place).
 
     Rows at their first iteration (the damping is initialised from ``lambda_max``), rows polishing, ``"min"`` rows
@@ -129,13 +140,14 @@ def _newton_step(R, X, f, g, mu, polish, status, active, idx, gn, is_newton, opt
     # Gershgorin: ub >= max |lambda|; (H^2 + mu I) is then solved accurately (condition <= 1 + 1 / _KAPPA)
     ub = np.abs(H).sum(axis=2).max(axis=1)
     fast = ~pol & ~np.isnan(mu[idx]) & nw & (mu[idx] >= _KAPPA * ub * ub)
-    cand = ~pol & ~np.isnan(mu[idx]) & ~nw
+    cand = ~pol & ~np.isnan(mu[idx]) & ~nw & ~indefinite[idx]
     if cand.any():
         fast[cand] = _positive_definite(H[cand])
     eig = ~fast
     lmax = ub.copy()
     if eig.any():
-        lam, V = _batched.eigh(H[eig])
+        lam, V = _eigh(H[eig])
+        indefinite[idx[eig]] = lam[:, 0] < 0.0
         c = np.einsum("bji,bj->bi", V, g[idx[eig]])
         lmax[eig] = np.maximum(np.abs(lam).max(axis=1), 1e-300)
         pe = pol[eig]
@@ -170,18 +182,49 @@ def _newton_step(R, X, f, g, mu, polish, status, active, idx, gn, is_newton, opt
 _KAPPA = 1e-11
 
 
-def _positive_definite(H: np.ndarray) -> np.ndarray:
-    """Per matrix of the stack ``H`` (P, n, n): whether its Cholesky factorisation exists (``torch.linalg.cholesky_ex``
-    reports it per matrix; NumPy's raises for the whole stack). Torch runs on one thread here, like BLAS in the
-    workers: its default pool of spinning threads made these tiny factorisations 30x slower."""
+@contextmanager
+def _one_torch_thread():
+    """Torch on one thread while the solver runs, like BLAS in the workers: its default pool of spinning threads
+    made these small factorisations 30x slower. (Imported here: the command line's parser imports no torch.)"""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return torch.linalg.cholesky_ex(torch.from_numpy(np.ascontiguousarray(H))).info.numpy() == 0
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _positive_definite(H: np.ndarray) -> np.ndarray:
+    """Per matrix of the stack ``H`` (P, n, n): whether its Cholesky factorisation exists (``torch.linalg.cholesky_ex``
+    reports it per matrix; NumPy's raises for the whole stack)."""
+    import torch
+
+    return torch.linalg.cholesky_ex(torch.from_numpy(np.ascontiguousarray(H))).info.numpy() == 0
+
+
+def _eigh(H: np.ndarray):
+    """``(lam, V)`` of the stack ``H`` (P, n, n) by ``torch.linalg.eigh`` (MKL's LAPACK, faster than NumPy's on one
+    thread: ``benchmarks/landscape_census_speed.py --linalg``), eigenvalues ascending; NaN for a matrix with a
+    non-finite entry. If torch refuses the stack (a decomposition that does not converge), each matrix is redone
+    alone, and one torch still refuses goes to :func:`_batched.eigh`. A row's result depends only on its own matrix
+    (torch's batched call is a loop of the same LAPACK call; ``tests/landscape/test_eigh_fallback.py``)."""
+    import torch
+
+    lam, V = np.full(H.shape[:-1], np.nan), np.full(H.shape, np.nan)
+    ok = np.isfinite(H).all(axis=(1, 2))
+    try:
+        out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H if ok.all() else H[ok])))
+        lam[ok], V[ok] = out[0].numpy(), out[1].numpy()
+    except RuntimeError:  # torch.linalg.LinAlgError
+        for i in np.flatnonzero(ok):
+            try:
+                out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H[i])))
+                lam[i], V[i] = out[0].numpy(), out[1].numpy()
+            except RuntimeError:
+                lam[i], V[i] = _batched.eigh(H[i])
+    return lam, V
 
 
 def _polish(R, X, f, g, polish, p_idx, lam, V, c, lmax):
@@ -204,13 +247,27 @@ def _eigen_step(lam, V, c, nw):
 
 def _solve_step(H, g, nw):
     """The step of :func:`_eigen_step` without the eigen-decomposition: ``(H^2 + m I)^{-1} H g`` (``"newton"``) or
-    ``(H + m I)^{-1} g`` (``"min"``, only for H positive definite, where ``|lam| = lam``), one LU solve per trial."""
-    M = np.where(nw[:, None, None], H @ H, H)
-    rhs = np.where(nw[:, None], np.einsum("bij,bj->bi", H, g), g)
-    eye = np.eye(H.shape[1])
+    ``(H + m I)^{-1} g`` (``"min"``, only for H positive definite, where ``|lam| = lam``), one Cholesky
+    factorisation per trial (both matrices are positive definite; LU for a row whose factorisation fails in floating
+    point), by torch's ``cholesky_ex`` and ``cholesky_solve`` (MKL's LAPACK, one call per matrix of the stack)."""
+    import torch
+
+    # NumPy's matmul and einsum here: torch's bmm of one matrix by a vector takes another path (gemv) than a
+    # stack of them, so a row's result would depend on its batch
+    M = torch.from_numpy(np.where(nw[:, None, None], H @ H, H))
+    rhs = torch.from_numpy(np.where(nw[:, None], np.einsum("bij,bj->bi", H, g), g))
 
     def step(rows, m):
-        return np.linalg.solve(M[rows] + m[:, None, None] * eye, rhs[rows][..., None])[..., 0]
+        rows = torch.from_numpy(rows)
+        A = M[rows]
+        A.diagonal(dim1=-2, dim2=-1).add_(torch.from_numpy(m)[:, None])
+        b = rhs[rows][..., None]
+        L, info = torch.linalg.cholesky_ex(A)
+        x = torch.cholesky_solve(b, L)[..., 0].numpy()
+        bad = info.numpy() != 0
+        if bad.any():
+            x[bad] = np.linalg.solve(A.numpy()[bad], b.numpy()[bad])[..., 0]
+        return x
     return step
 
 

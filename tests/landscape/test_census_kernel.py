@@ -110,6 +110,23 @@ def test_new_kernel_agrees_with_todays_per_instance_path():
     assert agree >= 0.95 * total, (agree, total)
 
 
+def test_solve_step_is_the_linear_solve_and_falls_back_to_lu():
+    """``_solve_step``: ``(H^2 + m I) s = H g`` ("newton") and ``(H + m I) s = g`` ("min") by Cholesky; a matrix that
+    is not positive definite (here an indefinite "min" row, which the kernel never sends) is solved by LU."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((3, 8, 8))
+    H = np.stack([A[0] @ A[0].T + np.eye(8), A[1] + A[1].T, A[2] + A[2].T])  # PD "min", "newton", indefinite "min"
+    g = rng.standard_normal((3, 8))
+    nw = np.array([False, True, False])
+    assert np.linalg.eigvalsh(H[2])[0] < -1.0
+    m = np.array([1e-3, 2.0, 1e-3])
+    s = lockstep._solve_step(H, g, nw)(np.arange(3), m)
+    for b in range(3):
+        M = (H[b] @ H[b] if nw[b] else H[b]) + m[b] * np.eye(8)
+        rhs = H[b] @ g[b] if nw[b] else g[b]
+        np.testing.assert_allclose(s[b], np.linalg.solve(M, rhs), rtol=1e-9, atol=0)
+
+
 # --- Wilson intervals --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("k,n,low,high", [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605),
