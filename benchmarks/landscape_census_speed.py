@@ -116,7 +116,8 @@ def cost_model() -> list[dict]:
 
 def profile() -> list[dict]:
     """cProfile of both ways at (10, 2, 3) (6 instances x 64 starts): wall seconds and the functions with the most
-    own time, to see where the time goes once NumPy's per-call overhead is no longer the bottleneck."""
+    own time, to see where the time goes once NumPy's per-call overhead is no longer the bottleneck (``--profile``
+    also reports :func:`row_work`)."""
     import cProfile
     import pstats
 
@@ -174,6 +175,45 @@ def linalg() -> list[dict]:
     return rows
 
 
+def row_work() -> dict:
+    """Where the lock-step solver's row-iterations go at (10, 2, 3) (6 instances x 64 starts): how many matrices it
+    eigen-decomposes and how many Cholesky trials it runs (counted by wrapping ``lockstep._eigh`` and
+    ``lockstep._solve_step``), and the row-iterations of the solves by method and end status."""
+    from landscape import lockstep
+
+    counts = {"eigh_matrices": 0, "cholesky_trials": 0}
+    eigh, solve_step = lockstep._eigh, lockstep._solve_step
+
+    def counted_eigh(H):
+        counts["eigh_matrices"] += H.shape[0]
+        return eigh(H)
+
+    def counted_solve_step(H, g, nw):
+        step = solve_step(H, g, nw)
+
+        def counted(rows, m):
+            counts["cholesky_trials"] += len(rows)
+            return step(rows, m)
+        return counted
+
+    case = CASES[1]
+    problems = _problems(case)
+    lockstep._eigh, lockstep._solve_step = counted_eigh, counted_solve_step
+    try:
+        _, results = _over_instances(case, problems)
+    finally:
+        lockstep._eigh, lockstep._solve_step = eigh, solve_step
+    by = {}
+    for r in results:
+        key = f"{r.method} {r.status}"
+        solves, its = by.get(key, (0, 0))
+        by[key] = (solves + 1, its + r.iterations)
+    out = {**counts, "row_iterations": sum(r.iterations for r in results),
+           "solves_and_row_iterations_by_method_and_status": {k: list(v) for k, v in sorted(by.items())}}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
     ap = OneLineParser(description=__doc__.splitlines()[0])
@@ -194,7 +234,7 @@ def _run(args) -> int:
         if args.cost_model:
             result = {"cost_model": cost_model()}
         elif args.profile:
-            result = {"profile": profile()}
+            result = {"profile": profile(), "row_work": row_work()}
         elif args.linalg:
             result = {"linalg": linalg()}
         else:
