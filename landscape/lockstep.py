@@ -13,8 +13,9 @@ an LU solve), and at (10, 2, 3) ``eigh`` and the Hessian's 7-index ``einsum`` as
   ``mu`` is not tiny, ``(H + mu I) s = g`` for ``"min"`` where H is positive definite; the eigen-decomposition stays
   for the first iteration (the damping starts from ``lambda_max``), the polish (pseudo-inverse), indefinite
   ``"min"`` rows (a row found indefinite skips the Cholesky test at its next iteration) and small damping;
-- the eigen-decompositions and Cholesky factorisations are torch's (MKL's LAPACK), faster than NumPy's at these
-  sizes on one thread (``python benchmarks/landscape_census_speed.py --linalg``).
+- the eigen-decompositions are torch's (MKL's LAPACK), faster than NumPy's from n = 24 on one thread
+  (``benchmarks/landscape_census_speed.py --linalg``); the Cholesky factorisations are torch's too (``cholesky_ex``
+  reports a failure per matrix).
 
 The steps agree with ``solve_batch``'s up to round-off (on the same starts nearly every start ends with the same
 status at the same critical orbit; ``tests/landscape/test_census_kernel.py``). A row's arithmetic does not depend on the
