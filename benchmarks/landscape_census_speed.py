@@ -178,16 +178,18 @@ def linalg() -> list[dict]:
 
 def row_work() -> dict:
     """Where the lock-step solver's row-iterations go at (10, 2, 3) (6 instances x 64 starts): how many matrices it
-    eigen-decomposes and how many Cholesky trials it runs (counted by wrapping ``lockstep._eigh`` and
+    eigen-decomposes (and how many of them have a negative eigenvalue) and how many Cholesky trials it runs (counted by wrapping ``lockstep._eigh`` and
     ``lockstep._solve_step``), and the row-iterations of the solves by method and end status."""
     from landscape import lockstep
 
-    counts = {"eigh_matrices": 0, "cholesky_trials": 0}
+    counts = {"eigh_matrices": 0, "eigh_indefinite": 0, "cholesky_trials": 0}
     eigh, solve_step = lockstep._eigh, lockstep._solve_step
 
     def counted_eigh(H):
+        lam, V = eigh(H)
         counts["eigh_matrices"] += H.shape[0]
-        return eigh(H)
+        counts["eigh_indefinite"] += int((lam[:, 0] < 0).sum())
+        return lam, V
 
     def counted_solve_step(H, g, nw):
         step = solve_step(H, g, nw)
