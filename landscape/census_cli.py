@@ -202,11 +202,11 @@ def _cmd_census(args) -> int:
     rows = census.plan(census.parse_grid(args.grid), opts)
     header = {"grid": args.grid, "options": asdict(opts), "plan": rows, "command": census_command(args.grid, opts)}
     _check_memory(rows, opts)
+    check_output_dir("--out", args.out)  # also before --dry-run: a bad option is refused whatever the mode
     if args.dry_run:
         print(dumps({"plan": rows, "planned_core_seconds": sum(r["instances"] * r["seconds_per_instance"]
                                                                     for r in rows)}, indent=1))
         return 0
-    check_output_dir("--out", args.out)
     done = _check_folder(args.out, header, rows, opts)  # everything is checked before anything is written
     _open_folder(args.out, header, rows, opts)
     specs = census.chunk_specs(rows, done, opts)

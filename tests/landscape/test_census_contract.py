@@ -64,7 +64,8 @@ def test_output_folders_are_checked_before_any_work(place, full_run, tmp_path, m
     monkeypatch.setattr(fanout, "run_all", never)
     path, match = _bad_places(tmp_path)[place]
     before = sorted(os.listdir(tmp_path))
-    for argv in ([*ARGS, "--out", path], ["census-summary", str(full_run), "--out", path]):
+    for argv in ([*ARGS, "--out", path], [*ARGS, "--dry-run", "--out", path],
+                 ["census-summary", str(full_run), "--out", path]):
         assert main(argv) == 2
         stdout, err = _lines(capsys)
         assert stdout == "" and len(err) == 1 and match in err[0], err
