@@ -219,8 +219,9 @@ def row_work() -> dict:
 
 def main(argv=None) -> int:
     """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
-    ap = OneLineParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap = OneLineParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # the first sentence, whole
+    ap.add_argument("--json", action="store_true",
+                    help="print JSON instead of a table (--cost-model, --profile and --linalg always print JSON)")
     ap.add_argument("--out", help="also write the JSON to this file")
     ap.add_argument("--repeats", type=positive_int, default=3, help="alternating timings per case (default 3)")
     ap.add_argument("--cost-model", action="store_true", help="time run_chunk at several sizes instead")
