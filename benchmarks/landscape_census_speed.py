@@ -178,8 +178,9 @@ def linalg() -> list[dict]:
 
 def row_work() -> dict:
     """Where the lock-step solver's row-iterations go at (10, 2, 3) (6 instances x 64 starts): how many matrices it
-    eigen-decomposes (and how many of them have a negative eigenvalue) and how many Cholesky trials it runs (counted by wrapping ``lockstep._eigh`` and
-    ``lockstep._solve_step``), and the row-iterations of the solves by method and end status."""
+    eigen-decomposes (and how many of them have a negative eigenvalue) and how many Cholesky trials it runs
+    (counted by wrapping ``lockstep._eigh`` and ``lockstep._solve_step``), and the row-iterations of the solves by
+    method and end status."""
     from landscape import lockstep
 
     counts = {"eigh_matrices": 0, "eigh_indefinite": 0, "cholesky_trials": 0}

@@ -206,8 +206,8 @@ def _positive_definite(H: np.ndarray) -> np.ndarray:
 
 
 def _eigh(H: np.ndarray):
-    """``(lam, V)`` of the stack ``H`` (P, n, n) by ``torch.linalg.eigh`` (MKL's LAPACK, faster than NumPy's on one
-    thread: ``benchmarks/landscape_census_speed.py --linalg``), eigenvalues ascending; NaN for a matrix with a
+    """``(lam, V)`` of the stack ``H`` (P, n, n) by ``torch.linalg.eigh`` (MKL's LAPACK, faster than NumPy's from n = 24
+    on one thread: ``benchmarks/landscape_census_speed.py --linalg``), eigenvalues ascending; NaN for a matrix with a
     non-finite entry. If torch refuses the stack (a decomposition that does not converge), each matrix is redone
     alone, and one torch still refuses goes to :func:`_batched.eigh`. A row's result depends only on its own matrix
     (torch's batched call is a loop of the same LAPACK call; ``tests/landscape/test_eigh_fallback.py``)."""
