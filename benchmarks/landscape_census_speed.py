@@ -149,7 +149,8 @@ def linalg() -> list[dict]:
     import torch
 
     def best_of_both(fns):
-        """Best of 15 timings of each function, the two timed alternately (a load change hits both)."""
+        """Best of 15 timings of each function, the two timed alternately (a load change hits both; not
+        ``_common.best_time``, which times one function alone)."""
         times = [[], []]
         for _ in range(16):
             for t, fn in zip(times, fns):

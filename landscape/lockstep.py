@@ -208,23 +208,25 @@ def _positive_definite(H: np.ndarray) -> np.ndarray:
 def _eigh(H: np.ndarray):
     """``(lam, V)`` of the stack ``H`` (P, n, n) by ``torch.linalg.eigh`` (MKL's LAPACK, faster than NumPy's from n = 24
     on one thread: ``benchmarks/landscape_census_speed.py --linalg``), eigenvalues ascending; NaN for a matrix with a
-    non-finite entry. If torch refuses the stack (a decomposition that does not converge), each matrix is redone
-    alone, and one torch still refuses goes to :func:`_batched.eigh`. A row's result depends only on its own matrix
+    non-finite entry. A stack holding one, or one torch refuses (a decomposition that does not converge), is done
+    matrix by matrix, and a matrix torch still refuses goes to :func:`_batched.eigh`. A row's result depends only on its own matrix
     (torch's batched call is a loop of the same LAPACK call; ``tests/landscape/test_eigh_fallback.py``)."""
     import torch
 
-    lam, V = np.full(H.shape[:-1], np.nan), np.full(H.shape, np.nan)
     ok = np.isfinite(H).all(axis=(1, 2))
-    try:
-        out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H if ok.all() else H[ok])))
-        lam[ok], V[ok] = out[0].numpy(), out[1].numpy()
-    except RuntimeError:  # torch.linalg.LinAlgError
-        for i in np.flatnonzero(ok):
-            try:
-                out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H[i])))
-                lam[i], V[i] = out[0].numpy(), out[1].numpy()
-            except RuntimeError:
-                lam[i], V[i] = _batched.eigh(H[i])
+    if ok.all():
+        try:
+            out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H)))
+            return out[0].numpy(), out[1].numpy()
+        except RuntimeError:  # torch.linalg.LinAlgError: matrix by matrix below
+            pass
+    lam, V = np.full(H.shape[:-1], np.nan), np.full(H.shape, np.nan)
+    for i in np.flatnonzero(ok):
+        try:
+            out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H[i])))
+            lam[i], V[i] = out[0].numpy(), out[1].numpy()
+        except RuntimeError:
+            lam[i], V[i] = _batched.eigh(H[i])
     return lam, V
 
 
