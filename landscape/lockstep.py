@@ -217,7 +217,9 @@ def _eigh(H: np.ndarray):
     if ok.all():
         try:
             out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H)))
-            return out[0].numpy(), out[1].numpy()
+            # torch's eigenvectors are column-major per matrix; NumPy's einsum sums a C-ordered copy in another
+            # order, and the census (results/census) was computed with C-ordered V
+            return out[0].numpy(), np.ascontiguousarray(out[1].numpy())
         except RuntimeError:  # torch.linalg.LinAlgError: matrix by matrix below
             pass
     lam, V = np.full(H.shape[:-1], np.nan), np.full(H.shape, np.nan)

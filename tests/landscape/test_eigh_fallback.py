@@ -126,3 +126,21 @@ def test_a_matrix_torch_refuses_goes_to_numpy_and_the_others_keep_torchs_result(
     assert np.array_equal(lam[1], np.linalg.eigh(stack[1])[0]) and np.array_equal(V[1], np.linalg.eigh(stack[1])[1])
     for i in (0, 2):
         assert np.array_equal(lam[i], want[i][0].numpy()) and np.array_equal(V[i], want[i][1].numpy())
+
+
+def test_the_lock_step_eigh_gives_c_ordered_vectors_on_every_path():
+    """torch returns eigenvectors column-major per matrix; the kernel's ``V^T g`` (NumPy's ``einsum``) sums such an
+    array in another order than a C-ordered one, so a row's step would depend on whether its stack took the batched
+    or the matrix-by-matrix path (and the census in results/census would not reproduce). Both paths give the same,
+    C-ordered arrays and the same ``V^T g`` bit for bit."""
+    from landscape.lockstep import _eigh
+
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((3, 60, 60))
+    stack = A + np.swapaxes(A, 1, 2)
+    g = rng.standard_normal((3, 60))
+    lam, V = _eigh(stack)  # all finite: one batched call
+    lam_m, V_m = _eigh(np.concatenate([stack, np.full((1, 60, 60), np.nan)]))  # matrix by matrix
+    assert V.flags.c_contiguous and V_m.flags.c_contiguous
+    assert np.array_equal(lam, lam_m[:3]) and np.array_equal(V, V_m[:3])
+    assert np.array_equal(np.einsum("bji,bj->bi", V, g), np.einsum("bji,bj->bi", V_m[:3], g))
