@@ -13,13 +13,11 @@ an LU solve), and at (10, 2, 3) ``eigh`` and the Hessian's 7-index ``einsum`` as
   ``mu`` is not tiny, ``(H + mu I) s = g`` for ``"min"`` where H is positive definite; the eigen-decomposition stays
   for the first iteration (the damping starts from ``lambda_max``), the polish (pseudo-inverse), indefinite
   ``"min"`` rows (a row found indefinite skips the Cholesky test at its next iteration) and small damping;
-- the eigen-decompositions are torch's (MKL's LAPACK), faster than NumPy's from n = 24 on one thread
-  (``benchmarks/landscape_census_speed.py --linalg``); the Cholesky factorisations are torch's too (``cholesky_ex``
-  reports a failure per matrix).
+- eigen-decompositions and Cholesky factorisations are torch's (MKL's LAPACK; ``cholesky_ex`` reports a failure
+  per matrix), ``eigh`` faster than NumPy's from n = 24 on one thread (``landscape_census_speed.py --linalg``).
 
-The steps agree with ``solve_batch``'s up to round-off (on the same starts nearly every start ends with the same
-status at the same critical orbit; ``tests/landscape/test_census_kernel.py``). A row's arithmetic does not depend on the
-other rows of its batch, so results are bit for bit the same whichever instances share a call.
+The steps agree with ``solve_batch``'s up to round-off (``tests/landscape/test_census_kernel.py``). A row's
+arithmetic does not depend on the other rows of its batch: results are bit for bit the same whichever share a call.
 
 Also here: gradient descent on G (:func:`descend_rows`) and on the full loss ``L(A, U)`` from the initialisation of
 the paper's Figure 1 (:func:`figure1_descent`). :mod:`landscape.multisearch` builds the starts and results.
@@ -154,7 +152,7 @@ def _newton_step(R, X, f, g, mu, polish, status, active, indefinite, idx, gn, is
         pe = pol[eig]
         if pe.any():
             _polish(R, X, f, g, polish, idx[pol], lam[pe], V[pe], c[pe], lmax[pol])
-        lam, V, c = lam[~pe], V[~pe], c[~pe]
+            lam, V, c = lam[~pe], V[~pe], c[~pe]
     move = ~pol
     if move.any():
         s_idx, nw_s, lm = idx[move], nw[move], lmax[move]
@@ -254,13 +252,15 @@ def _solve_step(H, g, nw):
     """The step of :func:`_eigen_step` without the eigen-decomposition: ``(H^2 + m I)^{-1} H g`` (``"newton"``) or
     ``(H + m I)^{-1} g`` (``"min"``, only for H positive definite, where ``|lam| = lam``), one Cholesky
     factorisation per trial (both matrices are positive definite; LU for a row whose factorisation fails in floating
-    point), by torch's ``cholesky_ex`` and ``cholesky_solve`` (MKL's LAPACK, one call per matrix of the stack)."""
+    point), by torch's ``cholesky_ex`` and ``cholesky_solve`` (MKL's LAPACK, one call per matrix of the stack).
+    ``H`` (P, n, n) is overwritten (the caller passes a copy)."""
     import torch
 
-    # NumPy's matmul and einsum here: torch's bmm of one matrix by a vector takes another path (gemv) than a
-    # stack of them, so a row's result would depend on its batch
-    M = torch.from_numpy(np.where(nw[:, None, None], H @ H, H))
-    rhs = torch.from_numpy(np.where(nw[:, None], np.einsum("bij,bj->bi", H, g), g))
+    # H^2 and H g of the "newton" rows by NumPy: torch's bmm of one matrix by a vector takes another path (gemv)
+    # than a stack of them, so a row's result would depend on its batch
+    M, rhs, Hn = H, g.copy(), H[nw]
+    M[nw], rhs[nw] = Hn @ Hn, np.einsum("bij,bj->bi", Hn, g[nw])
+    M, rhs = torch.from_numpy(M), torch.from_numpy(rhs)
 
     def step(rows, m):
         rows = torch.from_numpy(rows)

@@ -120,7 +120,7 @@ def test_solve_step_is_the_linear_solve_and_falls_back_to_lu():
     nw = np.array([False, True, False])
     assert np.linalg.eigvalsh(H[2])[0] < -1.0
     m = np.array([1e-3, 2.0, 1e-3])
-    s = lockstep._solve_step(H, g, nw)(np.arange(3), m)
+    s = lockstep._solve_step(H.copy(), g, nw)(np.arange(3), m)  # _solve_step overwrites its H
     for b in range(3):
         M = (H[b] @ H[b] if nw[b] else H[b]) + m[b] * np.eye(8)
         rhs = H[b] @ g[b] if nw[b] else g[b]
