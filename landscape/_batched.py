@@ -28,7 +28,8 @@ def eigh(H: np.ndarray):
     60 x 60 Hessian met by the search at (d, k, T) = (10, 2, 3) is kept in ``tests/landscape/data``), and then
     raises for the whole stack. Here the stack is retried one matrix at a time, and a matrix NumPy still refuses is
     decomposed by SciPy's ``eigh`` with the MRRR driver (``driver="evr"``), so one hard matrix neither stops a
-    batch nor changes the other rows' results. A non-finite matrix gives NaN eigenvalues and eigenvectors.
+    batch nor changes the other rows' results. A non-finite matrix gives NaN eigenvalues and eigenvectors. ``V`` is
+    C-ordered on every path, as NumPy's.
     """
     try:
         return np.linalg.eigh(H)
@@ -38,7 +39,8 @@ def eigh(H: np.ndarray):
                 return np.full(H.shape[:1], np.nan), np.full(H.shape, np.nan)
             import scipy.linalg
 
-            return scipy.linalg.eigh(H, driver="evr")
+            lam, V = scipy.linalg.eigh(H, driver="evr")
+            return lam, np.ascontiguousarray(V)  # SciPy's is Fortran-ordered; sums over V depend on the order
     lam = np.empty(H.shape[:-1])
     V = np.empty(H.shape)
     for i, a in enumerate(H):

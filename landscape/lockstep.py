@@ -204,19 +204,19 @@ def _positive_definite(H: np.ndarray) -> np.ndarray:
 
 
 def _eigh(H: np.ndarray):
-    """``(lam, V)`` of the stack ``H`` (P, n, n) by ``torch.linalg.eigh`` (MKL's LAPACK, faster than NumPy's from n = 24
-    on one thread: ``benchmarks/landscape_census_speed.py --linalg``), eigenvalues ascending; NaN for a matrix with a
-    non-finite entry. A stack holding one, or one torch refuses (a decomposition that does not converge), is done
-    matrix by matrix, and a matrix torch still refuses goes to :func:`_batched.eigh`. A row's result depends only on its own matrix
-    (torch's batched call is a loop of the same LAPACK call; ``tests/landscape/test_eigh_fallback.py``)."""
+    """``(lam, V)`` of the stack ``H`` (P, n, n) by ``torch.linalg.eigh`` (MKL's LAPACK, faster than NumPy's from
+    n = 24 on one thread: ``benchmarks/landscape_census_speed.py --linalg``), eigenvalues ascending, ``V`` C-ordered;
+    NaN for a matrix with a non-finite entry. A stack holding one, or one torch refuses (a decomposition that does
+    not converge), is done matrix by matrix, and a matrix torch still refuses goes to :func:`_batched.eigh`. A row's
+    result depends only on its own matrix (torch's batched call is a loop of the same LAPACK call;
+    ``tests/landscape/test_eigh_fallback.py``)."""
     import torch
 
     ok = np.isfinite(H).all(axis=(1, 2))
     if ok.all():
         try:
             out = torch.linalg.eigh(torch.from_numpy(np.ascontiguousarray(H)))
-            # torch's eigenvectors are column-major per matrix; NumPy's einsum sums a C-ordered copy in another
-            # order, and the census (results/census) was computed with C-ordered V
+            # torch's V is column-major per matrix, and NumPy's einsum would sum it in another order than C's
             return out[0].numpy(), np.ascontiguousarray(out[1].numpy())
         except RuntimeError:  # torch.linalg.LinAlgError: matrix by matrix below
             pass

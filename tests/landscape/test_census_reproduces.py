@@ -26,7 +26,8 @@ CENSUS = ROOT / "results" / "census" / "census.json"
 def _without_timings(x):
     """``x`` without its wall-time fields (``seconds``, ``..._seconds_per_candidate``), at every depth."""
     if isinstance(x, dict):
-        return {k: _without_timings(v) for k, v in x.items() if k != "seconds" and not k.endswith("_seconds_per_candidate")}
+        return {k: _without_timings(v) for k, v in x.items()
+                if k != "seconds" and not k.endswith("_seconds_per_candidate")}
     return x
 
 
