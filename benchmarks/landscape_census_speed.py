@@ -110,7 +110,7 @@ def cost_model() -> list[dict]:
         sec = (time.perf_counter() - t0) / m
         rows.append({"d": d, "k": k, "T": T, "n": T * d * k, "instances": m, "seconds_per_instance": sec,
                      "model": census.instance_cost(d, k, T, opts)})
-        print(json.dumps(rows[-1]), flush=True)
+        _progress(rows[-1])
     return rows
 
 
@@ -137,7 +137,7 @@ def profile() -> list[dict]:
         rows.append({"way": name, "seconds": wall, "top": [
             {"function": f"{os.path.basename(f)}:{fn}", "calls": v[1], "own_seconds": v[2], "cumulative_seconds": v[3]}
             for (f, _, fn), v in top]})
-        print(json.dumps(rows[-1]), flush=True)
+        _progress(rows[-1])
     return rows
 
 
@@ -173,7 +173,7 @@ def linalg() -> list[dict]:
             t_np, t_torch = best_of_both((np_fn, torch_fn))
             rows.append({"n": n, "op": name, "numpy_us_per_matrix": t_np / 256 * 1e6,
                          "torch_us_per_matrix": t_torch / 256 * 1e6, "ratio": t_torch / t_np})
-            print(json.dumps(rows[-1]), flush=True)
+            _progress(rows[-1])
     return rows
 
 
@@ -215,20 +215,27 @@ def row_work() -> dict:
         by[key] = (solves + 1, its + r.iterations)
     out = {**counts, "row_iterations": sum(r.iterations for r in results),
            "solves_and_row_iterations_by_method_and_status": {k: list(v) for k, v in sorted(by.items())}}
-    print(json.dumps(out), flush=True)
+    _progress(out)
     return out
+
+
+def _progress(row: dict) -> None:
+    """One measured row as a JSON line on standard error while a mode runs (standard output gets the result)."""
+    print(json.dumps(row), file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> int:
     """Exit status 0, 2 on bad input (before any timing), 130 on Ctrl-C (theory.cli_contract)."""
     ap = OneLineParser(description=" ".join(__doc__.split("\n\n")[0].split()))  # the first sentence, whole
     ap.add_argument("--json", action="store_true",
-                    help="print JSON instead of a table (--cost-model, --profile and --linalg always print JSON)")
+                    help="print JSON instead of a table (--cost-model, --profile and --linalg always print one "
+                         "JSON object, their rows also to standard error as they are measured)")
     ap.add_argument("--out", help="also write the JSON to this file")
     ap.add_argument("--repeats", type=positive_int, default=3, help="alternating timings per case (default 3)")
-    ap.add_argument("--cost-model", action="store_true", help="time run_chunk at several sizes instead")
-    ap.add_argument("--profile", action="store_true", help="cProfile both ways at (10, 2, 3) instead")
-    ap.add_argument("--linalg", action="store_true", help="time torch's against NumPy's batched eigh and solves")
+    mode = ap.add_mutually_exclusive_group()  # one mode per run
+    mode.add_argument("--cost-model", action="store_true", help="time run_chunk at several sizes instead")
+    mode.add_argument("--profile", action="store_true", help="cProfile both ways at (10, 2, 3) instead")
+    mode.add_argument("--linalg", action="store_true", help="time torch's against NumPy's batched eigh and solves")
     return run_command(_run, ap.parse_args(argv))
 
 
