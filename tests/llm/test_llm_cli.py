@@ -80,7 +80,8 @@ def test_retrain_then_finetune_commands(tiny_bert, chitchat_file, tmp_path, caps
 @pytest.mark.parametrize("args, message", [
     (["retrain", "--method", "sr", "--model", "/no/such/model"], "model path '/no/such/model' does not exist"),
     (["table", "--model", "metalora-no-such-model"], "cannot load model 'metalora-no-such-model' offline: a model is "
-     "'minilm', a folder holding config.json or a name in the local Hugging Face cache (nothing is downloaded) ["),
+     "'minilm', a folder holding config.json or a name in the local Hugging Face cache (nothing is downloaded) "
+     "[not in the local Hugging Face cache]"),
     (["retrain", "--method", "meta-lora", "--rank", "0"], "--rank: must be an integer >= 1, got 0"),
     (["finetune", "--encoder", "x", "--rank", "-3"], "--rank: must be an integer >= 1, got -3"),
     (["retrain", "--method", "sr", "--data", "MISSING.txt"], "--data 'MISSING.txt': no such file"),
