@@ -52,7 +52,8 @@ def add_parsers(sub) -> None:
                        description="Search many i.i.d. N(0, 1) instances per (d, k, T) cell, certify every "
                                    "spurious-minimum candidate, and record where gradient descent ends.")
     c.add_argument("--grid", default="default",
-                   help='cells, e.g. "d=3,4,5;k=1,2;T=3,4" (default: d=3,4,5,6,8,10,16;k=1,2;T=3,4,5,8)')
+                   help='cells, e.g. "d=3,4,5;k=1,2;T=3,4"; a key left out keeps its default values (default: '
+                        'd=3,4,5,6,8,10,16;k=1,2;T=3,4,5,8)')
     c.add_argument("--out", required=True, help="census folder (an existing one is resumed)")
     c.add_argument("--instances", type=_positive_int, default=500, help="instances per cell where the budget allows "
                                                                    "(default 500)")
