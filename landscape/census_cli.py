@@ -280,8 +280,8 @@ def _cmd_summary(args) -> int:
         check_output_dir("--out", args.out)
     header = _read_plan(folder) if os.path.isdir(folder) else None
     if header is None:
-        raise _refuse(f"{folder!r} is not a census folder (no plan.json; make one with python -m landscape census "
-                      "--out FOLDER)")
+        why = "is a file, not a census folder" if os.path.isfile(folder) else "is not a census folder (no plan.json)"
+        raise _refuse(f"{folder!r} {why}; make one with python -m landscape census --out FOLDER")
     try:
         opts = census.CensusOptions(**{**header["options"], "scales": tuple(header["options"].get("scales", ()))})
     except (TypeError, ValueError) as exc:

@@ -165,7 +165,10 @@ def test_summary_counts_agree_with_the_records(full_run, tmp_path, capsys):
 
 def test_summary_refuses_a_folder_that_is_not_a_census(tmp_path, capsys):
     assert main(["census-summary", str(tmp_path)]) == 2
-    assert "not a census folder" in capsys.readouterr().err
+    assert f"{str(tmp_path)!r} is not a census folder (no plan.json); make one with" in capsys.readouterr().err
+    (tmp_path / "f.jsonl").write_text("{}\n")
+    assert main(["census-summary", str(tmp_path / "f.jsonl")]) == 2
+    assert f"{str(tmp_path / 'f.jsonl')!r} is a file, not a census folder; make one with" in capsys.readouterr().err
 
 
 def test_heat_map_titles_fit_a_one_cell_grid(full_run, tmp_path, capsys):
