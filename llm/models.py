@@ -90,7 +90,8 @@ def _offline_error(name: str, exc: Exception, what: str) -> "ModelError":
     """The one-line refusal of a model that cannot be loaded offline, saying what a model name may be. The
     library's reason follows in brackets, except its "couldn't connect to https://huggingface.co" text for a name
     missing from the cache, which reads as if a download had been tried."""
-    reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
     if "huggingface.co" in reason:
         reason = "not in the local Hugging Face cache"
     return ModelError(f"cannot load {what} {name!r} offline: a model is 'minilm', a folder holding config.json or a "
